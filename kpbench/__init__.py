@@ -1,0 +1,24 @@
+"""kpbench: train, evaluate and compare facial keypoint detection models side by side."""
+
+__version__ = "0.1.0"
+
+import pluggy
+
+hookimpl = pluggy.HookimplMarker("kpbench")
+"""Decorator for plugin hook implementations: ``@kpbench.hookimpl``."""
+
+from kpbench.errors import KpbenchError  # noqa: E402
+from kpbench.keypoints import Schema, get_schema  # noqa: E402
+from kpbench.registry import DatasetSpec, DetectorSpec, MetricSpec, ModelSpec  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "hookimpl",
+    "KpbenchError",
+    "Schema",
+    "get_schema",
+    "DatasetSpec",
+    "DetectorSpec",
+    "MetricSpec",
+    "ModelSpec",
+]

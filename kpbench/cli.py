@@ -1,0 +1,131 @@
+"""``kpbench run | list | report``: the command line. Errors print one line and exit with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from kpbench import __version__
+from kpbench.errors import KpbenchError
+
+DEFAULT_CONFIG = "configs/default.yaml"
+
+
+def _plugins(args):
+    from kpbench.plugins import get_plugins
+
+    return get_plugins(tuple(args.plugin or ()))
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def cmd_run(args, console: Console) -> None:
+    from kpbench import config as cfgmod
+    from kpbench.runner import run
+
+    path = args.config
+    if path is None and Path(DEFAULT_CONFIG).is_file():
+        path = DEFAULT_CONFIG
+    config = cfgmod.load(path)
+    if args.models:
+        config["models"] = _csv(args.models)
+    if args.epochs is not None:
+        config["train"]["epochs"] = args.epochs
+    if args.seed is not None:
+        config["run"]["seed"] = args.seed
+    if args.out:
+        config["run"]["out"] = args.out
+    if args.device:
+        config["run"]["device"] = args.device
+    for assignment in args.set or ():
+        config = cfgmod.override(config, assignment)
+    run(config, _plugins(args), console, resume=args.resume)
+
+
+KIND_ALIASES = {"models": "model", "datasets": "dataset", "detectors": "detector", "metrics": "metric"}
+
+
+def cmd_list(args, console: Console) -> None:
+    plugins = _plugins(args)
+    kinds = list(KIND_ALIASES.values())
+    if args.kind:
+        kind = KIND_ALIASES.get(args.kind, args.kind)
+        if kind not in kinds:
+            raise KpbenchError(f"unknown kind {args.kind!r}; choose from: {', '.join(KIND_ALIASES)}")
+        kinds = [kind]
+    found = 0
+    for kind in kinds:
+        specs = plugins.registries[kind].list(args.pattern)
+        found += len(specs)
+        if not specs:
+            continue
+        table = Table(title=f"{kind}s", title_justify="left", header_style="bold")
+        for col in ("name", "description", "plugin"):
+            table.add_column(col)
+        for s in specs:
+            table.add_row(s.name, s.description, s.plugin)
+        console.print(table)
+    for failure in plugins.failures:
+        console.print(f"[red]failed:[/] {failure}")
+    if not found:
+        raise KpbenchError(f"nothing matches {args.pattern!r} in {', '.join(k + 's' for k in kinds)}")
+
+
+def cmd_report(args, console: Console) -> None:
+    from kpbench import report
+
+    df, meta = report.load(args.run_dir)
+    report.show(df, f"kpbench leaderboard — {meta.get('dataset')} ({meta.get('device')})", console)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kpbench", description="Train, evaluate and compare facial keypoint models.")
+    p.add_argument("--version", action="version", version=f"kpbench {__version__}")
+    p.add_argument("-p", "--plugin", action="append", metavar="MODULE",
+                   help="load this plugin module explicitly (repeatable); see also KPBENCH_PLUGINS")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help=f"train, evaluate and rank models (default config: {DEFAULT_CONFIG})")
+    r.add_argument("--config", "-c", help="YAML config file")
+    r.add_argument("--models", help="comma-separated model names, e.g. cnn,mobilenetv2")
+    r.add_argument("--epochs", type=int)
+    r.add_argument("--seed", type=int)
+    r.add_argument("--out", help="run directory (default results/<timestamp>-<name>)")
+    r.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. train.lr=3e-4")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out, keeping finished models")
+    r.set_defaults(func=cmd_run)
+
+    ls = sub.add_parser("list", help="list registered models, datasets, detectors and metrics")
+    ls.add_argument("kind", nargs="?", help="models | datasets | detectors | metrics")
+    ls.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'mobile*'")
+    ls.set_defaults(func=cmd_list)
+
+    rep = sub.add_parser("report", help="print the leaderboard of a finished run")
+    rep.add_argument("run_dir", type=Path)
+    rep.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        args.func(args, console)
+    except KpbenchError as exc:
+        print(f"kpbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kpbench: interrupted (finished models are kept; rerun with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

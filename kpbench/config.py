@@ -1,0 +1,139 @@
+"""YAML configs: built-in defaults, a config file merged over them, then CLI overrides; every
+key and type is checked, and an error names the file, line, key and what was expected."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kpbench.errors import KpbenchError
+
+OPT_INT, OPT_STR = (int, type(None)), (str, type(None))
+
+# key -> type (or nested dict). A `dict` value is free-form (checked by whoever consumes it).
+SCHEMA: dict[str, Any] = {
+    "run": {"name": str, "seed": int, "out": OPT_STR, "device": str, "threads": OPT_INT},
+    "data": {
+        "dataset": str,  # "kind" or "kind:path"
+        "options": dict,  # passed to the dataset plugin
+        "schema": str,  # target keypoint schema
+        "split": list,  # train/val/test fractions
+        "detector": str,
+        "detector_options": dict,
+        "input_size": int,
+    },
+    "models": list,
+    "model_options": dict,  # model name -> options for its factory
+    "train": {"epochs": int, "batch_size": int, "lr": float, "weight_decay": float, "flip": bool,
+              "patience": OPT_INT},
+    "eval": {"metrics": list, "sort_by": str, "latency": bool},
+}
+
+DEFAULTS: dict[str, Any] = {
+    "run": {"name": "run", "seed": 0, "out": None, "device": "auto", "threads": None},
+    "data": {"dataset": "synthetic", "options": {}, "schema": "kaggle15", "split": [0.7, 0.15, 0.15],
+             "detector": "none", "detector_options": {}, "input_size": 96},
+    "models": ["cnn"],
+    "model_options": {},
+    "train": {"epochs": 10, "batch_size": 32, "lr": 0.001, "weight_decay": 0.0, "flip": True, "patience": None},
+    "eval": {"metrics": ["nme", "rmse", "mae", "mse"], "sort_by": "nme", "latency": True},
+}
+
+
+def _type_name(t) -> str:
+    if isinstance(t, tuple):
+        return " or ".join("null" if x is type(None) else x.__name__ for x in t)
+    return "a mapping" if isinstance(t, dict) else t.__name__
+
+
+def _compose_lines(text: str, source: str) -> tuple[Any, dict[str, int]]:
+    """Parse YAML, remembering the line of every key path (``train.lr`` -> 12)."""
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise KpbenchError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    lines: dict[str, int] = {}
+
+    def walk(n, prefix):
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                path = f"{prefix}{k.value}"
+                lines[path] = k.start_mark.line + 1
+                walk(v, path + ".")
+
+    if node is not None:
+        walk(node, "")
+    return data, lines
+
+
+def validate(data: Any, source: str, lines: dict[str, int] | None = None, schema=SCHEMA, prefix="") -> None:
+    lines = lines or {}
+    if not isinstance(data, dict):
+        raise KpbenchError(f"{source}: {prefix.rstrip('.') or 'the config'} must be a mapping, got {data!r}")
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        where = f"{source}:{lines[path]}" if path in lines else source
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise KpbenchError(f"{where}: unknown key {path!r}{hint} (expected one of: {', '.join(schema)})")
+        expected = schema[key]
+        if isinstance(expected, dict):
+            validate(value, source, lines, expected, path + ".")
+            continue
+        ok = isinstance(value, expected) and not (isinstance(value, bool) and bool not in
+                                                   (expected if isinstance(expected, tuple) else (expected,)))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise KpbenchError(f"{where}: {path!r} must be {_type_name(expected)}, got {type(value).__name__} {value!r}")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Nested sections merge key by key; free-form mappings (``options`` ...) are replaced whole."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        nested = isinstance(SCHEMA.get(k), dict)
+        out[k] = {**out[k], **copy.deepcopy(v)} if nested else copy.deepcopy(v)
+    return out
+
+
+def load(path: str | Path | None) -> dict:
+    """Defaults merged with the YAML file at ``path`` (if any), validated."""
+    config = copy.deepcopy(DEFAULTS)
+    if path is None:
+        return config
+    p = Path(path)
+    if not p.is_file():
+        raise KpbenchError(f"config file not found: {p}")
+    data, lines = _compose_lines(p.read_text(), str(p))
+    if data is None:
+        return config
+    validate(data, str(p), lines)
+    return _merge(config, data)
+
+
+def override(config: dict, assignment: str) -> dict:
+    """Apply ``key.path=value`` (value parsed as YAML) with the same validation as a file."""
+    if "=" not in assignment:
+        raise KpbenchError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.lr=0.0003")
+    key, raw = assignment.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    nested: Any = value
+    for part in reversed(key.strip().split(".")):
+        nested = {part: nested}
+    validate(nested, f"--set {assignment}")
+    return _merge(config, nested)
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -1,0 +1,147 @@
+"""Samples, datasets, seeded splits and the preprocessing that turns samples into tensors.
+
+Every dataset yields :class:`Sample` objects: the image in its own pixels and a (K, 2) float array
+of points in that image's pixel coordinates (pixel centers at integers), NaN for a missing point.
+Preprocessing crops a square face box (given by a detector) and resizes it to the model's input;
+targets are the points in that crop, scaled to [0, 1]. :func:`to_image_pixels` maps predictions
+back, so every metric is computed in the original image's pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kpbench.errors import KpbenchError
+from kpbench.keypoints import convert
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # (H, W) gray or (H, W, 3) RGB; uint8, or float in [0, 1]
+    points: np.ndarray  # (K, 2) float32, image pixels, NaN where missing
+    id: str
+    schema: str
+    group: str | None = None  # e.g. the person, so that splits can keep groups apart
+
+
+class Dataset(Protocol):
+    schema: str
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Sample: ...
+
+
+def split_indices(n: int, fractions: Sequence[float], seed: int, groups: Sequence[str] | None = None):
+    """Seeded train/val/test split. With ``groups``, whole groups go to one split."""
+    fractions = np.asarray(fractions, dtype=float)
+    if len(fractions) != 3 or (fractions < 0).any() or abs(fractions.sum() - 1) > 1e-6:
+        raise KpbenchError(f"data.split must be three non-negative fractions summing to 1, got {list(fractions)}")
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        order = rng.permutation(n)
+        cuts = np.round(np.cumsum(fractions)[:2] * n).astype(int)
+        return tuple(np.sort(part) for part in np.split(order, cuts))
+    names = np.array(sorted(set(groups)))
+    rng.shuffle(names)
+    cuts = np.round(np.cumsum(fractions)[:2] * len(names)).astype(int)
+    which = {g: k for k, part in enumerate(np.split(names, cuts)) for g in part}
+    labels = np.array([which[g] for g in groups])
+    return tuple(np.flatnonzero(labels == k) for k in range(3))
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    img = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
+    if img.ndim == 3:
+        img = img[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return img
+
+
+def crop_resize(gray: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
+    """Square crop ``box = (x0, y0, side)`` (pixel-edge coordinates) resized to ``size``; zero padding."""
+    h, w = gray.shape
+    x0, y0, side = box
+    if (h, w) == (size, size) and (x0, y0, side) == (0.0, 0.0, float(size)):
+        return gray
+    scale = side / size
+    # Output pixel j samples the input at edge coordinate x0 + (j + 0.5) * scale.
+    theta = torch.tensor(
+        [[[side / w, 0.0, (2 * x0 + side) / w - 1.0], [0.0, side / h, (2 * y0 + side) / h - 1.0]]],
+        dtype=torch.float32,
+    )
+    src = torch.from_numpy(np.ascontiguousarray(gray))[None, None]
+    # Downscaling by more than 1.5x: sample at native resolution, then shrink with antialiasing.
+    out = size if scale <= 1.5 else max(size, int(round(side)))
+    grid = F.affine_grid(theta, [1, 1, out, out], align_corners=False)
+    crop = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if out != size:
+        crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return crop[0, 0].numpy()
+
+
+def to_crop(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Image pixels -> crop coordinates in [0, 1]. points (N, K, 2), boxes (N, 3)."""
+    return (points + 0.5 - boxes[:, None, :2]) / boxes[:, None, 2:3]
+
+
+def to_image_pixels(crop: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Crop coordinates in [0, 1] -> the original image's pixels (inverse of :func:`to_crop`)."""
+    return crop * boxes[:, None, 2:3] + boxes[:, None, :2] - 0.5
+
+
+@dataclass
+class Prepared:
+    """One split, ready for a model: crops, targets in crop space, and how to map back."""
+
+    images: torch.Tensor  # (N, 1, S, S) float32 in [0, 1]
+    targets: torch.Tensor  # (N, K, 2) float32 crop coordinates in [0, 1], NaN missing
+    points: np.ndarray  # (N, K, 2) ground truth in the original image's pixels
+    boxes: np.ndarray  # (N, 3) x0, y0, side of each crop
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for arr in (self.images.numpy(), np.nan_to_num(self.targets.numpy(), nan=-1.0)):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        h.update("\n".join(self.ids).encode())
+        return h.hexdigest()[:16]
+
+
+def prepare(
+    dataset: Dataset,
+    indices: Sequence[int],
+    detect: Callable[[np.ndarray, np.ndarray], Sequence[float]],
+    input_size: int,
+    schema: str,
+) -> Prepared:
+    images, targets, points, boxes, ids = [], [], [], [], []
+    for i in indices:
+        s = dataset[int(i)]
+        gray = to_gray(s.image)
+        pts = convert(s.points, s.schema, schema)
+        box = np.asarray(detect(gray, pts), dtype=np.float32)
+        images.append(crop_resize(gray, box, input_size))
+        points.append(pts)
+        boxes.append(box)
+        ids.append(s.id)
+    if not ids:
+        raise KpbenchError("a data split is empty: use more samples or change data.split")
+    boxes_a = np.stack(boxes)
+    points_a = np.stack(points).astype(np.float32)
+    return Prepared(
+        images=torch.from_numpy(np.stack(images).astype(np.float32))[:, None],
+        targets=torch.from_numpy(to_crop(points_a, boxes_a).astype(np.float32)),
+        points=points_a,
+        boxes=boxes_a,
+        ids=ids,
+    )

@@ -1,0 +1,109 @@
+"""Keypoint schemas (names, left/right flip pairs, normalizing pairs) and mappings between them.
+
+"Left" and "right" are the subject's own: the subject's left eye appears on the image's right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from kpbench.errors import KpbenchError
+
+
+@dataclass(frozen=True)
+class Schema:
+    name: str
+    points: tuple[str, ...]
+    flip_pairs: tuple[tuple[int, int], ...]
+    norm_pair: tuple[int, int]  # inter-ocular: the two outer eye corners
+    pupil_pair: tuple[int, int] | None = None  # inter-pupil: the two eye centers, if the schema has them
+    description: str = ""
+    _perm: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        perm = list(range(len(self.points)))
+        for a, b in self.flip_pairs:
+            perm[a], perm[b] = b, a
+        object.__setattr__(self, "_perm", tuple(perm))
+
+    @property
+    def num_points(self) -> int:
+        return len(self.points)
+
+    @property
+    def flip_permutation(self) -> tuple[int, ...]:
+        """Index permutation that swaps every left/right pair (apply after mirroring x)."""
+        return self._perm
+
+
+_K15 = (
+    "left_eye_center", "right_eye_center", "left_eye_inner_corner", "left_eye_outer_corner",
+    "right_eye_inner_corner", "right_eye_outer_corner", "left_eyebrow_inner_end",
+    "left_eyebrow_outer_end", "right_eyebrow_inner_end", "right_eyebrow_outer_end", "nose_tip",
+    "mouth_left_corner", "mouth_right_corner", "mouth_center_top_lip", "mouth_center_bottom_lip",
+)
+
+KAGGLE15 = Schema(
+    name="kaggle15",
+    points=_K15,
+    flip_pairs=((0, 1), (2, 4), (3, 5), (6, 8), (7, 9), (11, 12)),
+    norm_pair=(3, 5),
+    pupil_pair=(0, 1),
+    description="Kaggle Facial Keypoints Detection, 15 points",
+)
+
+
+def _ibug_flip_pairs() -> tuple[tuple[int, int], ...]:
+    pairs = [(i, 16 - i) for i in range(8)]  # jaw
+    pairs += [(17 + i, 26 - i) for i in range(5)]  # brows
+    pairs += [(31, 35), (32, 34)]  # nostrils
+    pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]  # eyes
+    pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58), (60, 64), (61, 63), (65, 67)]  # mouth
+    return tuple(pairs)
+
+
+IBUG68 = Schema(
+    name="ibug68",
+    points=tuple(f"p{i}" for i in range(68)),
+    flip_pairs=_ibug_flip_pairs(),
+    norm_pair=(36, 45),
+    description="iBUG 300-W, 68 points (0-based)",
+)
+
+SCHEMAS: dict[str, Schema] = {s.name: s for s in (KAGGLE15, IBUG68)}
+
+
+def _ibug68_to_kaggle15(p: np.ndarray) -> np.ndarray:
+    """(..., 68, 2) -> (..., 15, 2). Eye centers are the mean of each eye's six points."""
+    direct = {2: 42, 3: 45, 4: 39, 5: 36, 6: 22, 7: 26, 8: 21, 9: 17, 10: 30, 11: 54, 12: 48,
+              13: 51, 14: 57}
+    out = np.empty(p.shape[:-2] + (15, 2), dtype=np.float32)
+    out[..., 0, :] = p[..., 42:48, :].mean(axis=-2)  # subject's left eye: points 42-47
+    out[..., 1, :] = p[..., 36:42, :].mean(axis=-2)
+    for dst, src in direct.items():
+        out[..., dst, :] = p[..., src, :]
+    return out
+
+
+MAPPINGS: dict[tuple[str, str], Callable[[np.ndarray], np.ndarray]] = {
+    ("ibug68", "kaggle15"): _ibug68_to_kaggle15,
+}
+
+
+def get_schema(name: str) -> Schema:
+    if name not in SCHEMAS:
+        raise KpbenchError(f"unknown keypoint schema {name!r}; known: {', '.join(SCHEMAS)}")
+    return SCHEMAS[name]
+
+
+def convert(points: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """Map points annotated in schema `src` to schema `dst` (NaN stays NaN)."""
+    if src == dst:
+        return np.asarray(points, dtype=np.float32)
+    if (src, dst) not in MAPPINGS:
+        known = ", ".join(f"{a}->{b}" for a, b in MAPPINGS)
+        raise KpbenchError(f"no keypoint mapping from {src!r} to {dst!r}; known mappings: {known}")
+    return MAPPINGS[(src, dst)](np.asarray(points, dtype=np.float32))

@@ -1,0 +1,105 @@
+"""Plugin manager: every plugin, built-in or third-party, arrives through the ``kpbench``
+entry-point group. ``KPBENCH_DISABLE_PLUGIN_AUTOLOAD=1`` loads only kpbench's own entry points;
+``--plugin MODULE`` (or ``KPBENCH_PLUGINS=mod1,mod2``) loads named modules explicitly.
+
+A plugin that fails to import, or whose hook raises, is reported (one line naming it) and skipped;
+the other plugins keep working. An explicitly requested module that fails is an error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+
+import pluggy
+
+from kpbench import hookspecs
+from kpbench.errors import KpbenchError
+from kpbench.registry import KINDS, Registry
+
+GROUP = "kpbench"
+BUILTIN_DIST = "kpbench"
+AUTOLOAD_SWITCH = "KPBENCH_DISABLE_PLUGIN_AUTOLOAD"
+
+
+@dataclass
+class PluginFailure:
+    name: str
+    target: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"plugin {self.name!r} ({self.target}) failed to load: {self.error}"
+
+
+class Plugins:
+    """The loaded plugins and one :class:`Registry` per component kind."""
+
+    def __init__(self, extra_modules: tuple[str, ...] = ()):
+        self.pm = pluggy.PluginManager(GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self.failures: list[PluginFailure] = []
+        self._load_entry_points()
+        env_modules = tuple(m for m in os.environ.get("KPBENCH_PLUGINS", "").split(",") if m.strip())
+        for mod in (*extra_modules, *env_modules):
+            self._load_module(mod.strip())
+        self.registries = {kind: Registry(kind) for kind in KINDS}
+        for kind in KINDS:
+            self._collect(kind)
+        for failure in self.failures:
+            print(f"kpbench: warning: {failure}", file=sys.stderr)
+
+    def _load_entry_points(self) -> None:
+        disabled = os.environ.get(AUTOLOAD_SWITCH, "").strip() not in ("", "0")
+        for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+            dist = (ep.dist.name if ep.dist else "").lower()
+            if disabled and dist != BUILTIN_DIST:
+                continue
+            if self.pm.has_plugin(ep.name):
+                continue  # the same distribution seen twice on sys.path
+            try:
+                module = ep.load()
+            except Exception as exc:  # noqa: BLE001 - any import error must not take down the others
+                self.failures.append(PluginFailure(ep.name, ep.value, f"{type(exc).__name__}: {exc}"))
+                continue
+            self.pm.register(module, name=ep.name)
+
+    def _load_module(self, modname: str) -> None:
+        try:
+            module = importlib.import_module(modname)
+        except Exception as exc:  # noqa: BLE001
+            raise KpbenchError(f"plugin module {modname!r} failed to import: {type(exc).__name__}: {exc}") from exc
+        if not self.pm.is_registered(module):
+            self.pm.register(module, name=modname)
+
+    def _collect(self, kind: str) -> None:
+        hook = getattr(self.pm.hook, f"kpbench_{kind}s")
+        for impl in hook.get_hookimpls():
+            try:
+                specs = impl.function() or []
+            except Exception as exc:  # noqa: BLE001
+                self.failures.append(
+                    PluginFailure(impl.plugin_name, f"kpbench_{kind}s hook", f"{type(exc).__name__}: {exc}")
+                )
+                continue
+            for spec in specs:
+                self.registries[kind].add(spec, impl.plugin_name)
+
+    def __getattr__(self, attr: str) -> Registry:
+        # plugins.models, plugins.datasets, plugins.detectors, plugins.metrics
+        if attr.endswith("s") and attr[:-1] in KINDS:
+            return self.registries[attr[:-1]]
+        raise AttributeError(attr)
+
+
+_CACHE: dict[tuple[str, ...], Plugins] = {}
+
+
+def get_plugins(extra_modules: tuple[str, ...] = (), fresh: bool = False) -> Plugins:
+    key = tuple(extra_modules) + (os.environ.get(AUTOLOAD_SWITCH, ""), os.environ.get("KPBENCH_PLUGINS", ""))
+    if fresh or key not in _CACHE:
+        _CACHE[key] = Plugins(tuple(extra_modules))
+    return _CACHE[key]

@@ -1,0 +1,61 @@
+"""Cost of a model: parameters, GMACs (counted by torch's FLOP counter), batch-1 latency (median
+of timed runs after warm-up, under inference mode, as timm's benchmark does) and throughput."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def gmacs(model: torch.nn.Module, input_size: int, in_chans: int = 1) -> float:
+    """Multiply-accumulates of one forward pass at batch 1, in billions (FLOPs / 2)."""
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(torch.zeros(1, in_chans, input_size, input_size))
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def _median_seconds(fn, warmup: int, runs: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def latency(model: torch.nn.Module, input_size: int, device="cpu", batch: int = 1, warmup: int = 3,
+            runs: int = 10, in_chans: int = 1) -> float:
+    """Median seconds of one forward pass on ``batch`` images."""
+    model.eval()
+    x = torch.rand(batch, in_chans, input_size, input_size, device=device)
+
+    def step():
+        model(x)
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+
+    with torch.inference_mode():
+        return _median_seconds(step, warmup, runs)
+
+
+def profile(model: torch.nn.Module, input_size: int, device="cpu", timing: bool = True) -> dict:
+    total, trainable = count_params(model)
+    row = {"params": total, "trainable_params": trainable, "gmacs": round(gmacs(model.cpu(), input_size), 4)}
+    model.to(device)
+    if timing:
+        row["latency_ms"] = round(latency(model, input_size, device) * 1000, 3)
+        row["throughput_ips"] = round(32 / latency(model, input_size, device, batch=32, warmup=1, runs=3), 1)
+    return row

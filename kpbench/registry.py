@@ -1,0 +1,100 @@
+"""Component specs and the name -> spec registries, with wildcard listing and "did you mean" errors."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from kpbench.errors import KpbenchError
+
+
+@dataclass
+class _Spec:
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+    plugin: str = field(default="?", compare=False)  # filled in by the registry
+
+
+@dataclass
+class ModelSpec(_Spec):
+    """``factory(num_keypoints, input_size, in_chans=1, **options) -> torch.nn.Module``.
+
+    The module maps a batch of grayscale crops (B, in_chans, S, S), pixels in [0, 1], to (B, 2K):
+    x, y per point in crop coordinates scaled to [0, 1]. kpbench adds the training set's mean
+    shape to the output, so a module that outputs zeros predicts the mean face.
+    ``defaults`` are training settings this model prefers (e.g. ``{"lr": 3e-4}``); the config
+    can still override them.
+    """
+
+    defaults: dict = field(default_factory=dict)
+
+
+@dataclass
+class DatasetSpec(_Spec):
+    """``factory(path=None, **options) -> kpbench.data.Dataset``."""
+
+
+@dataclass
+class DetectorSpec(_Spec):
+    """``factory(**options) -> callable(image, points) -> (x0, y0, side)`` square face box."""
+
+
+@dataclass
+class MetricSpec(_Spec):
+    """``factory(pred, true, ctx) -> per-image values (N,)``, NaN where undefined.
+
+    pred/true are (N, K, 2) in the original image's pixels, NaN marks missing true points;
+    ctx is a :class:`kpbench.evaluate.MetricContext`. ``aggregate`` reduces the per-image values
+    ("mean", or "sqrt_mean" for root-mean metrics); ``higher_is_better`` orders leaderboards.
+    """
+
+    higher_is_better: bool = False
+    aggregate: str = "mean"
+    unit: str = ""
+
+
+KINDS = {"model": ModelSpec, "dataset": DatasetSpec, "detector": DetectorSpec, "metric": MetricSpec}
+
+
+class Registry:
+    """All registered components of one kind, by name."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._specs: dict[str, _Spec] = {}
+
+    def add(self, spec: _Spec, plugin: str) -> None:
+        if not isinstance(spec, KINDS[self.kind]):
+            raise KpbenchError(
+                f"plugin {plugin!r} returned {type(spec).__name__} {getattr(spec, 'name', spec)!r}"
+                f" from its {self.kind} hook; expected a {KINDS[self.kind].__name__}"
+            )
+        if spec.name in self._specs:
+            other = self._specs[spec.name].plugin
+            raise KpbenchError(
+                f"{self.kind} {spec.name!r} is registered twice: by plugin {other!r} and by plugin {plugin!r}"
+            )
+        spec.plugin = plugin
+        self._specs[spec.name] = spec
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._specs
+
+    def get(self, name: str, where: str = "") -> _Spec:
+        if name in self._specs:
+            return self._specs[name]
+        close = difflib.get_close_matches(name, self.names(), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        at = f"{where}: " if where else ""
+        raise KpbenchError(
+            f"{at}unknown {self.kind} {name!r}{hint} (known: {', '.join(self.names()) or 'none'})"
+        )
+
+    def list(self, pattern: str = "*") -> list[_Spec]:
+        return [self._specs[n] for n in self.names() if fnmatch.fnmatchcase(n, pattern)]

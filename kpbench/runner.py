@@ -1,0 +1,187 @@
+"""A run: the models of a config, each trained by the one loop, evaluated by the one path and
+profiled, written to ``results/<run-id>/`` with the resolved config, a manifest and a leaderboard.
+
+With ``resume``, models whose results are already in the run directory are kept, not retrained.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import kpbench
+from kpbench import report
+from kpbench.config import config_hash
+from kpbench.data import Prepared, prepare, split_indices
+from kpbench.errors import KpbenchError
+from kpbench.evaluate import predict, score
+from kpbench.io import atomic_write_json, atomic_write_text
+from kpbench.keypoints import get_schema
+from kpbench.plugins import Plugins
+from kpbench.profile import profile
+from kpbench.train import train
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KpbenchError(f"run.device {name!r}: CUDA is not available on this machine")
+    return name
+
+
+def _call(factory, what: str, *args, **options):
+    """Call a plugin factory; a wrong option becomes a one-line error naming the component."""
+    try:
+        return factory(*args, **options)
+    except TypeError as exc:
+        raise KpbenchError(f"{what}: bad options {options}: {exc}") from None
+
+
+def load_dataset(plugins: Plugins, spec: str, options: dict):
+    kind, _, path = spec.partition(":")
+    ds_spec = plugins.datasets.get(kind, where="data.dataset")
+    return _call(ds_spec.factory, f"dataset {kind!r}", path or None, **options)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(kpbench.__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def manifest(config: dict, device: str, fingerprint: str) -> dict:
+    import timm
+
+    return {
+        "kpbench": kpbench.__version__, "torch": torch.__version__, "timm": timm.__version__,
+        "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "device": device, "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "git_commit": _git_commit(), "seed": config["run"]["seed"], "config_hash": config_hash(config),
+        "dataset": config["data"]["dataset"], "dataset_fingerprint": fingerprint,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def run(config: dict, plugins: Plugins, console: Console | None = None, resume: bool = False) -> Path:
+    console = console or Console()
+    status = Console(stderr=True)
+    rc, dc, tc, ec = config["run"], config["data"], config["train"], config["eval"]
+    seed = rc["seed"]
+    if rc["threads"]:
+        torch.set_num_threads(rc["threads"])
+    device = resolve_device(rc["device"])
+
+    # Resolve every name before any work, so a typo fails at once.
+    schema = get_schema(dc["schema"])
+    model_specs = [plugins.models.get(m, where="models") for m in config["models"]]
+    if not model_specs:
+        raise KpbenchError("models: the list of models to run is empty")
+    metrics = [plugins.metrics.get(m, where="eval.metrics") for m in ec["metrics"]]
+    if ec["sort_by"] not in ec["metrics"]:
+        raise KpbenchError(f"eval.sort_by {ec['sort_by']!r} must be one of eval.metrics {ec['metrics']}")
+    sort_metric = next(m for m in metrics if m.name == ec["sort_by"])
+    detect = _call(plugins.detectors.get(dc["detector"], where="data.detector").factory,
+                   f"detector {dc['detector']!r}", **dc["detector_options"])
+    unknown = set(config["model_options"]) - set(config["models"])
+    if unknown:
+        raise KpbenchError(f"model_options names models not in this run: {sorted(unknown)}")
+
+    dataset = load_dataset(plugins, dc["dataset"], dc["options"])
+    groups = getattr(dataset, "groups", None)
+    with status.status(f"preparing {len(dataset)} samples from {dc['dataset']} ..."):
+        splits = split_indices(len(dataset), dc["split"], seed, groups)
+        train_d, val_d, test_d = (prepare(dataset, idx, detect, dc["input_size"], schema.name) for idx in splits)
+    fingerprint = "-".join(d.fingerprint()[:8] for d in (train_d, val_d, test_d))
+
+    out = Path(rc["out"]) if rc["out"] else Path("results") / f"{time.strftime('%Y%m%d-%H%M%S')}-{rc['name']}"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise KpbenchError(f"{out}: run directory exists and is not empty (use --resume to continue it)")
+    if resume and (out / "manifest.json").is_file():
+        old = json.loads((out / "manifest.json").read_text())
+        if old.get("config_hash") != config_hash(config) or old.get("dataset_fingerprint") != fingerprint:
+            raise KpbenchError(f"{out}: cannot resume, its config or data differ from this run's")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    meta = manifest(config, device, fingerprint)
+    meta["splits"] = {"train": len(train_d), "val": len(val_d), "test": len(test_d)}
+    atomic_write_json(out / "manifest.json", meta)
+    status.print(f"run [bold]{out}[/]  device={device}  train/val/test={len(train_d)}/{len(val_d)}/{len(test_d)}")
+
+    rows = []
+    for spec in model_specs:
+        mdir = out / "models" / spec.name
+        if resume and (mdir / "result.json").is_file():
+                rows.append(json.loads((mdir / "result.json").read_text()))
+            status.print(f"{spec.name}: kept from the previous attempt")
+            continue
+        rows.append(run_model(spec, config, train_d, val_d, test_d, schema, metrics, sort_metric, device, mdir,
+                              status))
+        atomic_write_json(mdir / "result.json", rows[-1])
+
+    df = report.leaderboard(rows, sort_metric.name, sort_metric.higher_is_better)
+    meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    atomic_write_json(out / "manifest.json", meta)
+    report.write(df, out, meta)
+    report.show(df, f"kpbench leaderboard — {dc['dataset']} test split ({len(test_d)} faces), {device}", console)
+    console.print(f"results: {out}")
+    return out
+
+
+def run_model(spec, config, train_d: Prepared, val_d: Prepared, test_d: Prepared, schema, metrics, sort_metric,
+              device, mdir: Path, status: Console) -> dict:
+    tc, dc = {**config["train"]}, config["data"]
+    for key, value in spec.defaults.items():  # the model's preferred settings, unless the config set them
+        tc.setdefault(key, value)
+    seed = config["run"]["seed"]
+    torch.manual_seed(seed)
+    options = config["model_options"].get(spec.name, {})
+    net = _call(spec.factory, f"model {spec.name!r}", schema.num_points, dc["input_size"], 1, **options)
+    sign = -1.0 if sort_metric.higher_is_better else 1.0
+
+    def val_score(pred_crop):
+        return sign * score(pred_crop, val_d, schema, [sort_metric])[1][sort_metric.name]
+
+    t0 = time.perf_counter()
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=status, transient=False) as progress:
+        task = progress.add_task(f"{spec.name:>12}", total=None)
+
+        def on_batch(epoch, done, total):
+            progress.update(task, total=total * tc["epochs"], completed=(epoch - 1) * total + done)
+
+        def on_epoch(row):
+            progress.update(task, description=f"{spec.name:>12} epoch {row['epoch']}/{tc['epochs']} "
+                                              f"loss {row['train_loss']:.5f} val {row['val_loss']:.5f} "
+                                              f"{sort_metric.name} {sign * row['val_score']:.4f}")
+
+        model, hist = train(net, train_d, val_d, schema, tc, seed, val_score, mdir / "best.pt", device,
+                            on_batch, on_epoch)
+    train_s = time.perf_counter() - t0
+
+    pred_px, values, per_image = score(predict(model, test_d.images, device=device), test_d, schema, metrics)
+    np.savez_compressed(mdir / "predictions.npz", pred=pred_px, true=test_d.points, boxes=test_d.boxes,
+                        ids=np.array(test_d.ids), **{f"metric_{k}": v for k, v in per_image.items()})
+    history = pd.DataFrame(hist.rows).rename(columns={"val_score": f"val_{sort_metric.name}"})
+    history[f"val_{sort_metric.name}"] *= sign
+    atomic_write_text(mdir / "history.csv", history.to_csv(index=False, float_format="%.6g"))
+    best = hist.rows[hist.best_epoch]
+    row = {"model": spec.name, "plugin": spec.plugin, **{k: round(v, 6) for k, v in values.items()},
+           "train_loss": round(best["train_loss"], 6), "val_loss": round(best["val_loss"], 6),
+           "best_epoch": hist.best_epoch, "epochs": len(hist.rows) - 1}
+    row.update(profile(model.net, dc["input_size"], device, timing=config["eval"]["latency"]))
+    row["train_s"] = round(train_s, 1)
+    return row

@@ -1,0 +1,133 @@
+"""The one training loop, used by every trainable model plugin: Adam on a masked MSE in crop
+coordinates, optional flip augmentation that swaps left/right points, validation every epoch,
+the best epoch (by a score the runner supplies, lower is better) kept and checkpointed."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from kpbench.data import Prepared
+from kpbench.evaluate import predict
+from kpbench.io import atomic_torch_save
+from kpbench.keypoints import Schema
+
+
+class Regressor(nn.Module):
+    """A model plugin's network plus the training mean shape it predicts offsets from."""
+
+    def __init__(self, net: nn.Module, mean_shape: torch.Tensor):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean_shape", mean_shape.float().clone())
+
+    def forward(self, x):
+        return self.net(x).view(x.shape[0], -1, 2) + self.mean_shape
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE over the coordinates whose target is known (NaN marks a missing point)."""
+    mask = ~torch.isnan(target)
+    diff = torch.where(mask, pred - torch.nan_to_num(target), torch.zeros_like(pred))
+    return diff.pow(2).sum() / mask.sum().clamp(min=1)
+
+
+def mean_shape(targets: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(torch.nanmean(targets, dim=0), nan=0.5)
+
+
+def flip_batch(x: torch.Tensor, y: torch.Tensor, which: torch.Tensor, perm: list[int]):
+    """Mirror the images in ``which`` and their points: x -> 1 - x, left/right pairs swapped."""
+    x = torch.where(which[:, None, None, None], x.flip(-1), x)
+    fy = y[:, perm].clone()
+    fy[..., 0] = 1 - fy[..., 0]
+    return x, torch.where(which[:, None, None], fy, y)
+
+
+@dataclass
+class History:
+    rows: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = math.inf
+
+
+def train(
+    net: nn.Module,
+    train_data: Prepared,
+    val_data: Prepared,
+    schema: Schema,
+    cfg: dict,
+    seed: int,
+    score: Callable[[np.ndarray], float],
+    checkpoint: Path,
+    device: str = "cpu",
+    on_batch: Callable[[int, int, int], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> tuple[Regressor, History]:
+    """Train ``net``; return it (best epoch's weights loaded) and the per-epoch history.
+
+    ``score(pred_crop)`` rates validation predictions (lower is better); ``on_batch(epoch, done,
+    total)`` and ``on_epoch(row)`` report progress.
+    """
+    model = Regressor(net, mean_shape(train_data.targets)).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    epochs = int(cfg["epochs"]) if params else 0
+    opt = torch.optim.Adam(params, lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"])) if params else None
+    gen = torch.Generator().manual_seed(seed)
+    perm = list(schema.flip_permutation)
+    bs = int(cfg["batch_size"])
+    n = len(train_data)
+    hist = History()
+    best_state = copy.deepcopy(model.state_dict())
+    stale = 0
+    for epoch in range(epochs + 1):  # epoch 0 evaluates the untrained model (and is all a fixed model gets)
+        t0 = time.perf_counter()
+        train_loss = float("nan")
+        if epoch > 0:
+            model.train()
+            order = torch.randperm(n, generator=gen)
+            batches = [order[i:i + bs] for i in range(0, n, bs)]
+            if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on a batch of one
+                batches.pop()
+            total, count = 0.0, 0
+            for b, idx in enumerate(batches):
+                x, y = train_data.images[idx], train_data.targets[idx]
+                if cfg["flip"]:
+                    x, y = flip_batch(x, y, torch.rand(len(idx), generator=gen) < 0.5, perm)
+                x, y = x.to(device), y.to(device)
+                loss = masked_mse(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss) * len(idx)
+                count += len(idx)
+                if on_batch:
+                    on_batch(epoch, b + 1, len(batches))
+            train_loss = total / count
+        pred = predict(model, val_data.images, device=device)
+        val_loss = float(masked_mse(torch.from_numpy(pred), val_data.targets))
+        val_score = float(score(pred))
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_score": val_score,
+               "seconds": time.perf_counter() - t0}
+        hist.rows.append(row)
+        if val_score < hist.best_score or epoch == 0:
+            hist.best_epoch, hist.best_score, stale = epoch, val_score, 0
+            best_state = copy.deepcopy(model.state_dict())
+            atomic_torch_save({"state_dict": best_state, "epoch": epoch, "val_score": val_score}, checkpoint)
+        else:
+            stale += 1
+        if on_epoch:
+            on_epoch(row)
+        if cfg.get("patience") and stale >= int(cfg["patience"]):
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, hist
