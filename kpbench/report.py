@@ -51,14 +51,22 @@ def write(df: pd.DataFrame, out: Path, meta: dict) -> None:
     atomic_write_json(out / "leaderboard.json", {"meta": meta, "rows": json.loads(df.to_json(orient="records"))})
 
 
+SHOWN = ["rank", "model", "nme", "rmse", "mae", "mse", "train_loss", "val_loss", "params", "gmacs", "latency_ms",
+         "train_s"]
+
+
 def show(df: pd.DataFrame, title: str, console: Console | None = None) -> None:
+    """Print the main columns (all of them are in the files) as a rich table."""
     console = console or Console()
+    cols = [c for c in SHOWN if c in df] + [c for c in df if c not in SHOWN and c not in
+                                             ("plugin", "best_epoch", "epochs", "trainable_params",
+                                              "throughput_ips")]
     table = Table(title=title, header_style="bold")
-    for c in df.columns:
-        table.add_column(c, justify="left" if c in ("model", "plugin") else "right")
+    for c in cols:
+        table.add_column(c, justify="left" if c == "model" else "right")
     for rec in df.to_dict("records"):
-        table.add_row(*(_fmt(rec[c]) for c in df.columns))
-    console.print(table)
+        table.add_row(*(_fmt(rec[c]) for c in cols))
+    console.print(table, width=max(console.width, 130) if not console.is_terminal else None)
 
 
 def load(run_dir: Path) -> tuple[pd.DataFrame, dict]:

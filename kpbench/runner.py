@@ -125,7 +125,7 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
     for spec in model_specs:
         mdir = out / "models" / spec.name
         if resume and (mdir / "result.json").is_file():
-                rows.append(json.loads((mdir / "result.json").read_text()))
+            rows.append(json.loads((mdir / "result.json").read_text()))
             status.print(f"{spec.name}: kept from the previous attempt")
             continue
         rows.append(run_model(spec, config, train_d, val_d, test_d, schema, metrics, sort_metric, device, mdir,

@@ -22,7 +22,8 @@ from kpbench.keypoints import Schema
 
 
 class Regressor(nn.Module):
-    """A model plugin's network plus the training mean shape it predicts offsets from."""
+    """A model plugin's network plus the training mean shape it predicts offsets from (unless the
+    network says ``absolute_output = True``, as heatmap models do)."""
 
     def __init__(self, net: nn.Module, mean_shape: torch.Tensor):
         super().__init__()
@@ -30,7 +31,8 @@ class Regressor(nn.Module):
         self.register_buffer("mean_shape", mean_shape.float().clone())
 
     def forward(self, x):
-        return self.net(x).view(x.shape[0], -1, 2) + self.mean_shape
+        out = self.net(x).view(x.shape[0], -1, 2)
+        return out if getattr(self.net, "absolute_output", False) else out + self.mean_shape
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -107,7 +109,7 @@ def train(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += loss.item() * len(idx)
                 count += len(idx)
                 if on_batch:
                     on_batch(epoch, b + 1, len(batches))

@@ -79,9 +79,9 @@ def render(seed: int, index: int, size: int = 96) -> tuple[np.ndarray, np.ndarra
     pts[10, 0] += 0.25 * yaw  # the nose tip sticks out, so it moves most with yaw
 
     # --- canonical -> pixels: similarity transform ------------------------------------------
-    scale = size * U(0.20, 0.32)  # pixels per canonical unit (face half-width)
-    angle = np.deg2rad(U(-25, 25))
-    cx, cy = size / 2 + U(-0.12, 0.12) * size, size / 2 + U(-0.10, 0.10) * size
+    scale = size * U(0.22, 0.30)  # pixels per canonical unit (face half-width)
+    angle = np.deg2rad(U(-18, 18))
+    cx, cy = size / 2 + U(-0.08, 0.08) * size, size / 2 + U(-0.06, 0.06) * size
     c, s = np.cos(angle), np.sin(angle)
     rot = np.array([[c, -s], [s, c]])
     points = (pts @ rot.T) * scale + [cx, cy]
