@@ -66,7 +66,7 @@ def show(df: pd.DataFrame, title: str, console: Console | None = None) -> None:
         table.add_column(c, justify="left" if c == "model" else "right")
     for rec in df.to_dict("records"):
         table.add_row(*(_fmt(rec[c]) for c in cols))
-    console.print(table, width=max(console.width, 130) if not console.is_terminal else None)
+    console.print(table)
 
 
 def load(run_dir: Path) -> tuple[pd.DataFrame, dict]:
