@@ -7,6 +7,7 @@ import copy
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,22 @@ import yaml
 from kpbench.errors import KpbenchError
 
 OPT_INT, OPT_STR = (int, type(None)), (str, type(None))
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``3e-4`` as a string; learning rates are written that way, so read it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+"
+               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 # key -> type (or nested dict). A `dict` value is free-form (checked by whoever consumes it).
 SCHEMA: dict[str, Any] = {
@@ -55,8 +72,8 @@ def _type_name(t) -> str:
 def _compose_lines(text: str, source: str) -> tuple[Any, dict[str, int]]:
     """Parse YAML, remembering the line of every key path (``train.lr`` -> 12)."""
     try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_Loader)
+        data = _yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -99,11 +116,10 @@ def validate(data: Any, source: str, lines: dict[str, int] | None = None, schema
 
 
 def _merge(base: dict, over: dict) -> dict:
-    """Nested sections merge key by key; free-form mappings (``options`` ...) are replaced whole."""
+    """Deep merge: mappings merge key by key, anything else (lists included) is replaced."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        nested = isinstance(SCHEMA.get(k), dict)
-        out[k] = {**out[k], **copy.deepcopy(v)} if nested else copy.deepcopy(v)
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
 
@@ -127,7 +143,7 @@ def override(config: dict, assignment: str) -> dict:
     if "=" not in assignment:
         raise KpbenchError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.lr=0.0003")
     key, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    value = _yaml(raw) if raw.strip() else None
     nested: Any = value
     for part in reversed(key.strip().split(".")):
         nested = {part: nested}

@@ -76,7 +76,7 @@ def crop_resize(gray: np.ndarray, box: Sequence[float], size: int) -> np.ndarray
         [[[side / w, 0.0, (2 * x0 + side) / w - 1.0], [0.0, side / h, (2 * y0 + side) / h - 1.0]]],
         dtype=torch.float32,
     )
-    src = torch.from_numpy(np.ascontiguousarray(gray))[None, None]
+    src = torch.from_numpy(np.ascontiguousarray(gray, dtype=np.float32))[None, None]
     # Downscaling by more than 1.5x: sample at native resolution, then shrink with antialiasing.
     out = size if scale <= 1.5 else max(size, int(round(side)))
     grid = F.affine_grid(theta, [1, 1, out, out], align_corners=False)

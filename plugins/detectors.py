@@ -27,6 +27,8 @@ def gt_box(margin: float = 0.25, **_options):
             return whole_image()(image, points)
         lo, hi = visible.min(axis=0) + 0.5, visible.max(axis=0) + 0.5
         side = float((hi - lo).max() * (1 + 2 * margin))
+        if side <= 0:  # all visible points coincide
+            return whole_image()(image, points)
         cx, cy = (lo + hi) / 2
         return (cx - side / 2, cy - side / 2, side)
 

@@ -1,0 +1,81 @@
+"""The plugin system as a user meets it: listing, third-party plugins, failures and clashes."""
+
+import json
+
+from conftest import make_dist, readme_plugin_example, run_cli
+
+
+def test_list_shows_builtins_with_their_plugin():
+    r = run_cli("list")
+    assert r.returncode == 0, r.stderr
+    for name in ("cnn", "integral", "mobilenetv2", "mean-shape", "synthetic", "mse", "mae", "rmse", "nme",
+                 "gt-box"):
+        assert f"│ {name} " in r.stdout, name
+    assert "kpbench-models" in r.stdout and "kpbench-metrics" in r.stdout
+
+
+def test_list_filters_with_wildcards():
+    r = run_cli("list", "models", "mobile*")
+    assert r.returncode == 0
+    assert "mobilenetv2" in r.stdout and "│ cnn " not in r.stdout and "datasets" not in r.stdout
+
+
+def test_unknown_model_is_one_line_with_suggestion(tiny_config):
+    r = run_cli("run", "--config", tiny_config, "--models", "cnnn")
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "unknown model 'cnnn'" in err[0] and "did you mean 'cnn'" in err[0]
+    assert "mean-shape" in err[0]  # the known names are listed
+
+
+def test_bad_config_key_names_file_and_line(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("run: {seed: 1}\ntrain:\n  epochz: 3\n")
+    r = run_cli("run", "--config", cfg)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1
+    assert f"{cfg}:3" in r.stderr and "train.epochz" in r.stderr and "did you mean 'epochs'" in r.stderr
+
+
+def test_readme_example_plugin_is_listed_and_runs(tmp_path, tiny_config):
+    site = make_dist(tmp_path / "site", "kpbench-tiny", {"kpbench_tiny": readme_plugin_example()},
+                     {"tiny": "kpbench_tiny"})
+    r = run_cli("list", "models", "tiny", pythonpath=site)
+    assert r.returncode == 0 and "A one-layer CNN" in r.stdout and "│ tiny " in r.stdout
+    out = tmp_path / "run"
+    r = run_cli("run", "--config", tiny_config, "--models", "tiny,mean-shape", "--out", out, pythonpath=site)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((out / "leaderboard.json").read_text())["rows"]
+    tiny = next(row for row in rows if row["model"] == "tiny")
+    assert tiny["plugin"] == "tiny" and tiny["params"] > 0 and tiny["nme"] > 0
+
+
+def test_explicit_plugin_module_and_autoload_switch(tmp_path):
+    site = tmp_path / "mods"
+    site.mkdir()
+    (site / "kpbench_tiny.py").write_text(readme_plugin_example())
+    r = run_cli("-p", "kpbench_tiny", "list", "models", "tiny", pythonpath=site)
+    assert r.returncode == 0 and "tiny" in r.stdout
+    r = run_cli("-p", "no_such_module", "list", pythonpath=site)
+    assert r.returncode == 2 and "no_such_module" in r.stderr
+
+
+def test_broken_plugin_is_named_and_others_keep_working(tmp_path):
+    site = make_dist(tmp_path / "site", "kpbench-broken", {"kpbench_broken": "import not_a_real_module\n"},
+                     {"broken": "kpbench_broken"})
+    r = run_cli("list", "models", pythonpath=site)
+    assert r.returncode == 0
+    warning = [line for line in r.stderr.splitlines() if "broken" in line]
+    assert len(warning) == 1 and "kpbench_broken" in warning[0] and "not_a_real_module" in warning[0]
+    assert "│ cnn " in r.stdout
+    # The switch turns third-party autoloading off: no warning, built-ins still there.
+    r = run_cli("list", "models", pythonpath=site, env={"KPBENCH_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert r.returncode == 0 and "broken" not in r.stderr and "│ cnn " in r.stdout
+
+
+def test_two_plugins_with_one_name_is_an_error_naming_both(tmp_path):
+    code = readme_plugin_example().replace('"tiny"', '"cnn"')
+    site = make_dist(tmp_path / "site", "kpbench-clash", {"kpbench_clash": code}, {"clash": "kpbench_clash"})
+    r = run_cli("list", pythonpath=site)
+    assert r.returncode == 2
+    assert "model 'cnn' is registered twice" in r.stderr and "'clash'" in r.stderr and "'kpbench-models'" in r.stderr

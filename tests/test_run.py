@@ -1,0 +1,79 @@
+"""End-to-end runs: files written, determinism, resume, and that the ranking means something."""
+
+import json
+
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from conftest import ROOT, run_cli
+from kpbench import config as cfgmod
+from kpbench.plugins import get_plugins
+from kpbench.runner import run
+
+
+def _run(config, out):
+    config["run"]["out"] = str(out)
+    return run(config, get_plugins(), Console(width=160, file=open("/dev/null", "w")))
+
+
+def test_run_writes_results_and_report_reprints_them(tmp_path, tiny_config):
+    out = tmp_path / "run"
+    r = run_cli("run", "--config", tiny_config, "--out", out, "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    assert "leaderboard" in r.stdout and "mean-shape" in r.stdout
+    for f in ("config.yaml", "manifest.json", "leaderboard.csv", "leaderboard.md", "leaderboard.json"):
+        assert (out / f).is_file(), f
+    for model in ("cnn", "mean-shape"):
+        for f in ("history.csv", "best.pt", "predictions.npz", "result.json"):
+            assert (out / "models" / model / f).is_file(), (model, f)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for key in ("kpbench", "torch", "timm", "device", "git_commit", "seed", "dataset_fingerprint", "config_hash"):
+        assert key in manifest
+    assert manifest["splits"] == {"train": 42, "val": 9, "test": 9}
+    hist = pd.read_csv(out / "models" / "cnn" / "history.csv")
+    assert list(hist["epoch"]) == [0, 1, 2] and hist["train_loss"].iloc[1:].notna().all()
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert list(board["rank"]) == [1, 2] and board["nme"].is_monotonic_increasing
+    rep = run_cli("report", out)
+    assert rep.returncode == 0 and all(m in rep.stdout for m in board["model"])
+    # A second run into the same directory is refused rather than mixing results.
+    again = run_cli("run", "--config", tiny_config, "--out", out)
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_same_seed_same_metrics_and_resume_keeps_finished_models(tmp_path, tiny_config):
+    config = cfgmod.load(tiny_config)
+    a = pd.read_csv(_run(cfgmod.load(tiny_config), tmp_path / "a") / "leaderboard.csv")
+    b_dir = _run(config, tmp_path / "b")
+    b = pd.read_csv(b_dir / "leaderboard.csv")
+    cols = ["model", "nme", "rmse", "mae", "mse", "train_loss", "val_loss"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    # Interrupted after cnn: its result is kept, mean-shape is redone, the leaderboard is the same.
+    (b_dir / "models" / "mean-shape" / "result.json").unlink()
+    (b_dir / "leaderboard.csv").unlink()
+    mtime = (b_dir / "models" / "cnn" / "best.pt").stat().st_mtime
+    run(config, get_plugins(), Console(file=open("/dev/null", "w")), resume=True)
+    assert (b_dir / "models" / "cnn" / "best.pt").stat().st_mtime == mtime
+    pd.testing.assert_frame_equal(pd.read_csv(b_dir / "leaderboard.csv")[cols], b[cols])
+
+
+def test_timm_model_trains_on_tiny_data(tmp_path, tiny_config):
+    config = cfgmod.load(tiny_config)
+    config["models"] = ["resnet10t"]
+    board = pd.read_csv(_run(config, tmp_path / "r") / "leaderboard.csv")
+    row = board.iloc[0]
+    assert row["model"] == "resnet10t" and row["params"] > 4_000_000 and row["gmacs"] > 0
+    assert row["train_loss"] > 0
+
+
+@pytest.mark.slow
+def test_default_benchmark_ranks_models_meaningfully(tmp_path):
+    """On the synthetic test split the better model beats the plain CNN, and both beat the mean shape."""
+    config = cfgmod.load(ROOT / "configs" / "default.yaml")
+    config["eval"]["latency"] = False
+    board = pd.read_csv(_run(config, tmp_path / "default") / "leaderboard.csv").set_index("model")
+    assert board.loc["integral", "nme"] < board.loc["cnn", "nme"] < board.loc["mean-shape", "nme"]
+    # "measurably": a clear margin, not noise
+    assert board.loc["integral", "nme"] < 0.8 * board.loc["cnn", "nme"]
+    assert board.loc["cnn", "nme"] < 0.8 * board.loc["mean-shape", "nme"]
