@@ -401,12 +401,16 @@ def test_config_unknown_key_names_file_line_and_suggestion(tmp_path):
     assert "train.epoch" in msg and "did you mean 'epochs'" in msg
 
 
-def test_config_unknown_key_in_flow_mapping(tmp_path):
-    p = tmp_path / "flow.yaml"
-    p.write_text("# comment\ntrain: {epoch: 3}\n")
+def _load_error(tmp_path, name: str, text: str) -> tuple[str, str]:
+    p = tmp_path / name
+    p.write_text(text)
     with pytest.raises(kpbench.KpbenchError) as exc:
         kcfg.load(p)
-    msg = str(exc.value)
+    return str(p), str(exc.value)
+
+
+def test_config_unknown_key_in_flow_mapping(tmp_path):
+    p, msg = _load_error(tmp_path, "flow.yaml", "# comment\ntrain: {epoch: 3}\n")
     assert "flow.yaml" in msg and f"{p}:2" in msg and "did you mean 'epochs'" in msg
 
 
@@ -418,11 +422,7 @@ def test_config_unknown_top_level_key(tmp_path):
 
 
 def test_config_wrong_type_names_key_and_expected_type(tmp_path):
-    p = tmp_path / "typ.yaml"
-    p.write_text("train: {epochs: ten}\n")
-    with pytest.raises(kpbench.KpbenchError) as exc:
-        kcfg.load(p)
-    msg = str(exc.value)
+    _, msg = _load_error(tmp_path, "typ.yaml", "train: {epochs: ten}\n")
     assert "train.epochs" in msg and "int" in msg and "ten" in msg and "typ.yaml:1" in msg
 
 
