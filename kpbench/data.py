@@ -124,7 +124,7 @@ def prepare(
     input_size: int,
     schema: str,
 ) -> Prepared:
-    images, targets, points, boxes, ids = [], [], [], [], []
+    images, points, boxes, ids = [], [], [], []
     for i in indices:
         s = dataset[int(i)]
         gray = to_gray(s.image)

@@ -79,7 +79,7 @@ def manifest(config: dict, device: str, fingerprint: str) -> dict:
 def run(config: dict, plugins: Plugins, console: Console | None = None, resume: bool = False) -> Path:
     console = console or Console()
     status = Console(stderr=True)
-    rc, dc, tc, ec = config["run"], config["data"], config["train"], config["eval"]
+    rc, dc, ec = config["run"], config["data"], config["eval"]
     seed = rc["seed"]
     if rc["threads"]:
         torch.set_num_threads(rc["threads"])
