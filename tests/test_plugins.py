@@ -8,7 +8,7 @@ from conftest import make_dist, readme_plugin_example, run_cli
 def test_list_shows_builtins_with_their_plugin():
     r = run_cli("list")
     assert r.returncode == 0, r.stderr
-    for name in ("cnn", "integral", "mobilenetv2", "mean-shape", "synthetic", "mse", "mae", "rmse", "nme",
+    for name in ("cnn", "integral", "mobilenetv2", "hybrid", "inception", "effnet-lite0", "mean-shape", "synthetic", "mse", "mae", "rmse", "nme",
                  "gt-box"):
         assert f"│ {name} " in r.stdout, name
     assert "kpbench-models" in r.stdout and "kpbench-metrics" in r.stdout

