@@ -66,15 +66,34 @@ def cmd_list(args, console: Console) -> None:
         if not specs:
             continue
         table = Table(title=f"{kind}s", title_justify="left", header_style="bold")
-        for col in ("name", "description", "plugin"):
-            table.add_column(col)
+        cols = ["name", "description", "plugin"] + (["params", "trainable"] if kind == "model" else [])
+        for col in cols:
+            table.add_column(col, justify="right" if col in ("params", "trainable") else "left")
         for s in specs:
-            table.add_row(s.name, s.description, s.plugin)
+            table.add_row(s.name, s.description, s.plugin, *(_param_counts(s) if kind == "model" else ()))
         console.print(table)
     for failure in plugins.failures:
         console.print(f"[red]failed:[/] {failure}")
     if not found:
         raise KpbenchError(f"nothing matches {args.pattern!r} in {', '.join(k + 's' for k in kinds)}")
+
+
+def _param_counts(spec) -> tuple[str, str]:
+    """Total and trainable parameters at the model's default options, built on the meta device
+    (no memory, no weight loading), at 96 px and 15 points."""
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            net = spec.factory(15, 96, 1)
+    except Exception:  # noqa: BLE001 - a model that cannot be built this way is still listed
+        return "?", "?"
+    total = sum(p.numel() for p in net.parameters())
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    return f"{total:,}", f"{trainable:,}"
 
 
 def cmd_report(args, console: Console) -> None:

@@ -48,7 +48,7 @@ SCHEMA: dict[str, Any] = {
     "models": list,
     "model_options": dict,  # model name -> options for its factory
     "train": {"epochs": int, "batch_size": int, "lr": float, "weight_decay": float, "flip": bool,
-              "patience": OPT_INT},
+              "erase": float, "patience": OPT_INT},
     "eval": {"metrics": list, "sort_by": str, "latency": bool},
 }
 
@@ -58,7 +58,8 @@ DEFAULTS: dict[str, Any] = {
              "detector": "none", "detector_options": {}, "input_size": 96},
     "models": ["cnn"],
     "model_options": {},
-    "train": {"epochs": 10, "batch_size": 32, "lr": 0.001, "weight_decay": 0.0, "flip": True, "patience": None},
+    "train": {"epochs": 10, "batch_size": 32, "lr": 0.001, "weight_decay": 0.0, "flip": True, "erase": 0.0,
+              "patience": None},
     "eval": {"metrics": ["nme", "rmse", "mae", "mse"], "sort_by": "nme", "latency": True},
 }
 

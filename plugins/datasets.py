@@ -1,0 +1,131 @@
+"""Real annotated faces with 68 iBUG points: ``folder68`` (images + a CSV of 136 numbers per file,
+as in the YouTube Faces frames) and ``ibug`` (images with ``.pts`` files beside them, as in 300-W).
+Images are read lazily; every annotation is parsed and checked up front, and a bad row names its
+file and line."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+
+import kpbench
+from kpbench.data import Sample
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as exc:
+        raise kpbench.KpbenchError(f"{path}: cannot read image: {exc}") from None
+
+
+class _Annotated:
+    schema = "ibug68"
+
+    def __init__(self, files: list[Path], points: list[np.ndarray], groups: list[str] | None):
+        if not files:
+            raise kpbench.KpbenchError("dataset has no annotated images")
+        self.files, self.points, self.groups = files, points, groups
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Sample:
+        f = self.files[i]
+        return Sample(image=_read_image(f), points=self.points[i], id=f.name, schema=self.schema,
+                      group=self.groups[i] if self.groups else None)
+
+
+def _person(name: str) -> str:
+    """YouTube Faces frame 'Luis_Fonsi_21.jpg' -> person 'Luis_Fonsi'."""
+    return re.sub(r"_\d+$", "", Path(name).stem)
+
+
+def folder68(path=None, images: str | None = None, group_by_person: bool = True):
+    """``folder68:DIR`` (holding one CSV) or ``folder68:FILE.csv``; images beside the CSV, in
+    ``images=DIR``, or in the one subfolder that holds them."""
+    if not path:
+        raise kpbench.KpbenchError("folder68 needs a path: folder68:/path/to/dir-or-csv")
+    p = Path(path)
+    if p.is_dir():
+        csvs = sorted(p.glob("*.csv"))
+        if len(csvs) != 1:
+            raise kpbench.KpbenchError(f"{p}: expected exactly one .csv file, found {len(csvs)}")
+        p = csvs[0]
+    if not p.is_file():
+        raise kpbench.KpbenchError(f"folder68: no such file or folder: {path}")
+    rows = []
+    with p.open(newline="") as fh:
+        for lineno, row in enumerate(csv.reader(fh), start=1):
+            if not row or (lineno == 1 and not row[0].lower().endswith(IMAGE_SUFFIXES)):
+                continue  # header
+            if len(row) != 137:
+                raise kpbench.KpbenchError(f"{p}:{lineno}: expected a file name and 136 numbers, got {len(row)} fields")
+            try:
+                pts = np.asarray(row[1:], dtype=np.float32).reshape(68, 2)
+            except ValueError as exc:
+                raise kpbench.KpbenchError(f"{p}:{lineno}: {exc}") from None
+            rows.append((row[0], pts))
+    if not rows:
+        raise kpbench.KpbenchError(f"{p}: no annotation rows")
+    candidates = [Path(images)] if images else [p.parent, *sorted(d for d in p.parent.iterdir() if d.is_dir())]
+    root = next((d for d in candidates if (d / rows[0][0]).is_file()), None)
+    if root is None:
+        raise kpbench.KpbenchError(f"{p}: image {rows[0][0]!r} not found in {', '.join(map(str, candidates))}")
+    missing = [name for name, _ in rows if not (root / name).is_file()]
+    if missing:
+        raise kpbench.KpbenchError(f"{p}: {len(missing)} images missing from {root}, e.g. {missing[0]!r}")
+    groups = [_person(n) for n, _ in rows] if group_by_person else None
+    return _Annotated([root / n for n, _ in rows], [pts for _, pts in rows], groups)
+
+
+def read_pts(path: Path) -> np.ndarray:
+    lines = path.read_text().splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "{") + 1
+        end = next(i for i, line in enumerate(lines) if line.strip() == "}")
+    except StopIteration:
+        raise kpbench.KpbenchError(f"{path}: not an iBUG .pts file (no '{{' ... '}}' block)") from None
+    pts = []
+    for i in range(start, end):
+        parts = lines[i].split()
+        if len(parts) != 2:
+            raise kpbench.KpbenchError(f"{path}:{i + 1}: expected 'x y', got {lines[i]!r}")
+        pts.append([float(parts[0]), float(parts[1])])
+    if len(pts) != 68:
+        raise kpbench.KpbenchError(f"{path}: expected 68 points, found {len(pts)}")
+    return np.asarray(pts, dtype=np.float32)
+
+
+def ibug(path=None):
+    """``ibug:DIR`` (images with .pts files beside them) or ``ibug:LIST.txt`` (one image path a line)."""
+    if not path:
+        raise kpbench.KpbenchError("ibug needs a path: ibug:/path/to/dir-or-list")
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.with_suffix(".pts").is_file())
+    elif p.is_file():
+        files = [(p.parent / line.strip()) for line in p.read_text().splitlines() if line.strip()]
+        for f in files:
+            if not f.is_file() or not f.with_suffix(".pts").is_file():
+                raise kpbench.KpbenchError(f"{p}: {f} or its .pts file is missing")
+    else:
+        raise kpbench.KpbenchError(f"ibug: no such file or folder: {path}")
+    return _Annotated(files, [read_pts(f.with_suffix(".pts")) for f in files], None)
+
+
+@kpbench.hookimpl
+def kpbench_datasets():
+    return [
+        kpbench.DatasetSpec("folder68", folder68,
+                            "Images + CSV of 68 points per file (YouTube Faces style); splits keep each person together"),
+        kpbench.DatasetSpec("ibug", ibug, "Images with iBUG .pts files beside them (300-W style), or a list file"),
+    ]
