@@ -189,7 +189,7 @@ def kpbench_models():
         kpbench.ModelSpec("inception", _timm("inception_v3", min_size=96),
                           "Inception-v3 (timm inception_v3, inputs upsampled to >= 96 px) + linear head, "
                           "occlusion augmentation", defaults={"erase": 0.25}),
-        kpbench.ModelSpec("gan", lambda *a, **k: AdversarialRegressor(*a, **k),
+        kpbench.ModelSpec("gan", AdversarialRegressor,
                           "GAN-assisted: CNN regressor + shape discriminator (adversarial loss), occlusion aug.",
                           defaults={"erase": 0.5}),
         kpbench.ModelSpec("effnet-lite0", effnet_lite0,
