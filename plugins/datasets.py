@@ -129,3 +129,111 @@ def kpbench_datasets():
                             "Images + CSV of 68 points per file (YouTube Faces style); splits keep each person together"),
         kpbench.DatasetSpec("ibug", ibug, "Images with iBUG .pts files beside them (300-W style), or a list file"),
     ]
+
+
+class _Arrays:
+    """In-memory images (N, H, W) uint8 and points (N, K, 2) with NaN for missing."""
+
+    schema = "kaggle15"
+
+    def __init__(self, images: np.ndarray, points: np.ndarray, ids: list[str]):
+        self.images, self.points, self.ids = images, points, ids
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> Sample:
+        return Sample(image=self.images[i], points=self.points[i], id=self.ids[i], schema=self.schema)
+
+
+def _kaggle_columns() -> list[str]:
+    from kpbench.keypoints import KAGGLE15
+
+    return [f"{name}_{axis}" for name in KAGGLE15.points for axis in "xy"]
+
+
+def parse_kaggle_csv(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Kaggle ``training.csv`` (30 keypoint columns + ``Image``) or ``test.csv`` (ImageId, Image).
+    All pixels are parsed in one vectorised call, not row by row."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise kpbench.KpbenchError(f"{path}: cannot read CSV: {exc}") from None
+    if "Image" not in df:
+        raise kpbench.KpbenchError(f"{path}: no 'Image' column (found: {', '.join(df.columns[:5])} ...)")
+    text = df["Image"].astype(str)
+    lengths = text.str.count(" ") + 1
+    bad = np.flatnonzero(lengths.to_numpy() != 96 * 96)
+    if len(bad):
+        raise kpbench.KpbenchError(f"{path}:{bad[0] + 2}: 'Image' has {lengths.iloc[bad[0]]} values, expected 9216")
+    images = np.fromstring(" ".join(text), dtype=np.uint8, sep=" ").reshape(len(df), 96, 96)
+    cols = _kaggle_columns()
+    present = [c for c in cols if c in df]
+    if present and len(present) != len(cols):
+        missing = sorted(set(cols) - set(present))
+        raise kpbench.KpbenchError(f"{path}: keypoint columns missing: {missing[:4]}")
+    points = (df[cols].to_numpy(np.float32).reshape(len(df), 15, 2) if present
+              else np.full((len(df), 15, 2), np.nan, np.float32))
+    ids = [str(v) for v in df["ImageId"]] if "ImageId" in df else [f"row{i + 2}" for i in range(len(df))]
+    return images, points, ids
+
+
+def _cached(path: Path, parse):
+    """Parse once; keep the arrays next to the file, keyed by its size and modification time."""
+    st = path.stat()
+    cache = path.with_name(f".{path.name}.kpbench-{st.st_size}-{int(st.st_mtime)}.npz")
+    if cache.is_file():
+        with np.load(cache) as z:
+            return z["images"], z["points"], list(z["ids"])
+    images, points, ids = parse(path)
+    try:
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, images=images, points=points, ids=np.array(ids))
+        tmp.replace(cache)
+    except OSError:
+        pass  # a read-only data folder: parse again next time
+    return images, points, ids
+
+
+def _drop_incomplete(images, points, ids, complete_only: bool):
+    if not complete_only:
+        return _Arrays(images, points, ids)
+    keep = ~np.isnan(points).any(axis=(1, 2))
+    return _Arrays(images[keep], points[keep], [i for i, k in zip(ids, keep) if k])
+
+
+def kaggle(path=None, complete_only: bool = False, cache: bool = True):
+    """``kaggle:training.csv``; rows with missing points are kept (masked) unless ``complete_only``."""
+    if not path or not Path(path).is_file():
+        raise kpbench.KpbenchError(f"kaggle needs the path of training.csv or test.csv, got {path!r}")
+    arrays = _cached(Path(path), parse_kaggle_csv) if cache else parse_kaggle_csv(Path(path))
+    return _drop_incomplete(*arrays, complete_only)
+
+
+def kaggle_npz(path=None, complete_only: bool = False):
+    """``kaggle-npz:DIR`` holding ``face_images.npz`` (96, 96, N) and ``facial_keypoints.csv``."""
+    import pandas as pd
+
+    d = Path(path or "")
+    npz, csv_path = d / "face_images.npz", d / "facial_keypoints.csv"
+    for f in (npz, csv_path):
+        if not f.is_file():
+            raise kpbench.KpbenchError(f"kaggle-npz: {f} not found")
+    with np.load(npz) as z:
+        images = z[z.files[0]]
+    images = np.moveaxis(images, -1, 0) if images.shape[:2] == (96, 96) else images
+    df = pd.read_csv(csv_path)
+    if len(df) != len(images):
+        raise kpbench.KpbenchError(f"{csv_path}: {len(df)} rows but {npz} has {len(images)} images")
+    points = df[_kaggle_columns()].to_numpy(np.float32).reshape(len(df), 15, 2)
+    return _drop_incomplete(images.astype(np.uint8), points, [f"face{i}" for i in range(len(df))], complete_only)
+
+
+@kpbench.hookimpl(specname="kpbench_datasets")
+def kaggle_datasets():
+    return [
+        kpbench.DatasetSpec("kaggle", kaggle, "Kaggle Facial Keypoints training.csv / test.csv (96x96, 15 points)"),
+        kpbench.DatasetSpec("kaggle-npz", kaggle_npz, "CC0 face_images.npz + facial_keypoints.csv (96x96, 15 points)"),
+    ]

@@ -67,3 +67,47 @@ def test_shared_youtube_split_is_person_disjoint():
     parts = split_indices(len(ds), [0.7, 0.15, 0.15], 0, ds.groups)
     people = [{ds.groups[i] for i in part} for part in parts]
     assert not (people[0] & people[1] or people[0] & people[2] or people[1] & people[2])
+
+
+def _kaggle_csv(path: Path, n: int = 5, labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    from kpbench.keypoints import KAGGLE15
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 96, 96), dtype=np.uint8)
+    points = rng.uniform(10, 80, (n, 15, 2)).round(2).astype(np.float32)
+    points[1, 2:] = np.nan  # like most Kaggle rows: only some points annotated
+    cols = [f"{p}_{a}" for p in KAGGLE15.points for a in "xy"]
+    rows = []
+    for i in range(n):
+        vals = ["" if np.isnan(v) else f"{v}" for v in points[i].ravel()] if labels else [str(i + 1)]
+        rows.append(",".join(vals + [" ".join(map(str, images[i].ravel()))]))
+    header = ",".join(cols + ["Image"]) if labels else "ImageId,Image"
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return images, points
+
+
+def test_kaggle_csv_parses_pixels_points_and_missing_values(tmp_path):
+    images, points = _kaggle_csv(tmp_path / "training.csv")
+    ds = get_plugins().datasets.get("kaggle").factory(str(tmp_path / "training.csv"))
+    assert len(ds) == 5 and ds.schema == "kaggle15"
+    np.testing.assert_array_equal(ds[3].image, images[3])
+    np.testing.assert_allclose(ds[1].points, points[1])  # NaN where missing
+    assert np.isnan(ds[1].points[5]).all()
+    # The parse is cached next to the file, and the cache gives the same arrays.
+    assert list(tmp_path.glob(".training.csv.kpbench-*.npz"))
+    again = get_plugins().datasets.get("kaggle").factory(str(tmp_path / "training.csv"))
+    np.testing.assert_array_equal(again[4].image, images[4])
+    only = get_plugins().datasets.get("kaggle").factory(str(tmp_path / "training.csv"), complete_only=True)
+    assert len(only) == 4
+
+
+def test_kaggle_test_csv_has_ids_and_no_labels(tmp_path):
+    _kaggle_csv(tmp_path / "test.csv", n=2, labels=False)
+    ds = get_plugins().datasets.get("kaggle").factory(str(tmp_path / "test.csv"), cache=False)
+    assert ds[1].id == "2" and np.isnan(ds[1].points).all()
+
+
+def test_kaggle_short_image_row_names_the_line(tmp_path):
+    (tmp_path / "t.csv").write_text("ImageId,Image\n1," + " ".join(["0"] * 9216) + "\n2,1 2 3\n")
+    with pytest.raises(KpbenchError, match=r"t\.csv:3: 'Image' has 3 values, expected 9216"):
+        get_plugins().datasets.get("kaggle").factory(str(tmp_path / "t.csv"), cache=False)
