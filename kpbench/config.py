@@ -48,7 +48,7 @@ SCHEMA: dict[str, Any] = {
     "models": list,
     "model_options": dict,  # model name -> options for its factory
     "train": {"epochs": int, "batch_size": int, "lr": float, "weight_decay": float, "flip": bool,
-              "erase": float, "patience": OPT_INT},
+              "erase": float, "freeze_backbone": bool, "patience": OPT_INT},
     "eval": {"metrics": list, "sort_by": str, "latency": bool},
 }
 
@@ -59,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "models": ["cnn"],
     "model_options": {},
     "train": {"epochs": 10, "batch_size": 32, "lr": 0.001, "weight_decay": 0.0, "flip": True, "erase": 0.0,
-              "patience": None},
+              "freeze_backbone": False, "patience": None},
     "eval": {"metrics": ["nme", "rmse", "mae", "mse"], "sort_by": "nme", "latency": True},
 }
 

@@ -36,6 +36,14 @@ class Regressor(nn.Module):
         return out if getattr(self.net, "absolute_output", False) else out + self.mean_shape
 
 
+def backbone_modules(net: nn.Module) -> list[nn.Module]:
+    """The pretrained part of a model, by convention ``net.backbone`` or ``net.backbones``
+    (a ModuleDict, one per branch); what ``train.freeze_backbone`` freezes."""
+    if isinstance(getattr(net, "backbones", None), nn.ModuleDict):
+        return list(net.backbones.values())
+    return [net.backbone] if isinstance(getattr(net, "backbone", None), nn.Module) else []
+
+
 def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """MSE over the coordinates whose target is known (NaN marks a missing point)."""
     mask = ~torch.isnan(target)
@@ -95,6 +103,9 @@ def train(
     total)`` and ``on_epoch(row)`` report progress.
     """
     model = Regressor(net, mean_shape(train_data.targets)).to(device)
+    frozen = backbone_modules(net) if cfg.get("freeze_backbone") else []
+    for module in frozen:
+        module.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     epochs = int(cfg["epochs"]) if params else 0
     opt = torch.optim.Adam(params, lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"])) if params else None
@@ -110,6 +121,8 @@ def train(
         train_loss = float("nan")
         if epoch > 0:
             model.train()
+            for module in frozen:  # frozen backbones keep their BatchNorm statistics too
+                module.eval()
             order = torch.randperm(n, generator=gen)
             batches = [order[i:i + bs] for i in range(0, n, bs)]
             if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on a batch of one

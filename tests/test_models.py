@@ -119,3 +119,25 @@ def test_erase_batch_occludes_about_the_requested_share():
     area = (out != 0).flatten(1).float().mean(1)
     assert area.max() <= 0.4**2 + 0.05  # at most 40 % of each side
     assert torch.equal(erase_batch(x, 0.0, torch.Generator()), x)
+
+
+def test_freeze_backbone_trains_only_the_head(tmp_path):
+    from kpbench.data import prepare, split_indices
+    from kpbench.keypoints import KAGGLE15
+    from kpbench.train import train
+
+    plugins = get_plugins()
+    torch.manual_seed(0)
+    net = plugins.models.get("resnet10t").factory(15, 32, 1)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    ds = plugins.datasets.get("synthetic").factory(None, n=30, size=32)
+    detect = plugins.detectors.get("none").factory()
+    tr, va, _ = (prepare(ds, i, detect, 32, "kaggle15") for i in split_indices(30, [0.6, 0.2, 0.2], 0))
+    cfg = {"epochs": 1, "batch_size": 8, "lr": 1e-2, "weight_decay": 0.0, "flip": False, "freeze_backbone": True}
+    scores = iter([1.0, 0.0])  # epoch 1 "improves", so its weights are the ones kept
+    train(net, tr, va, KAGGLE15, cfg, 0, lambda p: next(scores), tmp_path / "f.pt")
+    after = net.state_dict()
+    backbone = [k for k in before if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)  # BN statistics included
+    assert not torch.equal(before["head.1.weight"], after["head.1.weight"])
+    assert all(not p.requires_grad for p in net.backbone.parameters())
