@@ -91,8 +91,9 @@ def _param_counts(spec) -> tuple[str, str]:
             net = spec.factory(15, 96, 1)
     except Exception:  # noqa: BLE001 - a model that cannot be built this way is still listed
         return "?", "?"
-    total = sum(p.numel() for p in net.parameters())
-    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    from kpbench.profile import count_params
+
+    total, trainable = count_params(net)
     return f"{total:,}", f"{trainable:,}"
 
 

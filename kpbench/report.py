@@ -11,6 +11,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from kpbench.errors import KpbenchError
 from kpbench.io import atomic_write_json, atomic_write_text
 
 FIRST = ["rank", "model", "plugin"]
@@ -72,8 +73,6 @@ def show(df: pd.DataFrame, title: str, console: Console | None = None) -> None:
 def load(run_dir: Path) -> tuple[pd.DataFrame, dict]:
     path = Path(run_dir) / "leaderboard.json"
     if not path.is_file():
-        from kpbench.errors import KpbenchError
-
         raise KpbenchError(f"{run_dir}: not a kpbench run directory (no leaderboard.json)")
     data = json.loads(path.read_text())
     return pd.DataFrame(data["rows"]), data["meta"]

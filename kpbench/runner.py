@@ -28,7 +28,7 @@ from kpbench.evaluate import predict, score
 from kpbench.io import atomic_write_json, atomic_write_text
 from kpbench.keypoints import get_schema
 from kpbench.plugins import Plugins
-from kpbench.profile import profile
+from kpbench.profile import count_params, profile
 from kpbench.train import train
 
 
@@ -150,7 +150,7 @@ def branch_report(net: torch.nn.Module) -> dict:
     branches = getattr(net, "backbones", None)
     if not isinstance(branches, torch.nn.ModuleDict):
         return {}
-    out = {f"params_{name}": sum(p.numel() for p in b.parameters()) for name, b in branches.items()}
+    out = {f"params_{name}": count_params(b)[0] for name, b in branches.items()}
     alpha = getattr(net, "alpha", None)
     if alpha is not None:
         out.update({f"alpha_{name}": round(float(a), 4) for name, a in zip(branches, alpha.detach().cpu())})
