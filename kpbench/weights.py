@@ -33,11 +33,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, ignore_prefixes=()) -> None:
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load ``state`` into ``module`` by name; if the names differ but every tensor lines up in order
     and shape (a checkpoint from another implementation of the same net), load by position."""
-    own = {k: v for k, v in module.state_dict().items() if not k.startswith(tuple(ignore_prefixes))}
-    theirs = {k: v for k, v in state.items() if not k.startswith(tuple(ignore_prefixes))}
+    own = module.state_dict()
+    theirs = dict(state)
     if set(own) != set(theirs) and len(own) == len(theirs) and all(
         a.shape == b.shape for a, b in zip(own.values(), theirs.values())
     ):

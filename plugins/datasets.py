@@ -1,5 +1,6 @@
-"""Real annotated faces with 68 iBUG points: ``folder68`` (images + a CSV of 136 numbers per file,
-as in the YouTube Faces frames) and ``ibug`` (images with ``.pts`` files beside them, as in 300-W).
+"""Real annotated faces: ``folder68`` (images + a CSV of 136 numbers per file, as in the YouTube
+Faces frames), ``ibug`` (images with ``.pts`` files beside them, as in 300-W), and the 15-point
+``kaggle`` CSV and ``kaggle-npz`` distributions.
 Images are read lazily; every annotation is parsed and checked up front, and a bad row names its
 file and line."""
 
@@ -122,15 +123,6 @@ def ibug(path=None):
     return _Annotated(files, [read_pts(f.with_suffix(".pts")) for f in files], None)
 
 
-@kpbench.hookimpl
-def kpbench_datasets():
-    return [
-        kpbench.DatasetSpec("folder68", folder68,
-                            "Images + CSV of 68 points per file (YouTube Faces style); splits keep each person together"),
-        kpbench.DatasetSpec("ibug", ibug, "Images with iBUG .pts files beside them (300-W style), or a list file"),
-    ]
-
-
 class _Arrays:
     """In-memory images (N, H, W) uint8 and points (N, K, 2) with NaN for missing."""
 
@@ -231,9 +223,12 @@ def kaggle_npz(path=None, complete_only: bool = False):
     return _drop_incomplete(images.astype(np.uint8), points, [f"face{i}" for i in range(len(df))], complete_only)
 
 
-@kpbench.hookimpl(specname="kpbench_datasets")
-def kaggle_datasets():
+@kpbench.hookimpl
+def kpbench_datasets():
     return [
+        kpbench.DatasetSpec("folder68", folder68,
+                            "Images + CSV of 68 points per file (YouTube Faces style); splits keep each person together"),
+        kpbench.DatasetSpec("ibug", ibug, "Images with iBUG .pts files beside them (300-W style), or a list file"),
         kpbench.DatasetSpec("kaggle", kaggle, "Kaggle Facial Keypoints training.csv / test.csv (96x96, 15 points)"),
         kpbench.DatasetSpec("kaggle-npz", kaggle_npz, "CC0 face_images.npz + facial_keypoints.csv (96x96, 15 points)"),
     ]

@@ -10,6 +10,12 @@ import kpbench
 from kpbench.weights import create_backbone
 
 
+def _start_at_mean_shape(layer: nn.Linear) -> None:
+    """Zero the output layer: kpbench adds the mean shape, so a fresh model predicts the mean face."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+
+
 def _norm(backbone: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """The backbone's own input mean/std (from its timm config), shaped for (B, 3, H, W)."""
     cfg = backbone.pretrained_cfg or {}
@@ -54,8 +60,7 @@ class HybridNet(nn.Module):
             nn.Linear(1024, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(512, num_keypoints * 2),
         )
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
+        _start_at_mean_shape(self.head[-1])
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
@@ -84,8 +89,7 @@ class PlainCNN(nn.Module):
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten())
         self.head = nn.Sequential(nn.Linear(c * 16, 256), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                   nn.Linear(256, num_keypoints * 2))
-        nn.init.zeros_(self.head[-1].weight)  # start from the mean shape
-        nn.init.zeros_(self.head[-1].bias)
+        _start_at_mean_shape(self.head[-1])
 
     def forward(self, x):
         return self.head(self.features(x))
@@ -108,7 +112,6 @@ class IntegralCNN(nn.Module):
         self.body = nn.Sequential(*block(in_chans, w), nn.MaxPool2d(2), *block(w, 2 * w), nn.MaxPool2d(2),
                                   *block(2 * w, 4 * w), *block(4 * w, 4 * w, 2), *block(4 * w, 4 * w, 4),
                                   *block(4 * w, 4 * w, 8), nn.Conv2d(4 * w, num_keypoints, 1))
-        self.k = num_keypoints
 
     def forward(self, x):
         h = self.body(x)  # (B, K, H', W')
@@ -133,8 +136,7 @@ class TimmRegressor(nn.Module):
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.num_features, num_keypoints * 2))
-        nn.init.zeros_(self.head[-1].weight)  # start from the mean shape
-        nn.init.zeros_(self.head[-1].bias)
+        _start_at_mean_shape(self.head[-1])
 
     def forward(self, x):
         if x.shape[1] == 1:
