@@ -39,6 +39,11 @@ def cmd_run(args, console: Console) -> None:
         config["train"]["epochs"] = args.epochs
     if args.seed is not None:
         config["run"]["seed"] = args.seed
+    if args.seeds:
+        try:
+            config["run"]["seeds"] = [int(s) for s in _csv(args.seeds)]
+        except ValueError:
+            raise KpbenchError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
     if args.out:
         config["run"]["out"] = args.out
     if args.device:
@@ -100,8 +105,7 @@ def _param_counts(spec) -> tuple[str, str]:
 def cmd_report(args, console: Console) -> None:
     from kpbench import report
 
-    df, meta = report.load(args.run_dir)
-    report.show(df, f"kpbench leaderboard — {meta.get('dataset')} ({meta.get('device')})", console)
+    report.render(args.run_dir, console)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", "-c", help="YAML config file")
     r.add_argument("--models", help="comma-separated model names, e.g. cnn,mobilenetv2")
     r.add_argument("--epochs", type=int)
-    r.add_argument("--seed", type=int)
+    r.add_argument("--seed", type=int, help="seed of the split and (without --seeds) of training")
+    r.add_argument("--seeds", help="train every model once per seed, e.g. 0,1,2 (the split stays that of --seed)")
     r.add_argument("--out", help="run directory (default results/<timestamp>-<name>)")
     r.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. train.lr=3e-4")

@@ -35,7 +35,7 @@ def _yaml(text: str):
 
 # key -> type (or nested dict). A `dict` value is free-form (checked by whoever consumes it).
 SCHEMA: dict[str, Any] = {
-    "run": {"name": str, "seed": int, "out": OPT_STR, "device": str, "threads": OPT_INT},
+    "run": {"name": str, "seed": int, "seeds": (list, type(None)), "out": OPT_STR, "device": str, "threads": OPT_INT},
     "data": {
         "dataset": str,  # "kind" or "kind:path"
         "options": dict,  # passed to the dataset plugin
@@ -44,22 +44,35 @@ SCHEMA: dict[str, Any] = {
         "detector": str,
         "detector_options": dict,
         "input_size": int,
+        "miss_policy": str,  # what a detector miss on the test split gets: "fallback" (gt-box crop) or "exclude"
+        "eval_dataset": OPT_STR,  # evaluate on another dataset ("kind:path"), all of it
+        "eval_options": dict,
     },
     "models": list,
     "model_options": dict,  # model name -> options for its factory
     "train": {"epochs": int, "batch_size": int, "lr": float, "weight_decay": float, "flip": bool,
-              "erase": float, "freeze_backbone": bool, "patience": OPT_INT},
+              "erase": float, "augment": {"rotate": float, "scale": float, "translate": float, "brightness": float,
+                                          "contrast": float, "prob": float},
+              "freeze_epochs": int, "unfreeze": str, "backbone_lr": float, "feature_cache": bool,
+              "schedule": str, "patience": OPT_INT},
     "eval": {"metrics": list, "sort_by": str, "latency": bool},
 }
 
+CHOICES = {"data.miss_policy": ("fallback", "exclude"), "train.unfreeze": ("all", "last_stage"),
+           "train.schedule": ("none", "cosine", "plateau")}
+
 DEFAULTS: dict[str, Any] = {
-    "run": {"name": "run", "seed": 0, "out": None, "device": "auto", "threads": None},
+    "run": {"name": "run", "seed": 0, "seeds": None, "out": None, "device": "auto", "threads": None},
     "data": {"dataset": "synthetic", "options": {}, "schema": "kaggle15", "split": [0.7, 0.15, 0.15],
-             "detector": "none", "detector_options": {}, "input_size": 96},
+             "detector": "none", "detector_options": {}, "input_size": 96,
+             "miss_policy": "fallback", "eval_dataset": None, "eval_options": {}},
     "models": ["cnn"],
     "model_options": {},
     "train": {"epochs": 10, "batch_size": 32, "lr": 0.001, "weight_decay": 0.0, "flip": True, "erase": 0.0,
-              "freeze_backbone": False, "patience": None},
+              "augment": {"rotate": 0.0, "scale": 0.0, "translate": 0.0, "brightness": 0.0, "contrast": 0.0,
+                          "prob": 1.0},
+              "freeze_epochs": 0, "unfreeze": "all", "backbone_lr": 1.0, "feature_cache": True,
+              "schedule": "none", "patience": None},
     "eval": {"metrics": ["nme", "rmse", "mae", "mse"], "sort_by": "nme", "latency": True},
 }
 
@@ -114,6 +127,8 @@ def validate(data: Any, source: str, lines: dict[str, int] | None = None, schema
             ok = True
         if not ok:
             raise KpbenchError(f"{where}: {path!r} must be {_type_name(expected)}, got {type(value).__name__} {value!r}")
+        if path in CHOICES and value not in CHOICES[path]:
+            raise KpbenchError(f"{where}: {path!r} must be one of {', '.join(CHOICES[path])}, got {value!r}")
 
 
 def _merge(base: dict, over: dict) -> dict:

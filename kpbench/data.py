@@ -96,6 +96,30 @@ def to_image_pixels(crop: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return crop * boxes[:, None, 2:3] + boxes[:, None, :2] - 0.5
 
 
+FALLBACK_MARGIN = 0.15  # the gt-box crop used where a detector misses (policy "fallback")
+
+
+def points_box(points: np.ndarray, margin: float) -> tuple[float, float, float] | None:
+    """Square around the visible points, enlarged by ``margin`` of its side on each side; None
+    when fewer than two distinct points are visible."""
+    visible = points[~np.isnan(points).any(axis=1)]
+    if len(visible) < 2:
+        return None
+    lo, hi = visible.min(axis=0) + 0.5, visible.max(axis=0) + 0.5
+    side = float((hi - lo).max() * (1 + 2 * margin))
+    if side <= 0:
+        return None
+    cx, cy = (lo + hi) / 2
+    return (float(cx - side / 2), float(cy - side / 2), side)
+
+
+def image_box(image: np.ndarray) -> tuple[float, float, float]:
+    """The whole image as a square box (centered, padded on the short side)."""
+    h, w = image.shape[:2]
+    side = float(max(h, w))
+    return ((w - side) / 2, (h - side) / 2, side)
+
+
 @dataclass
 class Prepared:
     """One split, ready for a model: crops, targets in crop space, and how to map back."""
@@ -105,35 +129,57 @@ class Prepared:
     points: np.ndarray  # (N, K, 2) ground truth in the original image's pixels
     boxes: np.ndarray  # (N, 3) x0, y0, side of each crop
     ids: list[str]
+    missed: np.ndarray | None = None  # (N,) bool: the detector found no matching face (fallback box used)
+
+    def __post_init__(self):
+        if self.missed is None:
+            self.missed = np.zeros(len(self.ids), dtype=bool)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for arr in (self.images.numpy(), np.nan_to_num(self.targets.numpy(), nan=-1.0)):
-            h.update(np.ascontiguousarray(arr).tobytes())
-        h.update("\n".join(self.ids).encode())
-        return h.hexdigest()[:16]
+        if not hasattr(self, "_fingerprint"):
+            h = hashlib.sha256()
+            for arr in (self.images.numpy(), np.nan_to_num(self.targets.numpy(), nan=-1.0)):
+                h.update(np.ascontiguousarray(arr).tobytes())
+            h.update("\n".join(self.ids).encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
 
 def prepare(
     dataset: Dataset,
     indices: Sequence[int],
-    detect: Callable[[np.ndarray, np.ndarray], Sequence[float]],
+    detect: Callable[[np.ndarray, np.ndarray], Sequence[float] | None],
     input_size: int,
     schema: str,
+    like: Prepared | None = None,
+    on_item: Callable[[], None] | None = None,
 ) -> Prepared:
-    images, points, boxes, ids = [], [], [], []
-    for i in indices:
+    """Crop every sample's face box at ``input_size``. ``detect(image, points)`` gives the box, or
+    None for a miss (then the gt-box crop with margin ``FALLBACK_MARGIN`` is used and the sample is
+    marked ``missed``). ``like`` reuses another preparation's boxes (same samples, another size)."""
+    images, points, boxes, ids, missed = [], [], [], [], []
+    for k, i in enumerate(indices):
         s = dataset[int(i)]
         gray = to_gray(s.image)
         pts = convert(s.points, s.schema, schema)
-        box = np.asarray(detect(gray, pts), dtype=np.float32)
+        if like is not None:
+            box, miss = like.boxes[k], bool(like.missed[k])
+        else:
+            box = detect(s.image, pts)
+            miss = box is None
+            if miss:
+                box = points_box(pts, FALLBACK_MARGIN) or image_box(gray)
+        box = np.asarray(box, dtype=np.float32)
         images.append(crop_resize(gray, box, input_size))
         points.append(pts)
         boxes.append(box)
         ids.append(s.id)
+        missed.append(miss)
+        if on_item:
+            on_item()
     if not ids:
         raise KpbenchError("a data split is empty: use more samples or change data.split")
     boxes_a = np.stack(boxes)
@@ -144,4 +190,5 @@ def prepare(
         points=points_a,
         boxes=boxes_a,
         ids=ids,
+        missed=np.array(missed, dtype=bool),
     )

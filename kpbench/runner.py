@@ -24,12 +24,13 @@ from kpbench import report
 from kpbench.config import DEFAULTS, config_hash
 from kpbench.data import Prepared, prepare, split_indices
 from kpbench.errors import KpbenchError
-from kpbench.evaluate import predict, score
+from kpbench.evaluate import aggregate, predict, score
 from kpbench.io import atomic_write_json, atomic_write_text
 from kpbench.keypoints import get_schema
 from kpbench.plugins import Plugins
 from kpbench.profile import count_params, profile
-from kpbench.train import train
+from kpbench.features import cached_features
+from kpbench.train import backbone_modules, train
 
 
 def resolve_device(name: str) -> str:
@@ -81,6 +82,7 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
     status = Console(stderr=True)
     rc, dc, ec = config["run"], config["data"], config["eval"]
     seed = rc["seed"]
+    seeds = list(rc["seeds"] or [seed])
     if rc["threads"]:
         torch.set_num_threads(rc["threads"])
     device = resolve_device(rc["device"])
@@ -98,16 +100,33 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
     if ec["sort_by"] not in ec["metrics"]:
         raise KpbenchError(f"eval.sort_by {ec['sort_by']!r} must be one of eval.metrics {ec['metrics']}")
     sort_metric = next(m for m in metrics if m.name == ec["sort_by"])
-    detect = _call(plugins.detectors.get(dc["detector"], where="data.detector").factory,
-                   f"detector {dc['detector']!r}", **dc["detector_options"])
+    detect = make_detector(plugins, dc["detector"], dc["detector_options"])
     for name in config["model_options"]:  # options for models outside this run are fine, typos are not
         plugins.models.get(name.split("@")[0], where="model_options")
 
     dataset = load_dataset(plugins, dc["dataset"], dc["options"])
     groups = getattr(dataset, "groups", None)
-    with status.status(f"preparing {len(dataset)} samples from {dc['dataset']} ..."):
-        splits = split_indices(len(dataset), dc["split"], seed, groups)
-        train_d, val_d, test_d = (prepare(dataset, idx, detect, dc["input_size"], schema.name) for idx in splits)
+    splits = split_indices(len(dataset), dc["split"], seed, groups)
+    if dc["eval_dataset"]:  # train on one dataset, evaluate on another (all of it)
+        eval_set = load_dataset(plugins, dc["eval_dataset"], dc["eval_options"])
+        sources = (dataset, dataset, eval_set)
+        splits = (splits[0], splits[1], np.arange(len(eval_set)))
+    else:
+        sources = (dataset, dataset, dataset)
+    prepared: dict[int, tuple[Prepared, Prepared, Prepared]] = {}
+
+    def data_at(size: int):
+        if size not in prepared:
+            first = next(iter(prepared.values()), (None, None, None))
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=status, transient=True) as progress:
+                task = progress.add_task(f"preparing {size}px crops", total=sum(len(i) for i in splits))
+                prepared[size] = tuple(
+                    prepare(src, idx, detect, size, schema.name, like=like, on_item=lambda: progress.advance(task))
+                    for src, idx, like in zip(sources, splits, first))
+        return prepared[size]
+
+    train_d, val_d, test_d = data_at(dc["input_size"])
     fingerprint = "-".join(d.fingerprint()[:8] for d in (train_d, val_d, test_d))
 
     out = Path(rc["out"]) if rc["out"] else Path("results") / f"{time.strftime('%Y%m%d-%H%M%S')}-{rc['name']}"
@@ -121,27 +140,47 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     meta = manifest(config, device, fingerprint)
     meta["splits"] = {"train": len(train_d), "val": len(val_d), "test": len(test_d)}
+    meta["detector"] = dc["detector"]
+    meta["miss_policy"] = dc["miss_policy"]
+    meta["test_misses"] = int(test_d.missed.sum())
+    meta["sort"] = {"metric": sort_metric.name, "higher_is_better": sort_metric.higher_is_better}
     atomic_write_json(out / "manifest.json", meta)
-    status.print(f"run [bold]{out}[/]  device={device}  train/val/test={len(train_d)}/{len(val_d)}/{len(test_d)}")
+    save_test_faces(out / "test_faces.npz", test_d)
+    status.print(f"run [bold]{out}[/]  device={device}  train/val/test={len(train_d)}/{len(val_d)}/{len(test_d)}"
+                 + (f"  detector misses (test)={int(test_d.missed.sum())}" if dc["detector"] not in ("none", "gt-box")
+                    else ""))
 
-    rows = []
     for label, spec in model_specs:
-        mdir = out / "models" / label
-        if resume and (mdir / "result.json").is_file():
-            rows.append(json.loads((mdir / "result.json").read_text()))
-            status.print(f"{label}: kept from the previous attempt")
-            continue
-        rows.append(run_model(label, spec, config, train_d, val_d, test_d, schema, metrics, sort_metric, device, mdir,
-                              status))
-        atomic_write_json(mdir / "result.json", rows[-1])
+        size = int(config["model_options"].get(label, {}).get("input_size") or spec.defaults.get("input_size")
+                   or dc["input_size"])
+        for s in seeds:
+            mdir = report.model_dir(out, label, s, seeds)
+            if resume and (mdir / "result.json").is_file():
+                status.print(f"{label} (seed {s}): kept from the previous attempt")
+                continue
+            row = run_model(label, spec, config, *data_at(size), schema, metrics, sort_metric, device, mdir,
+                            status, s, resume)
+            atomic_write_json(mdir / "result.json", row)
+            (mdir / "last.pt").unlink(missing_ok=True)  # the epoch checkpoint is only for resuming
 
-    df = report.leaderboard(rows, sort_metric.name, sort_metric.higher_is_better)
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_json(out / "manifest.json", meta)
-    report.write(df, out, meta)
-    report.show(df, f"kpbench leaderboard — {dc['dataset']} test split ({len(test_d)} faces), {device}", console)
+    report.render(out, console)
     console.print(f"results: {out}")
     return out
+
+
+def make_detector(plugins: Plugins, name: str, options: dict):
+    return _call(plugins.detectors.get(name, where="data.detector").factory, f"detector {name!r}", **options)
+
+
+def save_test_faces(path: Path, data: Prepared, limit: int = 64) -> None:
+    """The first test crops (uint8) and their boxes, for keypoint overlays in reports."""
+    n = min(limit, len(data))
+    images = (data.images[:n, 0].numpy() * 255).round().clip(0, 255).astype(np.uint8)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(tmp, images=images, boxes=data.boxes[:n], ids=np.array(data.ids[:n]))
+    tmp.replace(path)
 
 
 def branch_report(net: torch.nn.Module) -> dict:
@@ -157,22 +196,22 @@ def branch_report(net: torch.nn.Module) -> dict:
     return out
 
 
-def run_model(label: str, spec, config, train_d: Prepared, val_d: Prepared, test_d: Prepared, schema, metrics, sort_metric,
-              device, mdir: Path, status: Console) -> dict:
+def run_model(label: str, spec, config, train_d: Prepared, val_d: Prepared, test_d: Prepared, schema, metrics,
+              sort_metric, device, mdir: Path, status: Console, seed: int, resume: bool = False) -> dict:
     tc, dc = {**config["train"]}, config["data"]
     for key, value in spec.defaults.items():  # the model's preferred settings where the config kept the default
-        if tc.get(key) == DEFAULTS["train"].get(key):
+        if key in tc and tc.get(key) == DEFAULTS["train"].get(key):
             tc[key] = value
-    seed = config["run"]["seed"]
     torch.manual_seed(seed)
-    options = config["model_options"].get(label, {})
-    net = _call(spec.factory, f"model {label!r}", schema.num_points, dc["input_size"], 1, **options)
+    options = {k: v for k, v in config["model_options"].get(label, {}).items() if k != "input_size"}
+    size = train_d.images.shape[-1]
+    net = _call(spec.factory, f"model {label!r}", schema.num_points, size, 1, **options)
     sign = -1.0 if sort_metric.higher_is_better else 1.0
 
-    def val_score(pred_crop):
-        return sign * score(pred_crop, val_d, schema, [sort_metric])[1][sort_metric.name]
+    def evaluate(pred_crop):
+        values = score(pred_crop, val_d, schema, metrics)[1]
+        return {"score": sign * values[sort_metric.name], **{f"val_{k}": v for k, v in values.items()}}
 
-    t0 = time.perf_counter()
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=status, transient=False) as progress:
         task = progress.add_task(f"{label:>12}", total=None)
@@ -183,23 +222,33 @@ def run_model(label: str, spec, config, train_d: Prepared, val_d: Prepared, test
         def on_epoch(row):
             progress.update(task, description=f"{label:>12} epoch {row['epoch']}/{tc['epochs']} "
                                               f"loss {row['train_loss']:.5f} val {row['val_loss']:.5f} "
-                                              f"{sort_metric.name} {sign * row['val_score']:.4f}")
+                                              f"{sort_metric.name} {sign * row['score']:.4f}")
 
-        model, hist = train(net, train_d, val_d, schema, tc, seed, val_score, mdir / "best.pt", device,
-                            on_batch, on_epoch)
-    train_s = time.perf_counter() - t0
+        def features(model, _phase):
+            return cached_features(model, train_d, val_d, tc["flip"], device, backbone_modules(model.net),
+                                   on_compute=lambda p: progress.update(
+                                       task, description=f"{label:>12} caching frozen features -> {p.parent}"))
+
+        model, hist = train(net, train_d, val_d, schema, tc, seed, evaluate, mdir, device, on_batch, on_epoch,
+                            resume=resume, features=features)
+    train_s = sum(r["seconds"] for r in hist.rows)  # this attempt and any resumed one
 
     pred_px, values, per_image = score(predict(model, test_d.images, device=device), test_d, schema, metrics)
-    np.savez_compressed(mdir / "predictions.npz", pred=pred_px, true=test_d.points, boxes=test_d.boxes,
-                        ids=np.array(test_d.ids), **{f"metric_{k}": v for k, v in per_image.items()})
-    history = pd.DataFrame(hist.rows).rename(columns={"val_score": f"val_{sort_metric.name}"})
-    history[f"val_{sort_metric.name}"] *= sign
+    if dc["miss_policy"] == "exclude":  # detector misses are counted, not scored
+        per_image = {k: np.where(test_d.missed, np.nan, v) for k, v in per_image.items()}
+        values = {m.name: aggregate(per_image[m.name], m.aggregate) for m in metrics}
+    tmp = mdir / ".predictions.tmp.npz"
+    np.savez_compressed(tmp, pred=pred_px, true=test_d.points, boxes=test_d.boxes, ids=np.array(test_d.ids),
+                        missed=test_d.missed, **{f"metric_{k}": v for k, v in per_image.items()})
+    tmp.replace(mdir / "predictions.npz")
+    history = pd.DataFrame(hist.rows).drop(columns=["score"])
     atomic_write_text(mdir / "history.csv", history.to_csv(index=False, float_format="%.6g"))
     best = hist.rows[hist.best_epoch]
-    row = {"model": label, "plugin": spec.plugin, **{k: round(v, 6) for k, v in values.items()},
+    row = {"model": label, "plugin": spec.plugin, "seed": seed, **{k: round(v, 6) for k, v in values.items()},
            "train_loss": round(best["train_loss"], 6), "val_loss": round(best["val_loss"], 6),
-           "best_epoch": hist.best_epoch, "epochs": len(hist.rows) - 1}
-    row.update(profile(model.net, dc["input_size"], device, timing=config["eval"]["latency"]))
+           "best_epoch": hist.best_epoch, "epochs": len(hist.rows) - 1, "input_size": size,
+           "miss_rate": round(float(test_d.missed.mean()), 4)}
+    row.update(profile(model.net, size, device, timing=config["eval"]["latency"]))
     row.update(branch_report(model.net))
     row["train_s"] = round(train_s, 1)
     return row

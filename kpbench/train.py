@@ -1,7 +1,16 @@
-"""The one training loop, used by every trainable model plugin: Adam on a masked MSE in crop
-coordinates, optional flip augmentation that swaps left/right points and random erasing,
-validation every epoch, the best epoch (by a score the runner supplies, lower is better) kept and
-checkpointed. A network may add a term to the loss through ``auxiliary_loss(pred, target)``."""
+"""The one training loop, used by every trainable model plugin.
+
+Adam on a masked MSE in crop coordinates; flip (left/right points swapped), random affine,
+photometric and erasing augmentation; validation every epoch, the best epoch (by the runner's
+score, lower is better) kept and checkpointed; an epoch checkpoint (``last.pt``) to resume from.
+
+The paper's protocol: backbones frozen for ``freeze_epochs`` epochs, then the last stage of each
+(or all of it) fine-tuned at ``backbone_lr`` x the learning rate. While the backbones are frozen
+and the augmentation is deterministic (none, or the flip), a model that splits into
+``frozen_features(x)`` and ``head_forward(z)`` trains its head on features computed once per image
+and per flip, cached on disk (see :mod:`kpbench.features`), which gives the same updates as
+recomputing them. A network may add a term to the loss through ``auxiliary_loss(pred, target)``.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from kpbench.augment import affine_batch
 from kpbench.data import Prepared
 from kpbench.evaluate import predict
 from kpbench.io import atomic_torch_save
 from kpbench.keypoints import Schema
+from kpbench.weights import read_checkpoint
+
+AUGMENT_KEYS = ("rotate", "scale", "translate", "brightness", "contrast")
 
 
 class Regressor(nn.Module):
@@ -31,17 +44,65 @@ class Regressor(nn.Module):
         self.net = net
         self.register_buffer("mean_shape", mean_shape.float().clone())
 
-    def forward(self, x):
-        out = self.net(x).view(x.shape[0], -1, 2)
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        out = out.view(out.shape[0], -1, 2)
         return out if getattr(self.net, "absolute_output", False) else out + self.mean_shape
+
+    def forward(self, x):
+        return self.finish(self.net(x))
+
+    def from_features(self, z):
+        """The prediction from cached ``net.frozen_features`` (models that split in two)."""
+        return self.finish(self.net.head_forward(z))
 
 
 def backbone_modules(net: nn.Module) -> list[nn.Module]:
     """The pretrained part of a model, by convention ``net.backbone`` or ``net.backbones``
-    (a ModuleDict, one per branch); what ``train.freeze_backbone`` freezes."""
+    (a ModuleDict, one per branch); what the frozen phase freezes."""
     if isinstance(getattr(net, "backbones", None), nn.ModuleDict):
         return list(net.backbones.values())
     return [net.backbone] if isinstance(getattr(net, "backbone", None), nn.Module) else []
+
+
+def last_stage_parameters(backbone: nn.Module) -> list[nn.Parameter]:
+    """The parameters of a backbone's last stage, the part "partial fine-tuning" trains: those
+    registered after the module that ends the previous stage in timm's ``feature_info`` (ResNet's
+    layer4, MobileNetV2's blocks 5-6 and head conv, VGG's conv5 block). A backbone can say
+    otherwise with a ``last_stage_parameters()`` method; one without stage information is all
+    last stage."""
+    if hasattr(backbone, "last_stage_parameters"):
+        return list(backbone.last_stage_parameters())
+    info = getattr(backbone, "feature_info", None)
+    names = [n for n, _ in backbone.named_modules()]
+    for entry in reversed(list(info or [])[:-1]):
+        if not isinstance(entry, dict) or entry.get("module") not in names:
+            continue
+        start = names.index(entry["module"]) + 1
+        while start < len(names) and names[start].startswith(entry["module"] + "."):
+            start += 1
+        after = set(names[start:])
+        params = [p for n, p in backbone.named_parameters() if n.rpartition(".")[0] in after]
+        if params:
+            return params
+    return list(backbone.parameters())
+
+
+def set_trainable(net: nn.Module, frozen: bool, unfreeze: str) -> None:
+    """Backbones frozen, or after the switch: ``unfreeze`` = "all" or "last_stage"."""
+    for bb in backbone_modules(net):
+        bb.requires_grad_(not frozen and unfreeze == "all")
+        if not frozen and unfreeze == "last_stage":
+            for p in last_stage_parameters(bb):
+                p.requires_grad_(True)
+
+
+def frozen_norms_to_eval(net: nn.Module) -> None:
+    """Normalization layers whose parameters are frozen keep their running statistics too."""
+    for bb in backbone_modules(net):
+        for m in bb.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase) and not any(
+                    p.requires_grad for p in m.parameters(recurse=False)):
+                m.eval()
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -55,12 +116,16 @@ def mean_shape(targets: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(torch.nanmean(targets, dim=0), nan=0.5)
 
 
-def flip_batch(x: torch.Tensor, y: torch.Tensor, which: torch.Tensor, perm: list[int]):
-    """Mirror the images in ``which`` and their points: x -> 1 - x, left/right pairs swapped."""
-    x = torch.where(which[:, None, None, None], x.flip(-1), x)
+def flip_points(y: torch.Tensor, which: torch.Tensor, perm: list[int]) -> torch.Tensor:
+    """Mirrored targets for the rows in ``which``: x -> 1 - x, left/right pairs swapped."""
     fy = y[:, perm].clone()
     fy[..., 0] = 1 - fy[..., 0]
-    return x, torch.where(which[:, None, None], fy, y)
+    return torch.where(which[:, None, None], fy, y)
+
+
+def flip_batch(x: torch.Tensor, y: torch.Tensor, which: torch.Tensor, perm: list[int]):
+    """Mirror the images in ``which`` and their points."""
+    return torch.where(which[:, None, None, None], x.flip(-1), x), flip_points(y, which, perm)
 
 
 def erase_batch(x: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
@@ -84,6 +149,24 @@ class History:
     best_score: float = math.inf
 
 
+def can_cache(net: nn.Module, cfg: dict) -> bool:
+    """Frozen-phase feature caching applies: the model splits in two, it has a frozen phase and
+    the augmentation is deterministic (at most the flip)."""
+    aug = cfg.get("augment") or {}
+    return (bool(cfg.get("feature_cache", True)) and int(cfg.get("freeze_epochs") or 0) > 0
+            and hasattr(net, "frozen_features") and hasattr(net, "head_forward") and bool(backbone_modules(net))
+            and not cfg.get("erase") and not any(aug.get(k) for k in AUGMENT_KEYS))
+
+
+def _scheduler(opt, cfg: dict, epochs: int):
+    kind = cfg.get("schedule") or "none"
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    if kind == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=2)
+    return None
+
+
 def train(
     net: nn.Module,
     train_data: Prepared,
@@ -91,51 +174,92 @@ def train(
     schema: Schema,
     cfg: dict,
     seed: int,
-    score: Callable[[np.ndarray], float],
-    checkpoint: Path,
+    evaluate: Callable[[np.ndarray], dict],
+    ckpt_dir: Path,
     device: str = "cpu",
     on_batch: Callable[[int, int, int], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    resume: bool = False,
+    features: Callable | None = None,
 ) -> tuple[Regressor, History]:
     """Train ``net``; return it (best epoch's weights loaded) and the per-epoch history.
 
-    ``score(pred_crop)`` rates validation predictions (lower is better); ``on_batch(epoch, done,
+    ``evaluate(pred_crop)`` rates validation predictions: a dict of metric values whose "score"
+    is minimised. ``ckpt_dir`` receives ``best.pt`` and the epoch checkpoint ``last.pt``; with
+    ``resume`` training continues from ``last.pt``. ``features(model, frozen_phase_key)`` returns
+    cached frozen features (see :func:`kpbench.features.cached_features`); ``on_batch(epoch, done,
     total)`` and ``on_epoch(row)`` report progress.
     """
+    ckpt_dir = Path(ckpt_dir)
     model = Regressor(net, mean_shape(train_data.targets)).to(device)
-    frozen = backbone_modules(net) if cfg.get("freeze_backbone") else []
-    for module in frozen:
-        module.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
+    backbone_ids = {id(p) for m in backbone_modules(net) for p in m.parameters()}
+    params = list(model.parameters())
+    lr = float(cfg["lr"])
+    groups = [{"params": [p for p in params if id(p) not in backbone_ids], "lr": lr},
+              {"params": [p for p in params if id(p) in backbone_ids], "lr": lr * float(cfg.get("backbone_lr", 1.0))}]
+    groups = [g for g in groups if g["params"]]
     epochs = int(cfg["epochs"]) if params else 0
-    opt = torch.optim.Adam(params, lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"])) if params else None
+    opt = torch.optim.Adam(groups, weight_decay=float(cfg["weight_decay"])) if params else None
+    sched = _scheduler(opt, cfg, epochs) if opt else None
+    freeze_epochs = int(cfg.get("freeze_epochs") or 0)
+    unfreeze = cfg.get("unfreeze") or "all"
+    aug = {k: float((cfg.get("augment") or {}).get(k) or 0.0) for k in AUGMENT_KEYS}
+    use_cache = features is not None and can_cache(net, cfg)
     gen = torch.Generator().manual_seed(seed)
     perm = list(schema.flip_permutation)
     bs = int(cfg["batch_size"])
     n = len(train_data)
     hist = History()
     best_state = copy.deepcopy(model.state_dict())
-    stale = 0
-    for epoch in range(epochs + 1):  # epoch 0 evaluates the untrained model (and is all a fixed model gets)
+    stale, start = 0, 0
+
+    last = ckpt_dir / "last.pt"
+    if resume and last.is_file():
+        ck = read_checkpoint(last)
+        model.load_state_dict(ck["model"])
+        if opt:
+            opt.load_state_dict(ck["opt"])
+        if sched:
+            sched.load_state_dict(ck["sched"])
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        hist = History(ck["rows"], ck["best_epoch"], ck["best_score"])
+        stale, start = ck["stale"], ck["epoch"] + 1
+        best_state = read_checkpoint(ckpt_dir / "best.pt")["state_dict"]
+
+    for epoch in range(start, epochs + 1):  # epoch 0 evaluates the untrained model (all a fixed model gets)
         t0 = time.perf_counter()
+        frozen = 0 < epoch <= freeze_epochs or (epoch == 0 and freeze_epochs > 0)
+        set_trainable(net, frozen, unfreeze)
+        cached = features(model, "frozen") if use_cache and frozen else None
         train_loss = float("nan")
         if epoch > 0:
             model.train()
-            for module in frozen:  # frozen backbones keep their BatchNorm statistics too
-                module.eval()
+            frozen_norms_to_eval(net)
             order = torch.randperm(n, generator=gen)
             batches = [order[i:i + bs] for i in range(0, n, bs)]
             if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on a batch of one
                 batches.pop()
             total, count = 0.0, 0
             for b, idx in enumerate(batches):
-                x, y = train_data.images[idx], train_data.targets[idx]
-                if cfg["flip"]:
-                    x, y = flip_batch(x, y, torch.rand(len(idx), generator=gen) < 0.5, perm)
-                if cfg.get("erase"):
-                    x = erase_batch(x, float(cfg["erase"]), gen)
-                x, y = x.to(device), y.to(device)
-                pred = model(x)
+                y = train_data.targets[idx]
+                which = torch.rand(len(idx), generator=gen) < 0.5 if cfg["flip"] else None
+                if cached is not None:
+                    z = cached["train"][idx]
+                    if which is not None:
+                        z = torch.where(which[:, None], cached["train_flip"][idx], z)
+                        y = flip_points(y, which, perm)
+                    pred = model.from_features(z.to(device))
+                else:
+                    x = train_data.images[idx]
+                    if which is not None:
+                        x, y = flip_batch(x, y, which, perm)
+                    if any(aug.values()):
+                        x, y = affine_batch(x, y, gen, **aug)
+                    if cfg.get("erase"):
+                        x = erase_batch(x, float(cfg["erase"]), gen)
+                    pred = model(x.to(device))
+                y = y.to(device)
                 mse = masked_mse(pred, y)
                 loss = mse + net.auxiliary_loss(pred, y) if hasattr(net, "auxiliary_loss") else mse
                 opt.zero_grad(set_to_none=True)
@@ -146,18 +270,31 @@ def train(
                 if on_batch:
                     on_batch(epoch, b + 1, len(batches))
             train_loss = total / count
-        pred = predict(model, val_data.images, device=device)
+        if cached is not None:
+            model.eval()
+            with torch.inference_mode():
+                pred = torch.cat([model.from_features(z.to(device)).float().cpu()
+                                  for z in cached["val"].split(256)]).numpy()
+        else:
+            pred = predict(model, val_data.images, device=device)
         val_loss = float(masked_mse(torch.from_numpy(pred), val_data.targets))
-        val_score = float(score(pred))
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_score": val_score,
-               "seconds": time.perf_counter() - t0}
+        scores = evaluate(pred)
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **scores,
+               "lr": opt.param_groups[0]["lr"] if opt else float("nan"), "seconds": time.perf_counter() - t0}
         hist.rows.append(row)
-        if val_score < hist.best_score or epoch == 0:
-            hist.best_epoch, hist.best_score, stale = epoch, val_score, 0
+        if scores["score"] < hist.best_score or epoch == 0:
+            hist.best_epoch, hist.best_score, stale = epoch, scores["score"], 0
             best_state = copy.deepcopy(model.state_dict())
-            atomic_torch_save({"state_dict": best_state, "epoch": epoch, "val_score": val_score}, checkpoint)
+            atomic_torch_save({"state_dict": best_state, "epoch": epoch, "score": scores["score"]},
+                              ckpt_dir / "best.pt")
         else:
             stale += 1
+        if sched is not None and epoch > 0:
+            sched.step(scores["score"]) if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) else sched.step()
+        atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict() if opt else None,
+                           "sched": sched.state_dict() if sched else None, "gen": gen.get_state(),
+                           "torch_rng": torch.get_rng_state(), "rows": hist.rows, "best_epoch": hist.best_epoch,
+                           "best_score": hist.best_score, "stale": stale, "epoch": epoch}, last)
         if on_epoch:
             on_epoch(row)
         if cfg.get("patience") and stale >= int(cfg["patience"]):

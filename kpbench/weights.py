@@ -12,19 +12,25 @@ import torch
 from kpbench.errors import KpbenchError
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a local file, loaded safely (no pickled code runs)."""
+def read_checkpoint(path: str | Path):
+    """Any file kpbench or torch wrote, loaded safely (``weights_only=True``: no pickled code runs)."""
     p = Path(path)
     if not p.is_file():
         raise KpbenchError(f"weights file not found: {p}")
-    if p.suffix == ".safetensors":
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a corrupt or unsafe file
+        raise KpbenchError(f"{p}: cannot be loaded safely (weights_only=True): {type(exc).__name__}: {exc}") from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a local file (.pth/.pt or .safetensors), loaded safely."""
+    p = Path(path)
+    if p.suffix == ".safetensors" and p.is_file():
         from safetensors.torch import load_file
 
         return load_file(str(p))
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a corrupt or unsafe file
-        raise KpbenchError(f"{p}: cannot be loaded safely (weights_only=True): {type(exc).__name__}: {exc}") from None
+    obj = read_checkpoint(p)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

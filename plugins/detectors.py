@@ -7,37 +7,34 @@ from __future__ import annotations
 import numpy as np
 
 import kpbench
+from kpbench.data import image_box, points_box
 
 
-def whole_image(**_options):
-    def detect(image: np.ndarray, points: np.ndarray):
-        h, w = image.shape[:2]
-        side = float(max(h, w))
-        return ((w - side) / 2, (h - side) / 2, side)
+class WholeImage:
+    """The whole image is the face (pre-cropped data such as Kaggle's 96x96 faces)."""
 
-    return detect
+    def __call__(self, image: np.ndarray, points: np.ndarray):
+        return image_box(image)
+
+    def detect_all(self, image: np.ndarray) -> list[dict]:
+        return [{"box": image_box(image), "score": 1.0, "landmarks": None}]
 
 
-def gt_box(margin: float = 0.25, **_options):
-    """Square around the visible points, enlarged by ``margin`` of its side on each side."""
+class GtBox:
+    """Square around the annotated visible points, enlarged by ``margin`` of its side on each side
+    (the whole image when fewer than two points are visible). Needs annotations, so it cannot
+    find faces in new photos."""
 
-    def detect(image: np.ndarray, points: np.ndarray):
-        visible = points[~np.isnan(points).any(axis=1)]
-        if len(visible) < 2:
-            return whole_image()(image, points)
-        lo, hi = visible.min(axis=0) + 0.5, visible.max(axis=0) + 0.5
-        side = float((hi - lo).max() * (1 + 2 * margin))
-        if side <= 0:  # all visible points coincide
-            return whole_image()(image, points)
-        cx, cy = (lo + hi) / 2
-        return (cx - side / 2, cy - side / 2, side)
+    def __init__(self, margin: float = 0.25):
+        self.margin = float(margin)
 
-    return detect
+    def __call__(self, image: np.ndarray, points: np.ndarray):
+        return points_box(points, self.margin) or image_box(image)
 
 
 @kpbench.hookimpl
 def kpbench_detectors():
     return [
-        kpbench.DetectorSpec("none", whole_image, "Whole image as the face box (pre-cropped data)"),
-        kpbench.DetectorSpec("gt-box", gt_box, "Box around the annotated points plus a margin (oracle detector)"),
+        kpbench.DetectorSpec("none", WholeImage, "Whole image as the face box (pre-cropped data)"),
+        kpbench.DetectorSpec("gt-box", GtBox, "Box around the annotated points plus a margin (oracle detector)"),
     ]

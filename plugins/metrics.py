@@ -1,8 +1,37 @@
-"""Built-in metrics, per image, in the original image's pixels; missing true points are excluded.
+"""Built-in metrics, computed per image; each image then counts once in the average over images.
 
-MSE/MAE average over the visible coordinates of an image; RMSE is the square root of the mean of
-the per-image MSE; NME is the mean point-to-point distance divided by the inter-ocular distance
-(the schema's outer eye corners). Each image counts once in the average over images.
+Missing points (NaN in the ground truth) are excluded from every metric. An image with nothing
+left to measure, or whose normalizer is undefined or zero, gets NaN and is left out of the average.
+
+Pixel metrics, in the original image's pixels:
+
+- ``mse`` / ``mae``: mean squared / absolute error over the visible x and y coordinates of an image.
+- ``rmse``: square root of the mean over images of the per-image MSE.
+- ``mape``: mean absolute percentage error, ``100 * |pred - true| / |true|`` averaged over the
+  visible coordinates of an image. A coordinate whose true value is within 1 pixel of zero
+  (``|true| < 1``) is excluded, since dividing by it is unstable; an image with no coordinate
+  left gets NaN. The value depends on where the image's origin is, so it compares models only on
+  the same data.
+
+Normalized-coordinate metrics (``mse_norm``, ``mae_norm``, ``rmse_norm``, ``mape_norm``): the same
+errors, with coordinates first mapped into the face crop the prediction was made in and scaled to
+[0, 1]: ``(p + 0.5 - (x0, y0)) / side``. So ``mse_norm = mse / side²`` and
+``mae_norm = mae / side`` per image. ``mape_norm`` divides by the normalized true coordinate and
+excludes coordinates with ``|true_norm| < 0.01``.
+
+Normalized mean error: the mean point-to-point (Euclidean) distance of an image divided by
+
+- ``nme``: the inter-ocular distance, between the schema's outer eye corners;
+- ``nme_ip``: the inter-pupil distance, between the schema's eye centers. A schema without eye
+  center points uses the mean of each eye's points where kpbench knows them (iBUG 68: points
+  36-41 and 42-47, all six must be visible); for any other schema it is NaN;
+- ``nme_box``: ``sqrt(w * h)`` of the bounding box of the image's visible true points (works for
+  any schema).
+
+From the inter-ocular NME: ``fr10`` is the failure rate, the fraction of images with NME > 0.1;
+``auc10`` is the area under the cumulative error distribution (CED) of NME from 0 to 0.1, divided
+by 0.1 so it lies in [0, 1] (higher is better). Per image it is ``max(0, 1 - nme / 0.1)``: the mean
+of this over images equals the normalized area under the CED exactly.
 """
 
 from __future__ import annotations
@@ -12,6 +41,10 @@ import warnings
 import numpy as np
 
 import kpbench
+from kpbench.data import to_crop
+
+# eye point ranges (right eye, left eye) for schemas that have no eye-center points
+_EYE_POINTS = {"ibug68": (slice(36, 42), slice(42, 48))}
 
 
 def _nanmean(x: np.ndarray, axis) -> np.ndarray:
@@ -20,20 +53,92 @@ def _nanmean(x: np.ndarray, axis) -> np.ndarray:
         return np.nanmean(x, axis=axis)
 
 
-def squared_error(pred, true, ctx):
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den per image, NaN where the normalizer is undefined or not positive."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+# ---- per-coordinate errors: (pred, true) -> (N,) ----------------------------------------------
+
+
+def _mse(pred, true):
     return _nanmean((pred - true) ** 2, axis=(1, 2))
 
 
-def absolute_error(pred, true, ctx):
+def _mae(pred, true):
     return _nanmean(np.abs(pred - true), axis=(1, 2))
 
 
-def nme(pred, true, ctx):
-    a, b = ctx.schema.norm_pair
-    norm = np.linalg.norm(true[:, a] - true[:, b], axis=-1)
-    dist = _nanmean(np.linalg.norm(pred - true, axis=-1), axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(norm > 0, dist / norm, np.nan)
+def _mape(floor: float):
+    def mape(pred, true):
+        t = np.where(np.abs(true) >= floor, true, np.nan)  # NaN compares False: missing stays out
+        return 100.0 * _nanmean(np.abs(pred - t) / np.abs(t), axis=(1, 2))
+    return mape
+
+
+def _in_pixels(err):
+    return lambda pred, true, ctx: err(pred, true)
+
+
+def _in_crop(err):
+    return lambda pred, true, ctx: err(to_crop(pred, ctx.boxes), to_crop(true, ctx.boxes))
+
+
+squared_error = _in_pixels(_mse)
+absolute_error = _in_pixels(_mae)
+
+
+# ---- normalized mean error ---------------------------------------------------------------------
+
+
+def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(a - b, axis=-1)
+
+
+def inter_ocular(true, schema) -> np.ndarray:
+    a, b = schema.norm_pair
+    return _dist(true[:, a], true[:, b])
+
+
+def inter_pupil(true, schema) -> np.ndarray:
+    if schema.pupil_pair is not None:
+        a, b = schema.pupil_pair
+        return _dist(true[:, a], true[:, b])
+    if schema.name in _EYE_POINTS:
+        right, left = _EYE_POINTS[schema.name]
+        return _dist(true[:, right].mean(axis=1), true[:, left].mean(axis=1))
+    return np.full(len(true), np.nan)
+
+
+def box_size(true, schema) -> np.ndarray:
+    """sqrt(w * h) of the bounding box of each image's visible true points."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        wh = np.nanmax(true, axis=1) - np.nanmin(true, axis=1)
+    return np.sqrt(wh[:, 0] * wh[:, 1])
+
+
+def _nme(normalizer):
+    def nme(pred, true, ctx):
+        return _ratio(_nanmean(_dist(pred, true), axis=1), normalizer(true, ctx.schema))
+    return nme
+
+
+nme = _nme(inter_ocular)
+
+
+def _failure(threshold: float):
+    def failure(pred, true, ctx):
+        e = nme(pred, true, ctx)
+        return np.where(np.isnan(e), np.nan, (e > threshold).astype(float))
+    return failure
+
+
+def _auc(threshold: float):
+    def auc(pred, true, ctx):
+        return np.maximum(0.0, 1.0 - nme(pred, true, ctx) / threshold)  # NaN stays NaN
+    return auc
 
 
 @kpbench.hookimpl
@@ -44,5 +149,23 @@ def kpbench_metrics():
         M("mae", lambda: absolute_error, "Mean absolute error per coordinate, pixels", unit="px"),
         M("rmse", lambda: squared_error, "Root mean squared error per coordinate, pixels", aggregate="sqrt_mean",
           unit="px"),
+        M("mape", lambda: _in_pixels(_mape(1.0)),
+          "Mean absolute percentage error per coordinate, pixels; coordinates with |true| < 1 px excluded",
+          unit="%"),
+        M("mse_norm", lambda: _in_crop(_mse), "Mean squared error per coordinate in [0, 1] crop coordinates"
+          " (mse / side²)"),
+        M("mae_norm", lambda: _in_crop(_mae), "Mean absolute error per coordinate in [0, 1] crop coordinates"
+          " (mae / side)"),
+        M("rmse_norm", lambda: _in_crop(_mse), "Root mean squared error per coordinate in [0, 1] crop coordinates",
+          aggregate="sqrt_mean"),
+        M("mape_norm", lambda: _in_crop(_mape(0.01)),
+          "Mean absolute percentage error per coordinate in [0, 1] crop coordinates; |true| < 0.01 excluded",
+          unit="%"),
         M("nme", lambda: nme, "Mean point-to-point error / inter-ocular (outer eye corners) distance"),
+        M("nme_ip", lambda: _nme(inter_pupil), "Mean point-to-point error / inter-pupil (eye centers) distance"),
+        M("nme_box", lambda: _nme(box_size),
+          "Mean point-to-point error / sqrt(w*h) of the visible true points' bounding box"),
+        M("fr10", lambda: _failure(0.1), "Failure rate: fraction of images with inter-ocular NME > 0.1"),
+        M("auc10", lambda: _auc(0.1), "Area under the inter-ocular NME CED from 0 to 0.1, normalized to [0, 1]",
+          higher_is_better=True),
     ]

@@ -62,17 +62,21 @@ class HybridNet(nn.Module):
         )
         _start_at_mean_shape(self.head[-1])
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+        self.register_buffer("branch_of", torch.tensor([i for i, d in enumerate(dims) for _ in range(d)]),
+                             persistent=False)  # feature index -> its branch's alpha
+
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The branches' pooled features, concatenated (before alpha): what the frozen phase caches."""
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        parts = []
-        for i, (name, net) in enumerate(self.backbones.items()):
-            z = (x - getattr(self, f"mean_{name}")) / getattr(self, f"std_{name}")
-            parts.append(self.alpha[i] * net(z))
-        return torch.cat(parts, dim=1)
+        return torch.cat([net((x - getattr(self, f"mean_{name}")) / getattr(self, f"std_{name}"))
+                          for name, net in self.backbones.items()], dim=1)
+
+    def head_forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(z * self.alpha[self.branch_of])
 
     def forward(self, x):
-        return self.head(self.features(x))
+        return self.head_forward(self.frozen_features(x))
 
 
 class PlainCNN(nn.Module):
@@ -138,12 +142,18 @@ class TimmRegressor(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.num_features, num_keypoints * 2))
         _start_at_mean_shape(self.head[-1])
 
-    def forward(self, x):
+    def frozen_features(self, x):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-1] < self.min_size:
             x = nn.functional.interpolate(x, size=(self.min_size, self.min_size), mode="bilinear", align_corners=False)
-        return self.head(self.backbone((x - self.mean) / self.std))
+        return self.backbone((x - self.mean) / self.std)
+
+    def head_forward(self, z):
+        return self.head(z)
+
+    def forward(self, x):
+        return self.head(self.frozen_features(x))
 
 
 class MeanShape(nn.Module):

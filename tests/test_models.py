@@ -3,6 +3,7 @@
 import time
 
 import pytest
+import numpy as np
 import torch
 
 from kpbench import KpbenchError
@@ -28,7 +29,7 @@ def test_hybrid_matches_the_paper_table_2(hybrid):
     assert sum(p.numel() for p in hybrid.backbones["vgg16"].parameters()) == 14_714_688
     hybrid.eval()
     with torch.inference_mode():
-        feats = hybrid.features(torch.rand(2, 1, 64, 64))
+        feats = hybrid.frozen_features(torch.rand(2, 1, 64, 64))
         out = hybrid(torch.rand(2, 1, 64, 64))
     assert feats.shape == (2, 512 + 2048 + 1280) and out.shape == (2, 30)
 
@@ -37,12 +38,13 @@ def test_alpha_scales_its_branch(hybrid):
     hybrid.eval()
     x = torch.rand(1, 1, 64, 64)
     with torch.inference_mode():
-        before = hybrid.features(x).clone()
+        z = hybrid.frozen_features(x)
+        torch.testing.assert_close(hybrid.head_forward(z), hybrid(x))
+        hybrid.head = torch.nn.Identity()  # look at what the head receives
         hybrid.alpha[0] = 2.0
-        after = hybrid.features(x)
-        hybrid.alpha[0] = 1.0
-    torch.testing.assert_close(after[:, :512], 2 * before[:, :512])
-    torch.testing.assert_close(after[:, 512:], before[:, 512:])
+        seen = hybrid.head_forward(z)
+    torch.testing.assert_close(seen[:, :512], 2 * z[:, :512])
+    torch.testing.assert_close(seen[:, 512:], z[:, 512:])
 
 
 def test_imagenet_weights_offline_fail_fast_with_one_line(monkeypatch):
@@ -104,7 +106,7 @@ def test_gan_discriminator_trains_but_is_not_part_of_the_model(tmp_path):
     detect = plugins.detectors.get("none").factory()
     tr, va, _ = (prepare(ds, i, detect, 32, "kaggle15") for i in split_indices(40, [0.6, 0.2, 0.2], 0))
     cfg = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "weight_decay": 0.0, "flip": False, "erase": 0.5}
-    train(gan, tr, va, KAGGLE15, cfg, 0, lambda p: 0.0, tmp_path / "g.pt")
+    train(gan, tr, va, KAGGLE15, cfg, 0, lambda p: {"score": 0.0}, tmp_path)
     assert gan._gan["steps"] == 3
     assert any(not torch.equal(a, b) for a, b in zip(before, gan.discriminator.parameters()))
 
@@ -121,23 +123,97 @@ def test_erase_batch_occludes_about_the_requested_share():
     assert torch.equal(erase_batch(x, 0.0, torch.Generator()), x)
 
 
-def test_freeze_backbone_trains_only_the_head(tmp_path):
+def _tiny_splits(n=30, size=32):
     from kpbench.data import prepare, split_indices
+
+    plugins = get_plugins()
+    ds = plugins.datasets.get("synthetic").factory(None, n=n, size=size)
+    detect = plugins.detectors.get("none").factory()
+    return [prepare(ds, i, detect, size, "kaggle15") for i in split_indices(n, [0.6, 0.2, 0.2], 0)]
+
+
+CFG = {"epochs": 1, "batch_size": 8, "lr": 1e-2, "weight_decay": 0.0, "flip": False}
+
+
+def _improving():
+    scores = iter([1.0, 0.5, 0.25, 0.1])  # every epoch "improves", so the last weights are kept
+    return lambda p: {"score": next(scores)}
+
+
+def test_frozen_backbone_trains_only_the_head(tmp_path):
     from kpbench.keypoints import KAGGLE15
     from kpbench.train import train
 
-    plugins = get_plugins()
     torch.manual_seed(0)
-    net = plugins.models.get("resnet10t").factory(15, 32, 1)
+    net = get_plugins().models.get("resnet10t").factory(15, 32, 1)
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    ds = plugins.datasets.get("synthetic").factory(None, n=30, size=32)
-    detect = plugins.detectors.get("none").factory()
-    tr, va, _ = (prepare(ds, i, detect, 32, "kaggle15") for i in split_indices(30, [0.6, 0.2, 0.2], 0))
-    cfg = {"epochs": 1, "batch_size": 8, "lr": 1e-2, "weight_decay": 0.0, "flip": False, "freeze_backbone": True}
-    scores = iter([1.0, 0.0])  # epoch 1 "improves", so its weights are the ones kept
-    train(net, tr, va, KAGGLE15, cfg, 0, lambda p: next(scores), tmp_path / "f.pt")
+    tr, va, _ = _tiny_splits()
+    train(net, tr, va, KAGGLE15, {**CFG, "freeze_epochs": 1}, 0, _improving(), tmp_path)
     after = net.state_dict()
     backbone = [k for k in before if k.startswith("backbone.")]
     assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)  # BN statistics included
     assert not torch.equal(before["head.1.weight"], after["head.1.weight"])
     assert all(not p.requires_grad for p in net.backbone.parameters())
+
+
+def test_partial_fine_tuning_trains_only_the_last_stage_after_the_switch(tmp_path):
+    from kpbench.keypoints import KAGGLE15
+    from kpbench.train import last_stage_parameters, train
+
+    torch.manual_seed(0)
+    net = get_plugins().models.get("resnet10t").factory(15, 32, 1)
+    last = {id(p) for p in last_stage_parameters(net.backbone)}
+    names = {n for n, p in net.backbone.named_parameters() if id(p) in last}
+    assert names and all(n.startswith("layer4.") for n in names)  # ResNet's last stage
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    tr, va, _ = _tiny_splits()
+    cfg = {**CFG, "epochs": 2, "freeze_epochs": 1, "unfreeze": "last_stage", "backbone_lr": 0.1}
+    train(net, tr, va, KAGGLE15, cfg, 0, _improving(), tmp_path)
+    after = net.state_dict()
+    changed = {k for k in before if k.startswith("backbone.") and not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("backbone.layer4.") for k in changed)
+
+
+@pytest.mark.parametrize("name, prefixes", [("mobilenetv2_100", ("blocks.5.", "blocks.6.", "conv_head", "bn2")),
+                                            ("vgg16", ("features.24", "features.26", "features.28"))])
+def test_last_stage_of_timm_backbones(name, prefixes):
+    import timm
+
+    from kpbench.train import last_stage_parameters
+
+    with torch.device("meta"):
+        bb = timm.create_model(name, num_classes=0)
+    if name == "vgg16":
+        bb.pre_logits = torch.nn.Identity()  # the hybrid's VGG16 is its convolutional trunk
+    ids = {id(p) for p in last_stage_parameters(bb)}
+    names = [n for n, p in bb.named_parameters() if id(p) in ids]
+    assert names and all(n.startswith(prefixes) for n in names)
+    assert all(any(n.startswith(p) for n in names) for p in prefixes)
+
+
+def test_cached_features_give_the_same_training_as_recomputing(tmp_path, monkeypatch):
+    """The frozen phase on cached features follows the same trajectory as recomputing the backbone."""
+    from kpbench.features import cached_features
+    from kpbench.keypoints import KAGGLE15
+    from kpbench.train import backbone_modules, train
+
+    monkeypatch.setenv("KPBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    tr, va, _ = _tiny_splits()
+    cfg = {**CFG, "epochs": 3, "flip": True, "freeze_epochs": 3}
+    results = []
+    for use_cache in (False, True):
+        torch.manual_seed(0)
+        net = get_plugins().models.get("resnet10t").factory(15, 32, 1)
+        seen = []
+
+        def features(model, _phase):
+            return cached_features(model, tr, va, True, "cpu", backbone_modules(model.net), on_compute=seen.append)
+
+        _, hist = train(net, tr, va, KAGGLE15, cfg, 0, lambda p: {"score": float(np.mean(p))},
+                        tmp_path / str(use_cache), features=features if use_cache else None)
+        results.append(hist.rows)
+        assert len(seen) == (1 if use_cache else 0)  # computed once, then read from disk
+    for a, b in zip(*results):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, nan_ok=True)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 1

@@ -474,7 +474,7 @@ def test_config_accepts_exponent_notation_floats(tmp_path):
 
 
 def test_gt_box_with_coincident_points_falls_back_to_whole_image():
-    from kpbench_plugins.detectors import gt_box
+    from kpbench_plugins.detectors import GtBox as gt_box
     pts = np.full((15, 2), np.nan, dtype=np.float32)
     pts[:3] = 10.0
     x0, y0, side = gt_box()(np.zeros((40, 60), np.float32), pts)
