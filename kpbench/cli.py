@@ -105,7 +105,64 @@ def _param_counts(spec) -> tuple[str, str]:
 def cmd_report(args, console: Console) -> None:
     from kpbench import report
 
-    report.render(args.run_dir, console)
+    if len(args.run_dirs) == 1:
+        report.render(args.run_dirs[0], console)
+    elif len(args.run_dirs) == 2:
+        report.compare(*args.run_dirs, console=console)
+    else:
+        raise KpbenchError("report takes one run directory, or two to compare")
+
+
+def _options(text: str | None, what: str) -> dict:
+    if not text:
+        return {}
+    import yaml
+
+    value = yaml.safe_load(text)
+    if not isinstance(value, dict):
+        raise KpbenchError(f"{what} {text!r}: expected a YAML mapping, e.g. '{{margin: 0.2}}'")
+    return value
+
+
+def cmd_evaluate(args, console: Console) -> None:
+    import time
+
+    from kpbench.inference import evaluate, load_trained
+
+    plugins = _plugins(args)
+    trained = load_trained(args.model, plugins)
+    out = args.out or Path("results") / f"{time.strftime('%Y%m%d-%H%M%S')}-evaluate-{trained.label}"
+    evaluate(trained, plugins, args.dataset, out, args.detector, _options(args.detector_options, "--detector-options"),
+             _options(args.dataset_options, "--dataset-options"), console)
+    console.print(f"results: {out}")
+
+
+def cmd_predict(args, console: Console) -> None:
+    from kpbench.inference import expand_paths, load_trained, predict_photos
+    from kpbench.runner import make_detector
+
+    plugins = _plugins(args)
+    trained = load_trained(args.model, plugins)
+    detector = make_detector(plugins, args.detector, _options(args.detector_options, "--detector-options"))
+    paths = expand_paths(args.paths)
+    results = predict_photos(trained, detector, paths, Path(args.out), console)
+    faces = sum(len(r["faces"]) for r in results)
+    console.print(f"{faces} face(s) in {len(results)} photo(s) "
+                  f"({sum(not r['faces'] for r in results)} without a face); written to {args.out}")
+
+
+def cmd_bench(args, console: Console) -> None:
+    from kpbench import config as cfgmod
+    from kpbench.bench import bench
+
+    config = cfgmod.load(args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None))
+    if args.models:
+        config["models"] = _csv(args.models)
+    if args.input_size:
+        config["data"]["input_size"] = args.input_size
+    if args.device:
+        config["run"]["device"] = args.device
+    bench(config, _plugins(args), console, batch=args.batch)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,9 +189,34 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'mobile*'")
     ls.set_defaults(func=cmd_list)
 
-    rep = sub.add_parser("report", help="print the leaderboard of a finished run")
-    rep.add_argument("run_dir", type=Path)
+    rep = sub.add_parser("report", help="re-render a run's reports from its saved predictions, or compare two runs")
+    rep.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="one run, or two to compare")
     rep.set_defaults(func=cmd_report)
+
+    ev = sub.add_parser("evaluate", help="evaluate a trained model on any dataset, with the same reports")
+    ev.add_argument("--model", required=True, help="run directory (its best model), model directory or best.pt")
+    ev.add_argument("--dataset", required=True, help="kind:path, e.g. ibug:../shared/data/300w-helen-train")
+    ev.add_argument("--dataset-options", help="YAML mapping for the dataset plugin")
+    ev.add_argument("--detector", help="face boxes: gt-box, mtcnn, none (default: the run's)")
+    ev.add_argument("--detector-options", help="YAML mapping, e.g. '{margin: 0.15}'")
+    ev.add_argument("--out", type=Path, help="output directory (default results/<timestamp>-evaluate-<model>)")
+    ev.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="find every face in photos and predict its keypoints (JSON + PNG)")
+    pr.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories or globs")
+    pr.add_argument("--model", required=True, help="run directory (its best model), model directory or best.pt")
+    pr.add_argument("--detector", default="mtcnn", help="face detector (default mtcnn)")
+    pr.add_argument("--detector-options", help="YAML mapping, e.g. '{margin: 0.2}'")
+    pr.add_argument("--out", default="predictions", help="output directory (default ./predictions)")
+    pr.set_defaults(func=cmd_predict)
+
+    be = sub.add_parser("bench", help="parameters, GMACs, latency and throughput of models, without training")
+    be.add_argument("--models", help="comma-separated model names (default: the config's)")
+    be.add_argument("--config", "-c", help="YAML config (model options, input size)")
+    be.add_argument("--input-size", type=int)
+    be.add_argument("--batch", type=int, default=32, help="batch size for throughput (default 32)")
+    be.add_argument("--device", help="auto, cpu, cuda ...")
+    be.set_defaults(func=cmd_bench)
     return p
 
 

@@ -56,6 +56,20 @@ def split_indices(n: int, fractions: Sequence[float], seed: int, groups: Sequenc
     return tuple(np.flatnonzero(labels == k) for k in range(3))
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def read_image(path) -> np.ndarray:
+    """An image file as an (H, W, 3) uint8 RGB array; an unreadable file is a one-line error."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as exc:
+        raise KpbenchError(f"{path}: cannot read image: {exc}") from None
+
+
 def to_gray(image: np.ndarray) -> np.ndarray:
     img = np.asarray(image)
     img = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)

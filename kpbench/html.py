@@ -8,12 +8,12 @@ import base64
 import html
 import math
 import numbers
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import pandas as pd
+
+from kpbench.io import atomic_write_text
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #222; margin: 2rem auto;
@@ -128,18 +128,6 @@ def page(title: str, meta: Mapping, leaderboard: pd.DataFrame, images: Mapping[s
 
 
 def write(path, text: str) -> Path:
-    """Write ``text`` (UTF-8) atomically: temp file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8"))
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``text`` (UTF-8) atomically."""
+    atomic_write_text(Path(path), text)
+    return Path(path)

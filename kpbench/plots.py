@@ -10,8 +10,6 @@ Pass the same ``colors`` (see :func:`model_colors`) to every function to keep on
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -22,6 +20,9 @@ from matplotlib import colormaps
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+
+from kpbench.io import atomic_write_bytes
 
 DPI = 110
 # tab10 first, then the lighter halves of tab20, so up to 20 models get distinct colors.
@@ -51,29 +52,13 @@ def _t(text) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _save(fig: Figure, path) -> Path:
     """Render ``fig`` to PNG bytes, then write them atomically to ``path``."""
-    path = Path(path)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None}, facecolor="white")
     fig.clf()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
 
 
 def _empty(ax, message: str = "no data") -> None:
@@ -357,4 +342,24 @@ def accuracy_vs_cost(df: pd.DataFrame, path, x: str = "latency_ms", y: str = "nm
         ax.text(0.01, 0.01, _t("not shown (no value): " + ", ".join(skipped)), transform=ax.transAxes, fontsize=7,
                 color="0.4", va="bottom", ha="left")
     _style(ax)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- photos
+
+def photo_keypoints(image: np.ndarray, points: np.ndarray, boxes: np.ndarray, path) -> Path:
+    """A photo with every face's box and predicted keypoints drawn (``kpbench predict``).
+    ``points`` (F,K,2) and ``boxes`` (F,3) = x0, y0, side, in the photo's pixels."""
+    h, w = image.shape[:2]
+    scale = 8 / max(h, w)
+    fig = Figure(figsize=(w * scale, h * scale))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="antialiased")
+    for (x0, y0, side), p in zip(boxes, points):
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), side, side, fill=False, edgecolor="#1f77b4", linewidth=1.2))
+        ax.scatter(p[:, 0], p[:, 1], s=max(6.0, side * scale * 0.6), marker="o", color=PRED_COLOR,
+                   edgecolors="white", linewidths=0.4)
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    ax.axis("off")
     return _save(fig, path)

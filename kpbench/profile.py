@@ -51,11 +51,11 @@ def latency(model: torch.nn.Module, input_size: int, device="cpu", batch: int = 
         return _median_seconds(step, warmup, runs)
 
 
-def profile(model: torch.nn.Module, input_size: int, device="cpu", timing: bool = True) -> dict:
+def profile(model: torch.nn.Module, input_size: int, device="cpu", timing: bool = True, batch: int = 32) -> dict:
     total, trainable = count_params(model)
     row = {"params": total, "trainable_params": trainable, "gmacs": round(gmacs(model.cpu(), input_size), 4)}
     model.to(device)
     if timing:
         row["latency_ms"] = round(latency(model, input_size, device) * 1000, 3)
-        row["throughput_ips"] = round(32 / latency(model, input_size, device, batch=32, warmup=1, runs=3), 1)
+        row["throughput_ips"] = round(batch / latency(model, input_size, device, batch=batch, warmup=1, runs=3), 1)
     return row

@@ -6,16 +6,19 @@ written as CSV, Markdown and JSON, and printed as a rich table. ``kpbench run`` 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 from rich.console import Console
 from rich.table import Table
 
+from kpbench import stats
+from kpbench.html import fmt as _fmt
 from kpbench.errors import KpbenchError
 from kpbench.io import atomic_write_json, atomic_write_text
+from kpbench.keypoints import get_schema
 
 FIRST = ["rank", "model", "plugin"]
 
@@ -51,16 +54,6 @@ def leaderboard(rows: list[dict], sort_by: str, higher_is_better: bool = False,
     return df[[c for c in FIRST if c in df] + [c for c in df.columns if c not in FIRST]].reset_index(drop=True)
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "-"
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
-    if isinstance(v, int) and abs(v) >= 10_000:
-        return f"{v:,}"
-    return str(v)
-
-
 def to_markdown(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
@@ -76,19 +69,28 @@ def write(df: pd.DataFrame, out: Path, meta: dict) -> None:
     atomic_write_json(out / "leaderboard.json", {"meta": meta, "rows": json.loads(df.to_json(orient="records"))})
 
 
-SHOWN = ["rank", "model", "nme", "rmse", "mae", "mse", "train_loss", "val_loss", "params", "gmacs", "latency_ms",
-         "train_s"]
+COSTS = ["train_loss", "val_loss", "params", "trainable_params", "gmacs", "latency_ms", "throughput_ips",
+         "miss_rate", "train_s"]
 
 
-def show(df: pd.DataFrame, title: str, console: Console | None = None) -> None:
-    """Print the main columns (all of them are in the files) as a rich table."""
+def show(df: pd.DataFrame, title: str, console: Console | None = None, metrics: list[str] | None = None) -> None:
+    """Print the main columns as a rich table (the files have all of them): the metrics with the
+    first one's spread, CI and significance, then losses and costs."""
     console = console or Console()
-    hidden = ("plugin", "best_epoch", "epochs", "trainable_params", "throughput_ips")
-    cols = [c for c in SHOWN if c in df] + [c for c in df if c not in SHOWN and c not in hidden
-                                             and not c.startswith("params_")]
+    metrics = metrics or [c for c in ("nme", "rmse", "mae", "mse") if c in df]
+    first = metrics[0] if metrics else None
+    cols = ["rank", "model"]
+    for m in metrics:
+        cols.append(m)
+        cols += [c for c in (f"{m}_std",) if c in df]
+        if m == first:
+            cols += [c for c in (f"{m}_lo", f"{m}_hi", "sig") if c in df]
+    cols += [c for c in COSTS if c in df and not (c == "miss_rate" and not df[c].fillna(0).any())]
+    cols = [c for c in cols if c in df]
     table = Table(title=title, header_style="bold")
     for c in cols:
-        table.add_column(c, justify="left" if c == "model" else "right")
+        table.add_column(c.replace("_params", "").replace("throughput_ips", "img/s"),
+                         justify="left" if c in ("model", "sig") else "right")
     for rec in df.to_dict("records"):
         table.add_row(*(_fmt(rec[c]) for c in cols))
     console.print(table)
@@ -119,20 +121,161 @@ def collect(run_dir: Path) -> tuple[dict, dict, list[tuple[Path, dict]]]:
     return config, meta, found
 
 
+def _per_image(found: list[tuple[Path, dict]]) -> dict[str, dict]:
+    """Each model's test predictions, per-image metric values averaged over its seeds (the split
+    is the same for every seed, so the images line up)."""
+    out: dict[str, dict] = {}
+    for mdir, row in found:
+        with np.load(mdir / "predictions.npz") as z:
+            data = {k: z[k] for k in z.files}
+        entry = out.setdefault(row["model"], {"runs": 0, "dir": mdir, **data})
+        if entry["runs"]:
+            for k in data:
+                if k.startswith("metric_") or k == "pred":
+                    entry[k] = entry[k] + data[k]
+        entry["runs"] += 1
+    for entry in out.values():
+        for k in list(entry):
+            if k.startswith("metric_") or k == "pred":
+                entry[k] = entry[k] / entry["runs"]
+    return out
+
+
+def add_statistics(df: pd.DataFrame, per_image: dict[str, dict], metric: str, how: str, higher: bool) -> pd.DataFrame:
+    """Bootstrap 95% CI of the sort metric (``<metric>_lo``, ``<metric>_hi``) and a Wilcoxon
+    signed-rank test of every model against the best one on the same test images (``p_vs_best``;
+    ``sig`` is ``*`` when p < 0.05)."""
+    key = f"metric_{metric}"
+    if df.empty or any(key not in per_image.get(m, {}) for m in df["model"]):
+        return df
+    df = df.copy()
+    best = df["model"].iloc[0]
+    ci = [stats.bootstrap_ci(per_image[m][key], how) for m in df["model"]]
+    df.insert(df.columns.get_loc(metric) + 1, f"{metric}_lo", [round(lo, 6) for lo, _ in ci])
+    df.insert(df.columns.get_loc(metric) + 2, f"{metric}_hi", [round(hi, 6) for _, hi in ci])
+    pvals, sig = [], []
+    for m in df["model"]:
+        if m == best or len(per_image[m][key]) != len(per_image[best][key]):
+            pvals.append(float("nan"))
+            sig.append("best" if m == best else "")
+            continue
+        p = stats.wilcoxon_signed_rank(per_image[m][key], per_image[best][key])["p"]
+        pvals.append(round(float(p), 6))
+        sig.append("*" if p < 0.05 else "")
+    df["p_vs_best"], df["sig"] = pvals, sig
+    return df
+
+
+def render_plots(run_dir: Path, df: pd.DataFrame, found, per_image: dict[str, dict], config: dict) -> dict[str, Path]:
+    """The report's figures under ``plots/``: training curves, keypoint overlays, CED curves,
+    per-keypoint errors, accuracy vs latency."""
+    from kpbench import plots
+    from kpbench.data import to_crop
+
+    pdir = run_dir / "plots"
+    labels = list(df["model"])
+    colors = plots.model_colors(labels)
+    schema = get_schema(config["data"]["schema"])
+    metric = config["eval"]["sort_by"]
+    figs: dict[str, Path] = {}
+    histories = {}
+    for mdir, row in found:  # the first seed's curves
+        if row["model"] not in histories and (mdir / "history.csv").is_file():
+            histories[row["model"]] = pd.read_csv(mdir / "history.csv")
+    metrics = [m for m in ("nme", "mae", "rmse") if f"val_{m}" in next(iter(histories.values()), {})]
+    figs["Training curves (train solid, validation dashed)"] = plots.training_curves(
+        histories, pdir / "training_curves.png", metrics=metrics, colors=colors)
+    if (run_dir / "test_faces.npz").is_file():
+        with np.load(run_dir / "test_faces.npz") as z:
+            images, boxes = z["images"], z["boxes"]
+        size, n = images.shape[-1], len(images)
+
+        def crop_px(points):
+            return to_crop(points[:n].astype(np.float64), boxes.astype(np.float64)) * size - 0.5
+
+        preds = {m: crop_px(per_image[m]["pred"]) for m in labels}
+        true = crop_px(per_image[labels[0]]["true"])
+        figs["Test faces: annotation (green) and prediction (red)"] = plots.keypoint_overlays(
+            images, preds, true, pdir / "overlays.png", n=min(8, n))
+    if all("metric_nme" in per_image[m] for m in labels):
+        figs["Cumulative error distribution (NME, inter-ocular)"] = plots.ced_curves(
+            {m: per_image[m]["metric_nme"] for m in labels}, pdir / "ced.png", colors=colors)
+    errors = {}
+    for m in labels:
+        true = per_image[m]["true"]
+        a, b = schema.norm_pair
+        norm = np.linalg.norm(true[:, a] - true[:, b], axis=-1)
+        errors[m] = stats.per_keypoint_error(per_image[m]["pred"], true, norm)
+    figs["Mean error per keypoint / inter-ocular distance"] = plots.per_keypoint_errors(
+        errors, list(schema.points), pdir / "per_keypoint.png", ylabel="NME", colors=colors)
+    figs["Accuracy vs cost (Pareto front outlined)"] = plots.accuracy_vs_cost(
+        df, pdir / "accuracy_vs_latency.png", y=metric, colors=colors)
+    return figs
+
+
 def render(run_dir: Path, console: Console | None = None) -> pd.DataFrame:
-    """Build the leaderboard of a run directory from its saved files, write every report, print
-    the table. Deterministic: rendering twice writes the same bytes."""
+    """Build the leaderboard of a run directory from its saved files, write every report (CSV,
+    Markdown, JSON, plots, HTML), print the table. Deterministic: rendering twice writes the same
+    bytes, so ``kpbench report`` reproduces what ``kpbench run`` wrote."""
+    from kpbench import html
+
     run_dir = Path(run_dir)
     config, meta, found = collect(run_dir)
     ec = config["eval"]
-    sort = meta.get("sort", {"metric": ec["sort_by"], "higher_is_better": False})
+    specs = meta.get("metrics", {})
+    sort = ec["sort_by"]
+    higher = bool(specs.get(sort, {}).get("higher_is_better", False))
     rows = [row for _, row in found]
-    df = leaderboard(rows, sort["metric"], sort["higher_is_better"], spread=tuple(ec["metrics"]) + LOSSES)
+    df = leaderboard(rows, sort, higher, spread=tuple(ec["metrics"]) + LOSSES)
+    per_image = _per_image(found)
+    df = add_statistics(df, per_image, sort, specs.get(sort, {}).get("aggregate", "mean"), higher)
     write(df, run_dir, meta)
     splits = meta.get("splits", {})
-    show(df, f"kpbench leaderboard — {meta.get('dataset')} test split ({splits.get('test', '?')} faces), "
-             f"{meta.get('device')}", console)
+    title = (f"kpbench leaderboard — {meta.get('dataset')} test split ({splits.get('test', '?')} faces), "
+             f"{meta.get('device')}")
+    figs = render_plots(run_dir, df, found, per_image, config)
+    notes = [f"Sorted by {sort} on the test split; {sort}_lo/{sort}_hi: bootstrap 95% confidence interval; "
+             f"p_vs_best: Wilcoxon signed-rank test against the best model on the same images (* p < 0.05)."]
+    html.write(run_dir / "report.html", html.page(title, meta, df, figs, notes))
+    show(df, title, console, [sort] + [m for m in ec["metrics"] if m != sort])
     return df
 
 
 LOSSES = ("train_loss", "val_loss")
+
+
+def compare(run_a: Path, run_b: Path, console: Console | None = None) -> pd.DataFrame:
+    """Two runs on the same test data, model by model: each metric in both, the difference and a
+    Wilcoxon signed-rank test on the per-image values of the sort metric."""
+    console = console or Console()
+    (ca, ma, fa), (_, mb, fb) = collect(run_a), collect(run_b)
+    if ma.get("dataset_fingerprint") != mb.get("dataset_fingerprint"):
+        raise KpbenchError(
+            f"cannot compare {run_a} and {run_b}: their test data differ (dataset {ma.get('dataset')} fingerprint "
+            f"{ma.get('dataset_fingerprint')} vs {mb.get('dataset')} fingerprint {mb.get('dataset_fingerprint')})")
+    metric = ca["eval"]["sort_by"]
+    pa, pb = _per_image(fa), _per_image(fb)
+    rows = []
+    for label in [m for m in pa if m in pb]:
+        a, b = pa[label], pb[label]
+        row = {"model": label}
+        for m in [m for m in ca["eval"]["metrics"] if f"metric_{m}" in a and f"metric_{m}" in b]:
+            how = ma.get("metrics", {}).get(m, {}).get("aggregate", "mean")
+            va, vb = (stats._agg(stats._finite(x[f"metric_{m}"]), how) for x in (a, b))
+            row.update({f"{m}_a": round(float(va), 6), f"{m}_b": round(float(vb), 6),
+                        f"{m}_diff": round(float(vb - va), 6)})
+        key = f"metric_{metric}"
+        if key in a and key in b and len(a[key]) == len(b[key]):
+            row["p"] = round(float(stats.wilcoxon_signed_rank(a[key], b[key])["p"]), 6)
+        rows.append(row)
+    if not rows:
+        raise KpbenchError(f"{run_a} and {run_b} have no model in common")
+    df = pd.DataFrame(rows)
+    table = Table(title=f"kpbench compare — A: {run_a}  B: {run_b}  ({metric}: Wilcoxon p on the same images)",
+                  header_style="bold")
+    for c in df.columns:
+        table.add_column(c, justify="left" if c == "model" else "right")
+    for rec in df.to_dict("records"):
+        table.add_row(*(_fmt(rec[c]) for c in df.columns))
+    console.print(table)
+    return df

@@ -143,7 +143,8 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
     meta["detector"] = dc["detector"]
     meta["miss_policy"] = dc["miss_policy"]
     meta["test_misses"] = int(test_d.missed.sum())
-    meta["sort"] = {"metric": sort_metric.name, "higher_is_better": sort_metric.higher_is_better}
+    meta["metrics"] = {m.name: {"aggregate": m.aggregate, "higher_is_better": m.higher_is_better, "unit": m.unit}
+                       for m in metrics}
     atomic_write_json(out / "manifest.json", meta)
     save_test_faces(out / "test_faces.npz", test_d)
     status.print(f"run [bold]{out}[/]  device={device}  train/val/test={len(train_d)}/{len(val_d)}/{len(test_d)}"

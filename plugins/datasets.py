@@ -13,19 +13,10 @@ from pathlib import Path
 import numpy as np
 
 import kpbench
-from kpbench.data import Sample
+from kpbench.data import IMAGE_SUFFIXES, Sample
+from kpbench.data import read_image as _read_image
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
-
-def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except OSError as exc:
-        raise kpbench.KpbenchError(f"{path}: cannot read image: {exc}") from None
 
 
 class _Annotated:

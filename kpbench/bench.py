@@ -1,0 +1,46 @@
+"""``kpbench bench``: the cost columns of the leaderboard (parameters, per-branch parameters,
+GMACs, batch-1 latency, throughput) for models as configured, without training."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import kpbench
+from kpbench.html import fmt
+from kpbench.keypoints import get_schema
+from kpbench.plugins import Plugins
+from kpbench.profile import profile
+
+
+def bench(config: dict, plugins: Plugins, console: Console, batch: int = 32) -> list[dict]:
+    from kpbench.runner import _call, branch_report, resolve_device
+
+    device = resolve_device(config["run"]["device"])
+    if config["run"]["threads"]:
+        torch.set_num_threads(config["run"]["threads"])
+    schema = get_schema(config["data"]["schema"])
+    specs = [(m, plugins.models.get(m.split("@")[0], where="--models")) for m in config["models"]]
+    rows = []
+    for label, spec in specs:
+        options = dict(config["model_options"].get(label, {}))
+        size = int(options.pop("input_size", None) or spec.defaults.get("input_size") or config["data"]["input_size"])
+        torch.manual_seed(0)
+        net = _call(spec.factory, f"model {label!r}", schema.num_points, size, 1, **options)
+        row = {"model": label, "input_size": size, **profile(net, size, device, batch=batch), **branch_report(net)}
+        rows.append(row)
+    cols = ["model", "input_size", "params", "trainable_params", "gmacs", "latency_ms", "throughput_ips"]
+    cols += sorted({k for r in rows for k in r if k.startswith("params_")})
+    table = Table(title=f"kpbench bench — {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+                        f"kpbench {kpbench.__version__}, {platform.processor() or platform.machine()}",
+                  header_style="bold")
+    for c in cols:
+        table.add_column(c.replace("throughput_ips", f"img/s (batch {batch})"), justify="left" if c == "model" else "right")
+    for r in rows:
+        table.add_row(*(fmt(r.get(c)) for c in cols))
+    console.print(table)
+    console.print("latency: median of 10 timed batch-1 forward passes after 3 warm-up passes, under inference mode")
+    return rows

@@ -1,0 +1,181 @@
+"""Trained models after the run: load one from its run directory, evaluate it on any dataset
+(``kpbench evaluate``) or find and annotate the faces in photos (``kpbench predict``)."""
+
+from __future__ import annotations
+
+import glob
+import inspect
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from rich.console import Console
+
+from kpbench import report
+from kpbench.data import IMAGE_SUFFIXES, crop_resize, prepare, read_image, to_gray, to_image_pixels
+from kpbench.errors import KpbenchError
+from kpbench.evaluate import predict, score
+from kpbench.io import atomic_write_json, atomic_write_text
+from kpbench.keypoints import get_schema
+from kpbench.plugins import Plugins
+from kpbench.train import Regressor
+from kpbench.weights import read_checkpoint
+
+
+@dataclass
+class Trained:
+    model: Regressor
+    label: str
+    input_size: int
+    config: dict
+    run_dir: Path
+    model_dir: Path
+
+
+def _run_dir_of(path: Path) -> Path:
+    for p in [path, *path.parents]:
+        if (p / "config.yaml").is_file() and (p / "manifest.json").is_file():
+            return p
+    raise KpbenchError(f"{path}: not inside a kpbench run directory (no config.yaml and manifest.json above it)")
+
+
+def load_trained(path: str | Path, plugins: Plugins) -> Trained:
+    """A trained model from a run directory (its best model), a model directory
+    (``models/<label>[/seed<k>]``) or a ``best.pt`` inside one."""
+    path = Path(path)
+    if not path.exists():
+        raise KpbenchError(f"--model {path}: no such file or directory")
+    run_dir = _run_dir_of(path.resolve())
+    config, _, found = report.collect(run_dir)
+    path = path.resolve()
+    if path == run_dir:
+        board = json.loads((run_dir / "leaderboard.json").read_text())["rows"] if (
+            run_dir / "leaderboard.json").is_file() else []
+        trainable = [r["model"] for r in board if r.get("params", 0)] or [row["model"] for _, row in found]
+        mdir, row = next((d, r) for d, r in found if r["model"] == trainable[0])
+    else:
+        mdir = path.parent if path.is_file() else path
+        match = [(d, r) for d, r in found if d.resolve() == mdir or d.resolve().parent == mdir]
+        if not match:
+            raise KpbenchError(f"{path}: not a finished model of run {run_dir}")
+        mdir, row = match[0]
+    label = row["model"]
+    spec = plugins.models.get(label.split("@")[0], where="--model")
+    options = {k: v for k, v in config["model_options"].get(label, {}).items() if k != "input_size"}
+    if "weights" in inspect.signature(spec.factory).parameters or "weights" in options:
+        options["weights"] = "none"  # the checkpoint holds every weight; do not look for the start
+    size = int(row.get("input_size") or config["data"]["input_size"])
+    schema = get_schema(config["data"]["schema"])
+    net = spec.factory(schema.num_points, size, 1, **options)
+    model = Regressor(net, torch.zeros(schema.num_points, 2))
+    state = read_checkpoint(mdir / "best.pt")["state_dict"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise KpbenchError(f"{mdir / 'best.pt'}: does not fit model {label!r}: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
+    model.eval()
+    return Trained(model, label, size, config, run_dir, mdir)
+
+
+def evaluate(trained: Trained, plugins: Plugins, dataset: str, out: Path, detector: str | None = None,
+             detector_options: dict | None = None, dataset_options: dict | None = None,
+             console: Console | None = None):
+    """Score a trained model on every sample of ``dataset`` ("kind:path") and write a run directory
+    with the same reports as ``kpbench run`` (no training curves)."""
+    from kpbench.runner import load_dataset, make_detector, manifest, save_test_faces
+
+    config = json.loads(json.dumps(trained.config))  # a copy
+    dc = config["data"]
+    dc.update(dataset=dataset, options=dataset_options or {}, eval_dataset=None, eval_options={})
+    if detector:
+        dc.update(detector=detector, detector_options=detector_options or {})
+    config["models"] = [trained.label]
+    config["run"].update(seeds=None, out=str(out), name=f"evaluate-{trained.label}")
+    metrics = [plugins.metrics.get(m, where="eval.metrics") for m in config["eval"]["metrics"]]
+    schema = get_schema(dc["schema"])
+    detect = make_detector(plugins, dc["detector"], dc["detector_options"])
+    data = load_dataset(plugins, dataset, dc["options"])
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise KpbenchError(f"{out}: output directory exists and is not empty")
+    test = prepare(data, range(len(data)), detect, trained.input_size, schema.name)
+    device = "cpu"
+    pred_px, values, per_image = score(predict(trained.model, test.images, device=device), test, schema, metrics)
+    if dc["miss_policy"] == "exclude":
+        from kpbench.evaluate import aggregate
+
+        per_image = {k: np.where(test.missed, np.nan, v) for k, v in per_image.items()}
+        values = {m.name: aggregate(per_image[m.name], m.aggregate) for m in metrics}
+    mdir = out / "models" / trained.label
+    mdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    meta = manifest(config, device, test.fingerprint()[:8])
+    meta.update(splits={"test": len(test)}, detector=dc["detector"], evaluated_model=str(trained.model_dir),
+                metrics={m.name: {"aggregate": m.aggregate, "higher_is_better": m.higher_is_better, "unit": m.unit}
+                         for m in metrics}, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    atomic_write_json(out / "manifest.json", meta)
+    save_test_faces(out / "test_faces.npz", test)
+    tmp = mdir / ".predictions.tmp.npz"
+    np.savez_compressed(tmp, pred=pred_px, true=test.points, boxes=test.boxes, ids=np.array(test.ids),
+                        missed=test.missed, **{f"metric_{k}": v for k, v in per_image.items()})
+    tmp.replace(mdir / "predictions.npz")
+    row = {"model": trained.label, "seed": config["run"]["seed"], **{k: round(v, 6) for k, v in values.items()},
+           "input_size": trained.input_size, "miss_rate": round(float(test.missed.mean()), 4)}
+    atomic_write_json(mdir / "result.json", row)
+    report.render(out, console)
+    return out
+
+
+def expand_paths(patterns: list[str]) -> list[Path]:
+    """Files, directories (their images, sorted) and globs -> image paths."""
+    files: list[Path] = []
+    for pat in patterns:
+        p = Path(pat)
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            hits = sorted(Path(h) for h in glob.glob(pat, recursive=True))
+            if not hits:
+                raise KpbenchError(f"{pat}: no such file, directory or matching glob")
+            files += [h for h in hits if h.is_file()]
+    return files
+
+
+def predict_photos(trained: Trained, detector, paths: list[Path], out: Path, console: Console) -> list[dict]:
+    """Every face in every photo: box, score and named keypoints in the photo's pixels, written as
+    ``<name>.json`` and ``<name>.png`` (points drawn) under ``out``, plus ``predictions.json``."""
+    from kpbench import plots
+
+    schema = get_schema(trained.config["data"]["schema"])
+    if not hasattr(detector, "detect_all"):
+        raise KpbenchError("this detector needs annotations (e.g. gt-box); use one that finds faces, e.g. mtcnn")
+    out = Path(out)
+    results = []
+    for path in paths:
+        image = read_image(path)
+        faces = detector.detect_all(image)
+        entry = {"image": str(path), "width": int(image.shape[1]), "height": int(image.shape[0]), "faces": []}
+        if faces:
+            boxes = np.array([f["box"] for f in faces], dtype=np.float32)
+            gray = to_gray(image)
+            crops = np.stack([crop_resize(gray, b, trained.input_size) for b in boxes])[:, None]
+            pts = to_image_pixels(predict(trained.model, torch.from_numpy(crops.astype(np.float32))), boxes)
+            for f, p in zip(faces, pts):
+                entry["faces"].append({
+                    "box": [round(float(v), 2) for v in f["box"]], "score": round(float(f.get("score", 1.0)), 4),
+                    "keypoints": {name: [round(float(x), 2), round(float(y), 2)] for name, (x, y) in
+                                  zip(schema.points, p)}})
+            plots.photo_keypoints(image, pts, boxes, out / f"{path.stem}.png")
+        else:
+            console.print(f"{path}: no face found")
+        atomic_write_json(out / f"{path.stem}.json", entry)
+        results.append(entry)
+    atomic_write_json(out / "predictions.json", {"model": str(trained.model_dir), "detector": type(detector).__name__,
+                                                 "images": results})
+    return results
