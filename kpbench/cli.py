@@ -35,6 +35,15 @@ def cmd_run(args, console: Console) -> None:
     config = cfgmod.load(path)
     if args.models:
         config["models"] = _csv(args.models)
+    if args.dataset:
+        if args.dataset.partition(":")[0] != config["data"]["dataset"].partition(":")[0]:
+            config["data"]["options"] = {}  # options belong to the config's dataset kind
+        config["data"]["dataset"] = args.dataset
+    if args.detector:
+        config["data"]["detector"] = args.detector
+        config["data"]["detector_options"] = {}
+    if args.eval_dataset:
+        config["data"]["eval_dataset"] = args.eval_dataset
     if args.epochs is not None:
         config["train"]["epochs"] = args.epochs
     if args.seed is not None:
@@ -175,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help=f"train, evaluate and rank models (default config: {DEFAULT_CONFIG})")
     r.add_argument("--config", "-c", help="YAML config file")
     r.add_argument("--models", help="comma-separated model names, e.g. cnn,mobilenetv2")
+    r.add_argument("--dataset", help="kind:path, e.g. folder68:../shared/data/youtube-faces-68")
+    r.add_argument("--detector", help="face boxes: gt-box, mtcnn, none")
+    r.add_argument("--eval-dataset", help="evaluate on this dataset (kind:path, all of it) instead of the test split")
     r.add_argument("--epochs", type=int)
     r.add_argument("--seed", type=int, help="seed of the split and (without --seeds) of training")
     r.add_argument("--seeds", help="train every model once per seed, e.g. 0,1,2 (the split stays that of --seed)")

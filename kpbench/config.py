@@ -44,6 +44,7 @@ SCHEMA: dict[str, Any] = {
         "detector": str,
         "detector_options": dict,
         "input_size": int,
+        "limit": OPT_INT,  # use a seeded random subset of this many samples (quick runs)
         "miss_policy": str,  # what a detector miss on the test split gets: "fallback" (gt-box crop) or "exclude"
         "eval_dataset": OPT_STR,  # evaluate on another dataset ("kind:path"), all of it
         "eval_options": dict,
@@ -65,7 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "run": {"name": "run", "seed": 0, "seeds": None, "out": None, "device": "auto", "threads": None},
     "data": {"dataset": "synthetic", "options": {}, "schema": "kaggle15", "split": [0.7, 0.15, 0.15],
              "detector": "none", "detector_options": {}, "input_size": 96,
-             "miss_policy": "fallback", "eval_dataset": None, "eval_options": {}},
+             "limit": None, "miss_policy": "fallback", "eval_dataset": None, "eval_options": {}},
     "models": ["cnn"],
     "model_options": {},
     "train": {"epochs": 10, "batch_size": 32, "lr": 0.001, "weight_decay": 0.0, "flip": True, "erase": 0.0,

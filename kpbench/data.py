@@ -38,6 +38,24 @@ class Dataset(Protocol):
     def __getitem__(self, index: int) -> Sample: ...
 
 
+class Subset:
+    """A seeded random subset of ``limit`` samples of a dataset (``data.limit``), order kept."""
+
+    def __init__(self, dataset: Dataset, limit: int, seed: int):
+        self.dataset = dataset
+        self.schema = dataset.schema
+        n = len(dataset)
+        self.indices = np.sort(np.random.default_rng(seed).choice(n, size=min(limit, n), replace=False))
+        groups = getattr(dataset, "groups", None)
+        self.groups = [groups[i] for i in self.indices] if groups is not None else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.dataset[int(self.indices[index])]
+
+
 def split_indices(n: int, fractions: Sequence[float], seed: int, groups: Sequence[str] | None = None):
     """Seeded train/val/test split. With ``groups``, whole groups go to one split."""
     fractions = np.asarray(fractions, dtype=float)

@@ -124,7 +124,9 @@ def evaluate(trained: Trained, plugins: Plugins, dataset: str, out: Path, detect
                         missed=test.missed, **{f"metric_{k}": v for k, v in per_image.items()})
     tmp.replace(mdir / "predictions.npz")
     row = {"model": trained.label, "seed": config["run"]["seed"], **{k: round(v, 6) for k, v in values.items()},
-           "input_size": trained.input_size, "miss_rate": round(float(test.missed.mean()), 4)}
+           "input_size": trained.input_size}
+    if dc["detector"] not in ("none", "gt-box"):
+        row["miss_rate"] = round(float(test.missed.mean()), 4)
     atomic_write_json(mdir / "result.json", row)
     report.render(out, console)
     return out

@@ -357,7 +357,7 @@ def photo_keypoints(image: np.ndarray, points: np.ndarray, boxes: np.ndarray, pa
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="antialiased")
     for (x0, y0, side), p in zip(boxes, points):
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), side, side, fill=False, edgecolor="#1f77b4", linewidth=1.2))
-        ax.scatter(p[:, 0], p[:, 1], s=max(6.0, side * scale * 0.6), marker="o", color=PRED_COLOR,
+        ax.scatter(p[:, 0], p[:, 1], s=max(9.0, (side * scale * 72 * 0.02) ** 2), marker="o", color=PRED_COLOR,
                    edgecolors="white", linewidths=0.4)
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)

@@ -69,8 +69,7 @@ def write(df: pd.DataFrame, out: Path, meta: dict) -> None:
     atomic_write_json(out / "leaderboard.json", {"meta": meta, "rows": json.loads(df.to_json(orient="records"))})
 
 
-COSTS = ["train_loss", "val_loss", "params", "trainable_params", "gmacs", "latency_ms", "throughput_ips",
-         "miss_rate", "train_s"]
+COSTS = ["train_loss", "val_loss", "params", "trainable_params", "gmacs", "latency_ms", "miss_rate", "train_s"]
 
 
 def show(df: pd.DataFrame, title: str, console: Console | None = None, metrics: list[str] | None = None) -> None:
@@ -85,7 +84,8 @@ def show(df: pd.DataFrame, title: str, console: Console | None = None, metrics: 
         cols += [c for c in (f"{m}_std",) if c in df]
         if m == first:
             cols += [c for c in (f"{m}_lo", f"{m}_hi", "sig") if c in df]
-    cols += [c for c in COSTS if c in df and not (c == "miss_rate" and not df[c].fillna(0).any())]
+    same = "trainable_params" in df and (df["trainable_params"] == df["params"]).all()
+    cols += [c for c in COSTS if c in df and not (c == "trainable_params" and same)]
     cols = [c for c in cols if c in df]
     table = Table(title=title, header_style="bold")
     for c in cols:
