@@ -17,7 +17,7 @@ from kpbench.profile import profile
 
 
 def bench(config: dict, plugins: Plugins, console: Console, batch: int = 32) -> list[dict]:
-    from kpbench.runner import _call, branch_report, resolve_device
+    from kpbench.runner import _call, branch_report, model_settings, resolve_device
 
     device = resolve_device(config["run"]["device"])
     if config["run"]["threads"]:
@@ -26,8 +26,7 @@ def bench(config: dict, plugins: Plugins, console: Console, batch: int = 32) -> 
     specs = [(m, plugins.models.get(m.split("@")[0], where="--models")) for m in config["models"]]
     rows = []
     for label, spec in specs:
-        options = dict(config["model_options"].get(label, {}))
-        size = int(options.pop("input_size", None) or spec.defaults.get("input_size") or config["data"]["input_size"])
+        options, size, _ = model_settings(config, label, spec)
         torch.manual_seed(0)
         net = _call(spec.factory, f"model {label!r}", schema.num_points, size, 1, **options)
         row = {"model": label, "input_size": size, **profile(net, size, device, batch=batch), **branch_report(net)}

@@ -46,6 +46,8 @@ def cmd_run(args, console: Console) -> None:
         config["data"]["eval_dataset"] = args.eval_dataset
     if args.epochs is not None:
         config["train"]["epochs"] = args.epochs
+    if args.skip_bad:
+        config["data"]["skip_bad"] = True
     if args.seed is not None:
         config["run"]["seed"] = args.seed
     if args.seeds:
@@ -188,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--detector", help="face boxes: gt-box, mtcnn, none")
     r.add_argument("--eval-dataset", help="evaluate on this dataset (kind:path, all of it) instead of the test split")
     r.add_argument("--epochs", type=int)
+    r.add_argument("--skip-bad", action="store_true",
+                   help="leave out unreadable or corrupt samples (warned, counted in manifest.json) instead of failing")
     r.add_argument("--seed", type=int, help="seed of the split and (without --seeds) of training")
     r.add_argument("--seeds", help="train every model once per seed, e.g. 0,1,2 (the split stays that of --seed)")
     r.add_argument("--out", help="run directory (default results/<timestamp>-<name>)")

@@ -45,6 +45,7 @@ SCHEMA: dict[str, Any] = {
         "detector_options": dict,
         "input_size": int,
         "limit": OPT_INT,  # use a seeded random subset of this many samples (quick runs)
+        "skip_bad": bool,  # leave out bad samples (warned, counted in the manifest) instead of failing
         "miss_policy": str,  # what a detector miss on the test split gets: "fallback" (gt-box crop) or "exclude"
         "eval_dataset": OPT_STR,  # evaluate on another dataset ("kind:path"), all of it
         "eval_options": dict,
@@ -55,8 +56,8 @@ SCHEMA: dict[str, Any] = {
               "erase": float, "augment": {"rotate": float, "scale": float, "translate": float, "brightness": float,
                                           "contrast": float, "prob": float},
               "freeze_epochs": int, "unfreeze": str, "backbone_lr": float, "feature_cache": bool,
-              "schedule": str, "patience": OPT_INT},
-    "eval": {"metrics": list, "sort_by": str, "latency": bool},
+              "channels_last": bool, "schedule": str, "patience": OPT_INT},
+    "eval": {"metrics": list, "sort_by": str, "latency": bool, "flip_test": bool},
 }
 
 CHOICES = {"data.miss_policy": ("fallback", "exclude"), "train.unfreeze": ("all", "last_stage"),
@@ -66,15 +67,16 @@ DEFAULTS: dict[str, Any] = {
     "run": {"name": "run", "seed": 0, "seeds": None, "out": None, "device": "auto", "threads": None},
     "data": {"dataset": "synthetic", "options": {}, "schema": "kaggle15", "split": [0.7, 0.15, 0.15],
              "detector": "none", "detector_options": {}, "input_size": 96,
-             "limit": None, "miss_policy": "fallback", "eval_dataset": None, "eval_options": {}},
+             "limit": None, "skip_bad": False, "miss_policy": "fallback", "eval_dataset": None, "eval_options": {}},
     "models": ["cnn"],
     "model_options": {},
     "train": {"epochs": 10, "batch_size": 32, "lr": 0.001, "weight_decay": 0.0, "flip": True, "erase": 0.0,
               "augment": {"rotate": 0.0, "scale": 0.0, "translate": 0.0, "brightness": 0.0, "contrast": 0.0,
                           "prob": 1.0},
               "freeze_epochs": 0, "unfreeze": "all", "backbone_lr": 1.0, "feature_cache": True,
-              "schedule": "none", "patience": None},
-    "eval": {"metrics": ["nme", "rmse", "mae", "mse"], "sort_by": "nme", "latency": True},
+              "channels_last": True, "schedule": "none", "patience": None},
+    "eval": {"metrics": ["nme", "fr10", "auc10", "rmse", "mae", "mse"], "sort_by": "nme", "latency": True,
+             "flip_test": False},
 }
 
 

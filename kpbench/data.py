@@ -10,7 +10,7 @@ back, so every metric is computed in the original image's pixels.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -128,6 +128,31 @@ def to_image_pixels(crop: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return crop * boxes[:, None, 2:3] + boxes[:, None, :2] - 0.5
 
 
+FAR_OUTSIDE = 0.5  # points more than this fraction of the image's size beyond its edges are an error
+
+
+def check_sample(s: Sample) -> np.ndarray:
+    """The sample's grayscale image, after checking what would silently corrupt training: an
+    empty image, non-finite pixels, points of the wrong shape or far outside the image."""
+    gray = to_gray(s.image)
+    if gray.ndim != 2 or gray.size == 0:
+        raise KpbenchError(f"{s.id}: image has shape {np.shape(s.image)}, expected (H, W) or (H, W, 3)")
+    if not np.isfinite(gray).all():
+        raise KpbenchError(f"{s.id}: image has {int((~np.isfinite(gray)).sum())} NaN or infinite pixels")
+    pts = np.asarray(s.points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise KpbenchError(f"{s.id}: points have shape {pts.shape}, expected (K, 2)")
+    h, w = gray.shape
+    lo, hi = -FAR_OUTSIDE * np.array([w, h]), (1 + FAR_OUTSIDE) * np.array([w, h])
+    with np.errstate(invalid="ignore"):
+        far = ((pts < lo) | (pts > hi)).any(axis=1)
+    if far.any():
+        k = int(np.flatnonzero(far)[0])
+        raise KpbenchError(f"{s.id}: point {k} at ({pts[k, 0]:.1f}, {pts[k, 1]:.1f}) is far outside the "
+                           f"{w}x{h} image")
+    return gray
+
+
 FALLBACK_MARGIN = 0.15  # the gt-box crop used where a detector misses (policy "fallback")
 
 
@@ -162,6 +187,7 @@ class Prepared:
     boxes: np.ndarray  # (N, 3) x0, y0, side of each crop
     ids: list[str]
     missed: np.ndarray | None = None  # (N,) bool: the detector found no matching face (fallback box used)
+    skipped: list[str] = field(default_factory=list)  # bad samples left out (data.skip_bad), one message each
 
     def __post_init__(self):
         if self.missed is None:
@@ -188,14 +214,23 @@ def prepare(
     schema: str,
     like: Prepared | None = None,
     on_item: Callable[[], None] | None = None,
+    skip_bad: bool = False,
 ) -> Prepared:
     """Crop every sample's face box at ``input_size``. ``detect(image, points)`` gives the box, or
     None for a miss (then the gt-box crop with margin ``FALLBACK_MARGIN`` is used and the sample is
-    marked ``missed``). ``like`` reuses another preparation's boxes (same samples, another size)."""
-    images, points, boxes, ids, missed = [], [], [], [], []
+    marked ``missed``). ``like`` reuses another preparation's boxes (same samples, another size).
+    A bad sample (see :func:`check_sample`) is an error, or with ``skip_bad`` skipped and listed
+    in ``Prepared.skipped``."""
+    images, points, boxes, ids, missed, skipped = [], [], [], [], [], []
     for k, i in enumerate(indices):
-        s = dataset[int(i)]
-        gray = to_gray(s.image)
+        try:
+            s = dataset[int(i)]
+            gray = check_sample(s)
+        except KpbenchError as exc:
+            if not skip_bad:
+                raise
+            skipped.append(str(exc))
+            continue
         pts = convert(s.points, s.schema, schema)
         if like is not None:
             box, miss = like.boxes[k], bool(like.missed[k])
@@ -223,4 +258,5 @@ def prepare(
         boxes=boxes_a,
         ids=ids,
         missed=np.array(missed, dtype=bool),
+        skipped=skipped,
     )

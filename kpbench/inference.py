@@ -65,7 +65,9 @@ def load_trained(path: str | Path, plugins: Plugins) -> Trained:
         mdir, row = match[0]
     label = row["model"]
     spec = plugins.models.get(label.split("@")[0], where="--model")
-    options = {k: v for k, v in config["model_options"].get(label, {}).items() if k != "input_size"}
+    from kpbench.runner import model_settings
+
+    options = model_settings(config, label, spec)[0]
     if "weights" in inspect.signature(spec.factory).parameters or "weights" in options:
         options["weights"] = "none"  # the checkpoint holds every weight; do not look for the start
     size = int(row.get("input_size") or config["data"]["input_size"])
@@ -78,6 +80,8 @@ def load_trained(path: str | Path, plugins: Plugins) -> Trained:
         raise KpbenchError(f"{mdir / 'best.pt'}: does not fit model {label!r}: missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]}")
     model.eval()
+    if config["eval"].get("flip_test") and getattr(net, "flip_test", True):
+        model.flip_test = list(schema.flip_permutation)
     return Trained(model, label, size, config, run_dir, mdir)
 
 

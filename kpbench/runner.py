@@ -124,7 +124,8 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
                           console=status, transient=True) as progress:
                 task = progress.add_task(f"preparing {size}px crops", total=sum(len(i) for i in splits))
                 prepared[size] = tuple(
-                    prepare(src, idx, detect, size, schema.name, like=like, on_item=lambda: progress.advance(task))
+                    prepare(src, idx, detect, size, schema.name, like=like, on_item=lambda: progress.advance(task),
+                            skip_bad=dc["skip_bad"])
                     for src, idx, like in zip(sources, splits, first))
         return prepared[size]
 
@@ -145,6 +146,12 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
     meta["detector"] = dc["detector"]
     meta["miss_policy"] = dc["miss_policy"]
     meta["test_misses"] = int(test_d.missed.sum())
+    skipped = [msg for d in (train_d, val_d, test_d) for msg in d.skipped]
+    meta["skipped_bad_samples"] = {"count": len(skipped), "first": skipped[:20]}
+    for msg in skipped[:5]:
+        status.print(f"[yellow]kpbench: warning: skipped bad sample: {msg}[/]")
+    if len(skipped) > 5:
+        status.print(f"[yellow]kpbench: warning: ... {len(skipped)} bad samples skipped in all (see manifest.json)[/]")
     meta["metrics"] = {m.name: {"aggregate": m.aggregate, "higher_is_better": m.higher_is_better, "unit": m.unit}
                        for m in metrics}
     atomic_write_json(out / "manifest.json", meta)
@@ -154,8 +161,7 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
                     else ""))
 
     for label, spec in model_specs:
-        size = int(config["model_options"].get(label, {}).get("input_size") or spec.defaults.get("input_size")
-                   or dc["input_size"])
+        size = model_settings(config, label, spec)[1]
         for s in seeds:
             mdir = report.model_dir(out, label, s, seeds)
             if resume and (mdir / "result.json").is_file():
@@ -171,6 +177,24 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
     report.render(out, console)
     console.print(f"results: {out}")
     return out
+
+
+def model_settings(config: dict, label: str, spec) -> tuple[dict, int, dict]:
+    """A model's factory options, input size and training settings: ``model_options[label]`` may
+    hold ``input_size`` and ``train`` (overrides of the train section for this model) besides the
+    factory's own options; the model's spec defaults apply where the config kept the default."""
+    from kpbench.config import validate
+
+    options = dict(config["model_options"].get(label, {}))
+    size = int(options.pop("input_size", None) or spec.defaults.get("input_size") or config["data"]["input_size"])
+    overrides = options.pop("train", None) or {}
+    validate({"train": overrides}, f"model_options.{label}.train")
+    tc = {**config["train"]}
+    for key, value in spec.defaults.items():
+        if key in tc and tc.get(key) == DEFAULTS["train"].get(key):
+            tc[key] = value
+    tc.update(overrides)
+    return options, size, tc
 
 
 def make_detector(plugins: Plugins, name: str, options: dict):
@@ -201,13 +225,9 @@ def branch_report(net: torch.nn.Module) -> dict:
 
 def run_model(label: str, spec, config, train_d: Prepared, val_d: Prepared, test_d: Prepared, schema, metrics,
               sort_metric, device, mdir: Path, status: Console, seed: int, resume: bool = False) -> dict:
-    tc, dc = {**config["train"]}, config["data"]
-    for key, value in spec.defaults.items():  # the model's preferred settings where the config kept the default
-        if key in tc and tc.get(key) == DEFAULTS["train"].get(key):
-            tc[key] = value
+    dc = config["data"]
+    options, size, tc = model_settings(config, label, spec)
     torch.manual_seed(seed)
-    options = {k: v for k, v in config["model_options"].get(label, {}).items() if k != "input_size"}
-    size = train_d.images.shape[-1]
     net = _call(spec.factory, f"model {label!r}", schema.num_points, size, 1, **options)
     sign = -1.0 if sort_metric.higher_is_better else 1.0
 
@@ -236,6 +256,8 @@ def run_model(label: str, spec, config, train_d: Prepared, val_d: Prepared, test
                             resume=resume, features=features)
     train_s = sum(r["seconds"] for r in hist.rows)  # this attempt and any resumed one
 
+    if config["eval"]["flip_test"] and getattr(model.net, "flip_test", True):  # a model may opt out
+        model.flip_test = list(schema.flip_permutation)
     pred_px, values, per_image = score(predict(model, test_d.images, device=device), test_d, schema, metrics)
     if dc["miss_policy"] == "exclude":  # detector misses are counted, not scored
         per_image = {k: np.where(test_d.missed, np.nan, v) for k, v in per_image.items()}
@@ -252,7 +274,7 @@ def run_model(label: str, spec, config, train_d: Prepared, val_d: Prepared, test
            "best_epoch": hist.best_epoch, "epochs": len(hist.rows) - 1, "input_size": size}
     if dc["detector"] not in ("none", "gt-box"):  # a detector under test: its miss rate on the test split
         row["miss_rate"] = round(float(test_d.missed.mean()), 4)
-    row.update(profile(model.net, size, device, timing=config["eval"]["latency"]))
+    row.update(profile(model, size, device, timing=config["eval"]["latency"]))
     row.update(branch_report(model.net))
     row["train_s"] = round(train_s, 1)
     return row

@@ -43,13 +43,26 @@ class Regressor(nn.Module):
         super().__init__()
         self.net = net
         self.register_buffer("mean_shape", mean_shape.float().clone())
+        self.channels_last = False
+        self.flip_test: list[int] | None = None  # set: eval-mode predictions average the mirrored image's
+
+    def use_channels_last(self) -> "Regressor":
+        """NHWC weights and inputs: 25-30 % faster training steps on CPU (see README, Speed)."""
+        self.channels_last = True
+        return self.to(memory_format=torch.channels_last)
 
     def finish(self, out: torch.Tensor) -> torch.Tensor:
         out = out.view(out.shape[0], -1, 2)
         return out if getattr(self.net, "absolute_output", False) else out + self.mean_shape
 
     def forward(self, x):
-        return self.finish(self.net(x))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.finish(self.net(x))
+        if self.flip_test is None or self.training:
+            return out
+        mirrored = self.finish(self.net(x.flip(-1)))[:, self.flip_test]  # test-time flip averaging
+        return (out + torch.stack([1 - mirrored[..., 0], mirrored[..., 1]], -1)) / 2
 
     def from_features(self, z):
         """The prediction from cached ``net.frozen_features`` (models that split in two)."""
@@ -192,6 +205,8 @@ def train(
     """
     ckpt_dir = Path(ckpt_dir)
     model = Regressor(net, mean_shape(train_data.targets)).to(device)
+    if cfg.get("channels_last", True):
+        model.use_channels_last()
     backbone_ids = {id(p) for m in backbone_modules(net) for p in m.parameters()}
     params = list(model.parameters())
     lr = float(cfg["lr"])

@@ -133,6 +133,7 @@ class Dlib68(nn.Module):
     edges: a pixel centre c maps to (c + 0.5) / S). No parameters; see the module docstring."""
 
     absolute_output = True
+    flip_test = False  # the reference runs as users would run it: no test-time flip averaging
 
     def __init__(self, num_keypoints: int, input_size: int, in_chans: int = 1, predictor=None,
                  box: str = "detector", margin: float = 0.25, refine: int = 1, min_size: int = 160,

@@ -111,3 +111,57 @@ def test_kaggle_short_image_row_names_the_line(tmp_path):
     (tmp_path / "t.csv").write_text("ImageId,Image\n1," + " ".join(["0"] * 9216) + "\n2,1 2 3\n")
     with pytest.raises(KpbenchError, match=r"t\.csv:3: 'Image' has 3 values, expected 9216"):
         get_plugins().datasets.get("kaggle").factory(str(tmp_path / "t.csv"), cache=False)
+
+
+def _folder68(tmp_path, n=4):
+    (tmp_path / "training").mkdir()
+    names = [f"P{i}_0{i}.jpg" for i in range(n)]
+    lines = ["," + ",".join(map(str, range(136)))]
+    for i, name in enumerate(names):
+        _write_image(tmp_path / "training" / name)
+        lines.append(name + "," + ",".join(f"{v}" for v in _points(i).ravel()))
+    (tmp_path / "keypoints.csv").write_text("\n".join(lines) + "\n")
+    return get_plugins().datasets.get("folder68").factory(str(tmp_path)), names
+
+
+def test_unreadable_image_names_the_file_or_is_skipped(tmp_path):
+    from kpbench.data import prepare
+
+    ds, names = _folder68(tmp_path)
+    (tmp_path / "training" / names[2]).write_bytes(b"not a jpeg")
+    detect = get_plugins().detectors.get("gt-box").factory()
+    with pytest.raises(KpbenchError, match=names[2] + ": cannot read image"):
+        prepare(ds, range(4), detect, 32, "kaggle15")
+    data = prepare(ds, range(4), detect, 32, "kaggle15", skip_bad=True)
+    assert len(data) == 3 and names[2] not in data.ids
+    assert len(data.skipped) == 1 and names[2] in data.skipped[0]
+
+
+class _Bad:
+    schema = "kaggle15"
+
+    def __init__(self, image, points):
+        self.image, self.points = image, points
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        from kpbench.data import Sample
+
+        return Sample(self.image, self.points, "row 7", self.schema)
+
+
+@pytest.mark.parametrize("image, points, message", [
+    (np.full((20, 20), np.nan, np.float32), np.full((15, 2), 10.0), "row 7: image has 400 NaN"),
+    (np.zeros((20, 20), np.float32), np.r_[np.full((14, 2), 10.0), [[500.0, 10.0]]], "row 7: point 14 at \\(500.0"),
+    (np.zeros((20, 20), np.float32), np.full((15, 3), 10.0), "row 7: points have shape"),
+])
+def test_corrupt_samples_give_one_line_errors(image, points, message):
+    from kpbench.data import prepare
+
+    detect = get_plugins().detectors.get("none").factory()
+    with pytest.raises(KpbenchError, match=message):
+        prepare(_Bad(image, points), [0], detect, 16, "kaggle15")
+    with pytest.raises(KpbenchError, match="a data split is empty"):  # skipped, and then nothing is left
+        prepare(_Bad(image, points), [0], detect, 16, "kaggle15", skip_bad=True)
