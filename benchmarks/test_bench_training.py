@@ -4,7 +4,6 @@ timm backbone + head. Run with `.venv/bin/python -m pytest benchmarks`; the rati
 stored in the benchmark JSON (extra_info)."""
 
 import statistics
-import time
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ import torch
 from kpbench.augment import affine_batch
 from kpbench.keypoints import KAGGLE15
 from kpbench.plugins import get_plugins
+from kpbench.profile import median_seconds
 from kpbench.train import Regressor, erase_batch, flip_batch, masked_mse
 
 SIZE = 96
@@ -55,13 +55,7 @@ def test_training_step(benchmark, name, batch):
 
 
 def _median(fn, runs=5):
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(fn, warmup=1, runs=runs)
 
 
 def test_frozen_phase_epoch_cached_vs_recomputed(benchmark):

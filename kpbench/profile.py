@@ -25,7 +25,7 @@ def gmacs(model: torch.nn.Module, input_size: int, in_chans: int = 1) -> float:
     return counter.get_total_flops() / 2 / 1e9
 
 
-def _median_seconds(fn, warmup: int, runs: int) -> float:
+def median_seconds(fn, warmup: int, runs: int) -> float:
     for _ in range(warmup):
         fn()
     times = []
@@ -48,7 +48,7 @@ def latency(model: torch.nn.Module, input_size: int, device="cpu", batch: int = 
             torch.cuda.synchronize()
 
     with torch.inference_mode():
-        return _median_seconds(step, warmup, runs)
+        return median_seconds(step, warmup, runs)
 
 
 def profile(model: torch.nn.Module, input_size: int, device="cpu", timing: bool = True, batch: int = 32) -> dict:

@@ -21,15 +21,18 @@ def _points(seed):
     return np.random.default_rng(seed).uniform(5, 25, (68, 2)).round(1)
 
 
-def test_folder68_reads_csv_rows_and_groups_people(tmp_path):
+def _folder68(tmp_path, names):
     (tmp_path / "training").mkdir()
-    names = ["Ann_Lee_01.jpg", "Ann_Lee_12.jpg", "Bob_K_3.jpg"]
     lines = ["," + ",".join(map(str, range(136)))]
-    for i, n in enumerate(names):
-        _write_image(tmp_path / "training" / n)
-        lines.append(n + "," + ",".join(f"{v}" for v in _points(i).ravel()))
+    for i, name in enumerate(names):
+        _write_image(tmp_path / "training" / name)
+        lines.append(name + "," + ",".join(f"{v}" for v in _points(i).ravel()))
     (tmp_path / "keypoints.csv").write_text("\n".join(lines) + "\n")
-    ds = get_plugins().datasets.get("folder68").factory(str(tmp_path))
+    return get_plugins().datasets.get("folder68").factory(str(tmp_path)), names
+
+
+def test_folder68_reads_csv_rows_and_groups_people(tmp_path):
+    ds, _ = _folder68(tmp_path, ["Ann_Lee_01.jpg", "Ann_Lee_12.jpg", "Bob_K_3.jpg"])
     assert len(ds) == 3 and ds.schema == "ibug68"
     s = ds[1]
     assert s.image.shape == (30, 40, 3) and s.id == "Ann_Lee_12.jpg" and s.group == "Ann_Lee"
@@ -113,21 +116,10 @@ def test_kaggle_short_image_row_names_the_line(tmp_path):
         get_plugins().datasets.get("kaggle").factory(str(tmp_path / "t.csv"), cache=False)
 
 
-def _folder68(tmp_path, n=4):
-    (tmp_path / "training").mkdir()
-    names = [f"P{i}_0{i}.jpg" for i in range(n)]
-    lines = ["," + ",".join(map(str, range(136)))]
-    for i, name in enumerate(names):
-        _write_image(tmp_path / "training" / name)
-        lines.append(name + "," + ",".join(f"{v}" for v in _points(i).ravel()))
-    (tmp_path / "keypoints.csv").write_text("\n".join(lines) + "\n")
-    return get_plugins().datasets.get("folder68").factory(str(tmp_path)), names
-
-
 def test_unreadable_image_names_the_file_or_is_skipped(tmp_path):
     from kpbench.data import prepare
 
-    ds, names = _folder68(tmp_path)
+    ds, names = _folder68(tmp_path, [f"P{i}_0{i}.jpg" for i in range(4)])
     (tmp_path / "training" / names[2]).write_bytes(b"not a jpeg")
     detect = get_plugins().detectors.get("gt-box").factory()
     with pytest.raises(KpbenchError, match=names[2] + ": cannot read image"):

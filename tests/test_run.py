@@ -77,3 +77,19 @@ def test_default_benchmark_ranks_models_meaningfully(tmp_path):
     # "measurably": a clear margin, not noise
     assert board.loc["integral", "nme"] < 0.8 * board.loc["cnn", "nme"]
     assert board.loc["cnn", "nme"] < 0.8 * board.loc["mean-shape", "nme"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid_and_names_registered_components(path):
+    config = cfgmod.load(path)
+    plugins = get_plugins()
+    for name in config["models"]:
+        base = name.split("@")[0]
+        if base == "dlib68" and "dlib68" not in plugins.models.names():
+            continue  # optional extra
+        plugins.models.get(base)
+    for name in config["eval"]["metrics"]:
+        plugins.metrics.get(name)
+    plugins.detectors.get(config["data"]["detector"])
+    plugins.datasets.get(config["data"]["dataset"].partition(":")[0])
+    assert config["eval"]["sort_by"] in config["eval"]["metrics"]
