@@ -36,9 +36,9 @@ def cmd_run(args, console: Console) -> None:
     if args.models:
         config["models"] = _csv(args.models)
     if args.dataset:
-        if args.dataset.partition(":")[0] != config["data"]["dataset"].partition(":")[0]:
-            config["data"]["options"] = {}  # options belong to the config's dataset kind
-        config["data"]["dataset"] = args.dataset
+        if args.dataset != [config["data"]["dataset"]]:
+            config["data"]["options"] = {}  # options belong to the config's dataset
+        config["data"]["dataset"] = args.dataset[0] if len(args.dataset) == 1 else args.dataset
     if args.detector:
         config["data"]["detector"] = args.detector
         config["data"]["detector_options"] = {}
@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help=f"train, evaluate and rank models (default config: {DEFAULT_CONFIG})")
     r.add_argument("--config", "-c", help="YAML config file")
     r.add_argument("--models", help="comma-separated model names, e.g. cnn,mobilenetv2")
-    r.add_argument("--dataset", help="kind:path, e.g. folder68:../shared/data/youtube-faces-68")
+    r.add_argument("--dataset", action="append",
+                   help="kind:path, e.g. folder68:../shared/data/youtube-faces-68; repeat to train on several")
     r.add_argument("--detector", help="face boxes: gt-box, mtcnn, none")
     r.add_argument("--eval-dataset", help="evaluate on this dataset (kind:path, all of it) instead of the test split")
     r.add_argument("--epochs", type=int)

@@ -37,8 +37,8 @@ def _yaml(text: str):
 SCHEMA: dict[str, Any] = {
     "run": {"name": str, "seed": int, "seeds": (list, type(None)), "out": OPT_STR, "device": str, "threads": OPT_INT},
     "data": {
-        "dataset": str,  # "kind" or "kind:path"
-        "options": dict,  # passed to the dataset plugin
+        "dataset": (str, list),  # "kind" or "kind:path", or a list of them (combined)
+        "options": (dict, list),  # passed to the dataset plugin (a list: one per dataset)
         "schema": str,  # target keypoint schema
         "split": list,  # train/val/test fractions
         "detector": str,

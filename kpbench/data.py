@@ -38,6 +38,27 @@ class Dataset(Protocol):
     def __getitem__(self, index: int) -> Sample: ...
 
 
+class Concat:
+    """Several datasets as one (``data.dataset`` given as a list): samples keep their own schema;
+    groups are kept per dataset (a sample without a group is its own)."""
+
+    def __init__(self, datasets: Sequence[Dataset]):
+        self.datasets = list(datasets)
+        self.schema = self.datasets[0].schema
+        self.offsets = np.cumsum([0] + [len(d) for d in self.datasets])
+        self.groups = []
+        for k, d in enumerate(self.datasets):
+            groups = getattr(d, "groups", None)
+            self.groups += [f"{k}:{groups[i] if groups is not None else i}" for i in range(len(d))]
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> Sample:
+        k = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return self.datasets[k][index - int(self.offsets[k])]
+
+
 class Subset:
     """A seeded random subset of ``limit`` samples of a dataset (``data.limit``), order kept."""
 

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import kpbench
 from kpbench import report
 from kpbench.config import DEFAULTS, config_hash
-from kpbench.data import Prepared, Subset, prepare, split_indices
+from kpbench.data import Concat, Prepared, Subset, prepare, split_indices
 from kpbench.errors import KpbenchError
 from kpbench.evaluate import aggregate, predict, score
 from kpbench.io import atomic_write_json, atomic_write_text
@@ -49,7 +49,13 @@ def _call(factory, what: str, *args, **options):
         raise KpbenchError(f"{what}: bad options {options}: {exc}") from None
 
 
-def load_dataset(plugins: Plugins, spec: str, options: dict):
+def load_dataset(plugins: Plugins, spec, options):
+    """``kind:path`` with its options, or a list of them (a list of options, or one for all) as one."""
+    if isinstance(spec, list):
+        opts = options if isinstance(options, list) else [options] * len(spec)
+        if len(opts) != len(spec):
+            raise KpbenchError(f"data.options: {len(opts)} option mappings for {len(spec)} datasets")
+        return Concat([load_dataset(plugins, s, o) for s, o in zip(spec, opts)])
     kind, _, path = spec.partition(":")
     ds_spec = plugins.datasets.get(kind, where="data.dataset")
     return _call(ds_spec.factory, f"dataset {kind!r}", path or None, **options)

@@ -233,6 +233,17 @@ class AdversarialRegressor(PlainCNN):
     def discriminator(self) -> nn.Module:
         return self._gan["disc"]
 
+    def get_extra_state(self):
+        """The discriminator and its optimizer travel in checkpoints (so a resumed run continues
+        exactly), though they are not parameters of the model."""
+        return {"disc": self._gan["disc"].state_dict(), "opt": self._gan["opt"].state_dict(),
+                "steps": self._gan["steps"]}
+
+    def set_extra_state(self, state):
+        self._gan["disc"].load_state_dict(state["disc"])
+        self._gan["opt"].load_state_dict(state["opt"])
+        self._gan["steps"] = state["steps"]
+
     def auxiliary_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         disc, bce = self._gan["disc"].to(pred.device), nn.functional.binary_cross_entropy_with_logits
         real = target[~torch.isnan(target).flatten(1).any(1)].flatten(1)  # only fully annotated shapes

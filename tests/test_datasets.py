@@ -157,3 +157,18 @@ def test_corrupt_samples_give_one_line_errors(image, points, message):
         prepare(_Bad(image, points), [0], detect, 16, "kaggle15")
     with pytest.raises(KpbenchError, match="a data split is empty"):  # skipped, and then nothing is left
         prepare(_Bad(image, points), [0], detect, 16, "kaggle15", skip_bad=True)
+
+
+def test_datasets_combine_for_training_and_keep_their_groups(tmp_path):
+    from kpbench.plugins import get_plugins
+    from kpbench.runner import load_dataset
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _folder68(tmp_path / "a", ["Ann_01.jpg", "Ann_02.jpg"])
+    _folder68(tmp_path / "b", ["Bob_01.jpg"])
+    both = load_dataset(get_plugins(), [f"folder68:{tmp_path / 'a'}", f"folder68:{tmp_path / 'b'}"], {})
+    assert len(both) == 3 and [both[i].id for i in range(3)] == ["Ann_01.jpg", "Ann_02.jpg", "Bob_01.jpg"]
+    assert both.groups == ["0:Ann", "0:Ann", "1:Bob"]
+    with pytest.raises(KpbenchError, match="2 option mappings for 3 datasets"):
+        load_dataset(get_plugins(), ["synthetic"] * 3, [{}, {}])

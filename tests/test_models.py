@@ -217,3 +217,21 @@ def test_cached_features_give_the_same_training_as_recomputing(tmp_path, monkeyp
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, nan_ok=True)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
     assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 1
+
+
+def test_gan_checkpoint_carries_the_discriminator_for_exact_resume():
+    import io
+
+    plugins = get_plugins()
+    torch.manual_seed(0)
+    gan = plugins.models.get("gan").factory(15, 32, 1, width=4)
+    x, y = torch.rand(4, 1, 32, 32), torch.rand(4, 15, 2)
+    gan.auxiliary_loss(gan(x).view(4, 15, 2), y)  # one discriminator step
+    buf = io.BytesIO()
+    torch.save(gan.state_dict(), buf)
+    buf.seek(0)
+    other = plugins.models.get("gan").factory(15, 32, 1, width=4)
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    assert other._gan["steps"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(gan.discriminator.parameters(), other.discriminator.parameters()))
+    assert sum(p.numel() for p in other.parameters()) == sum(p.numel() for p in gan.parameters())  # not counted
