@@ -1,6 +1,7 @@
 """The one training loop, used by every trainable model plugin.
 
-Adam on a masked MSE in crop coordinates; flip (left/right points swapped), random affine,
+Adam on a masked loss in crop coordinates (MSE, or L1 / Wing; the reported training loss is
+always the MSE); flip (left/right points swapped), random affine,
 photometric and erasing augmentation; validation every epoch, the best epoch (by the runner's
 score, lower is better) kept and checkpointed; an epoch checkpoint (``last.pt``) to resume from.
 
@@ -125,6 +126,22 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return diff.pow(2).sum() / mask.sum().clamp(min=1)
 
 
+def masked_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """The training loss over known coordinates: ``mse``, ``l1``, or ``wing`` (Feng et al. 2018:
+    w·ln(1 + |d|/ε) for |d| < w, |d| − C beyond; w = 0.04, ε = 0.008 of the crop side, i.e. the
+    paper's 10 and 2 pixels at 256 px)."""
+    if kind == "mse":
+        return masked_mse(pred, target)
+    mask = ~torch.isnan(target)
+    d = torch.where(mask, pred - torch.nan_to_num(target), torch.zeros_like(pred)).abs()
+    if kind == "wing":
+        w, eps = 0.04, 0.008
+        d = torch.where(d < w, w * torch.log1p(d / eps), d - (w - w * math.log1p(w / eps)))
+    elif kind != "l1":
+        raise ValueError(f"unknown loss {kind!r}")
+    return d.sum() / mask.sum().clamp(min=1)
+
+
 def mean_shape(targets: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(torch.nanmean(targets, dim=0), nan=0.5)
 
@@ -220,6 +237,7 @@ def train(
     unfreeze = cfg.get("unfreeze") or "all"
     aug = {k: float((cfg.get("augment") or {}).get(k) or 0.0) for k in AUGMENT_KEYS}
     use_cache = features is not None and can_cache(net, cfg)
+    loss_kind = cfg.get("loss") or "mse"
     gen = torch.Generator().manual_seed(seed)
     perm = list(schema.flip_permutation)
     bs = int(cfg["batch_size"])
@@ -276,7 +294,9 @@ def train(
                     pred = model(x.to(device))
                 y = y.to(device)
                 mse = masked_mse(pred, y)
-                loss = mse + net.auxiliary_loss(pred, y) if hasattr(net, "auxiliary_loss") else mse
+                loss = mse if loss_kind == "mse" else masked_loss(pred, y, loss_kind)
+                if hasattr(net, "auxiliary_loss"):
+                    loss = loss + net.auxiliary_loss(pred, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -235,3 +235,17 @@ def test_gan_checkpoint_carries_the_discriminator_for_exact_resume():
     assert other._gan["steps"] == 1
     assert all(torch.equal(a, b) for a, b in zip(gan.discriminator.parameters(), other.discriminator.parameters()))
     assert sum(p.numel() for p in other.parameters()) == sum(p.numel() for p in gan.parameters())  # not counted
+
+
+def test_landmark_losses_by_hand():
+    import math
+
+    from kpbench.train import masked_loss
+
+    pred = torch.tensor([[[0.5, 0.5], [0.1, 0.2]]])
+    true = torch.tensor([[[0.52, 0.5], [float("nan"), 0.3]]])  # known diffs 0.02, 0, 0.1
+    assert masked_loss(pred, true, "mse").item() == pytest.approx((0.02**2 + 0.1**2) / 3)
+    assert masked_loss(pred, true, "l1").item() == pytest.approx(0.12 / 3)
+    w, eps = 0.04, 0.008
+    wing = w * math.log(1 + 0.02 / eps) + 0.0 + (0.1 - (w - w * math.log(1 + w / eps)))
+    assert masked_loss(pred, true, "wing").item() == pytest.approx(wing / 3, rel=1e-5)
