@@ -106,14 +106,12 @@ def _data_uri(image) -> str:
 
 def page(title: str, meta: Mapping, leaderboard: pd.DataFrame, images: Mapping[str, Path],
          notes: Sequence[str] | None = None) -> str:
-    """The report page: title, meta table, notes, leaderboard, then each image (PNG path or bytes)
-    as a ``<figure>`` captioned with its key. Every value is HTML-escaped."""
+    """The report page: title, notes, leaderboard, each image (PNG path or bytes) as a ``<figure>``
+    captioned with its key, then the run's details (meta). Every value is HTML-escaped."""
     t = html.escape(str(title))
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{t}</title>", f"<style>\n{CSS}\n</style>", "</head>", "<body>", f"<h1>{t}</h1>"]
-    if meta:
-        parts.append(meta_table(meta))
     if notes:
         parts.append('<ul class="notes">\n' + "\n".join(f"<li>{html.escape(str(n))}</li>" for n in notes) + "\n</ul>")
     parts += ["<h2>Leaderboard</h2>", leaderboard_table(leaderboard)]
@@ -123,6 +121,8 @@ def page(title: str, meta: Mapping, leaderboard: pd.DataFrame, images: Mapping[s
             cap = html.escape(str(caption))
             parts.append(f'<figure>\n<img src="{_data_uri(image)}" alt="{cap}">\n<figcaption>{cap}</figcaption>\n'
                          "</figure>")
+    if meta:
+        parts += ["<h2>Run details</h2>", meta_table(meta)]
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts)
 

@@ -187,3 +187,15 @@ def test_detector_misses_are_counted_and_scored_by_the_policy(tmp_path, tiny_con
         assert np.isnan(nme[missed]).all() and row["nme"] == pytest.approx(np.nanmean(nme), abs=1e-6)
     else:
         assert np.isfinite(nme).all()
+
+
+def test_train_on_one_dataset_and_test_on_another_from_one_config(tmp_path, tiny_config):
+    config = cfgmod.load(tiny_config)
+    config["models"] = ["mean-shape"]
+    config["data"]["eval_dataset"] = "synthetic"
+    config["data"]["eval_options"] = {"n": 25, "size": 40, "seed": 11}
+    out = _run(config, tmp_path / "cross")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"] == {"train": 42, "val": 9, "test": 25}
+    with np.load(out / "models" / "mean-shape" / "predictions.npz") as z:
+        assert z["true"].shape == (25, 15, 2) and z["boxes"][0, 2] == 40  # the other dataset's 40 px faces
