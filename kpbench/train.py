@@ -262,7 +262,7 @@ def train(
 
     for epoch in range(start, epochs + 1):  # epoch 0 evaluates the untrained model (all a fixed model gets)
         t0 = time.perf_counter()
-        frozen = 0 < epoch <= freeze_epochs or (epoch == 0 and freeze_epochs > 0)
+        frozen = epoch <= freeze_epochs and freeze_epochs > 0  # epoch 0 is evaluated as the first epoch trains
         set_trainable(net, frozen, unfreeze)
         cached = features(model, "frozen") if use_cache and frozen else None
         train_loss = float("nan")
