@@ -79,7 +79,8 @@ def _style(ax) -> None:
 def training_curves(histories: Mapping[str, pd.DataFrame], path, metrics: Sequence[str] | None = ("mae", "rmse"),
                     colors: Mapping[str, str] | None = None) -> Path:
     """Figure-4 style: one row per quantity (loss, then each ``val_<metric>`` present in some
-    history), every model on each panel in its color. Loss: train solid, validation dashed, log y.
+    history), every model on each panel in its color. Loss: train solid, validation dashed; log y
+    wherever the values are positive.
     ``metrics=None`` shows every ``val_*`` column found."""
     labels = list(histories)
     cmap = _colors(labels, colors)
@@ -125,13 +126,16 @@ def training_curves(histories: Mapping[str, pd.DataFrame], path, metrics: Sequen
 
     for ax, metric in zip(axes[1:], shown):
         col = f"val_{metric}"
-        any_drawn = False
+        any_drawn, positive = False, True
         for label, h in histories.items():
-            if col in h.columns and np.isfinite(h[col].to_numpy(float)).any():
+            y = h[col].to_numpy(float) if col in h.columns else np.array([np.nan])
+            if np.isfinite(y).any():
                 any_drawn = True
-                ax.plot(xs(h), h[col].to_numpy(float), "-", color=cmap[label], marker=marker, markersize=3,
-                        linewidth=1.6)
+                positive &= bool(np.all(y[np.isfinite(y)] > 0))
+                ax.plot(xs(h), y, "-", color=cmap[label], marker=marker, markersize=3, linewidth=1.6)
         if any_drawn:
+            if positive:  # log y: an untrained epoch 0 does not flatten the rest
+                ax.set_yscale("log")
             _style(ax)
         else:
             _empty(ax)
