@@ -90,7 +90,7 @@ def evaluate(trained: Trained, plugins: Plugins, dataset: str, out: Path, detect
              console: Console | None = None):
     """Score a trained model on every sample of ``dataset`` ("kind:path") and write a run directory
     with the same reports as ``kpbench run`` (no training curves)."""
-    from kpbench.runner import load_dataset, make_detector, manifest, save_test_faces
+    from kpbench.runner import load_dataset, make_detector, manifest, resolve_device, save_test_faces
 
     config = json.loads(json.dumps(trained.config))  # a copy
     dc = config["data"]
@@ -107,7 +107,8 @@ def evaluate(trained: Trained, plugins: Plugins, dataset: str, out: Path, detect
     if out.exists() and any(out.iterdir()):
         raise KpbenchError(f"{out}: output directory exists and is not empty")
     test = prepare(data, range(len(data)), detect, trained.input_size, schema.name)
-    device = "cpu"
+    device = resolve_device("auto")  # where this machine can run it, whatever the training used
+    trained.model.to(device)
     pred_px, values, per_image = score(predict(trained.model, test.images, device=device), test, schema, metrics)
     if dc["miss_policy"] == "exclude":
         from kpbench.evaluate import aggregate
