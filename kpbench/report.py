@@ -245,8 +245,9 @@ LOSSES = ("train_loss", "val_loss")
 
 
 def compare(run_a: Path, run_b: Path, console: Console | None = None) -> pd.DataFrame:
-    """Two runs on the same test data, model by model: each metric in both, the difference and a
-    Wilcoxon signed-rank test on the per-image values of the sort metric."""
+    """Two runs on the same test data, model by model and metric by metric (one row each): both
+    values, the difference and, for the sort metric, a Wilcoxon signed-rank test on the per-image
+    values."""
     console = console or Console()
     (ca, ma, fa), (_, mb, fb) = collect(run_a), collect(run_b)
     if ma.get("dataset_fingerprint") != mb.get("dataset_fingerprint"):
@@ -256,25 +257,23 @@ def compare(run_a: Path, run_b: Path, console: Console | None = None) -> pd.Data
     metric = ca["eval"]["sort_by"]
     pa, pb = _per_image(fa), _per_image(fb)
     rows = []
+    key = f"metric_{metric}"
     for label in [m for m in pa if m in pb]:
         a, b = pa[label], pb[label]
-        row = {"model": label}
         for m in [m for m in ca["eval"]["metrics"] if f"metric_{m}" in a and f"metric_{m}" in b]:
             how = ma.get("metrics", {}).get(m, {}).get("aggregate", "mean")
-            va, vb = (stats._agg(stats._finite(x[f"metric_{m}"]), how) for x in (a, b))
-            row.update({f"{m}_a": round(float(va), 6), f"{m}_b": round(float(vb), 6),
-                        f"{m}_diff": round(float(vb - va), 6)})
-        key = f"metric_{metric}"
-        if key in a and key in b and len(a[key]) == len(b[key]):
-            row["p"] = round(float(stats.wilcoxon_signed_rank(a[key], b[key])["p"]), 6)
-        rows.append(row)
+            va, vb = (float(stats._agg(stats._finite(x[f"metric_{m}"]), how)) for x in (a, b))
+            p = (stats.wilcoxon_signed_rank(a[key], b[key])["p"] if m == metric and len(a[key]) == len(b[key])
+                 else float("nan"))
+            rows.append({"model": label, "metric": m, "A": round(va, 6), "B": round(vb, 6),
+                         "B - A": round(vb - va, 6), "p": round(float(p), 6)})
     if not rows:
         raise KpbenchError(f"{run_a} and {run_b} have no model in common")
     df = pd.DataFrame(rows)
-    table = Table(title=f"kpbench compare — A: {run_a}  B: {run_b}  ({metric}: Wilcoxon p on the same images)",
+    table = Table(title=f"kpbench compare — A: {run_a}  B: {run_b}  (p: Wilcoxon signed-rank on the same images)",
                   header_style="bold")
     for c in df.columns:
-        table.add_column(c, justify="left" if c == "model" else "right")
+        table.add_column(c, justify="left" if c in ("model", "metric") else "right")
     for rec in df.to_dict("records"):
         table.add_row(*(_fmt(rec[c]) for c in df.columns))
     console.print(table)

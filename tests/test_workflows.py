@@ -62,7 +62,7 @@ def test_report_rerenders_byte_for_byte_and_compare_checks_the_data(tmp_path, ti
     b = _run(config, tmp_path / "b")
     r = run_cli("report", a, b)
     assert r.returncode == 0, r.stderr
-    assert "nme_diff" in r.stdout and "cnn" in r.stdout
+    assert "B - A" in r.stdout and "cnn" in r.stdout and "nme" in r.stdout
     config = cfgmod.load(tiny_config)
     config["data"]["options"]["seed"] = 9  # other faces
     c = _run(config, tmp_path / "c")
