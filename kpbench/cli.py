@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console() if sys.stdout.isatty() else Console(width=160)  # files and CI logs get full tables
+    console = Console() if sys.stdout.isatty() else Console(width=220)  # files and CI logs get full tables
     try:
         args.func(args, console)
     except KpbenchError as exc:
