@@ -245,6 +245,7 @@ def train(
     hist = History()
     best_state = copy.deepcopy(model.state_dict())
     stale, start = 0, 0
+    cached = None
 
     last = ckpt_dir / "last.pt"
     if resume and last.is_file():
@@ -264,7 +265,10 @@ def train(
         t0 = time.perf_counter()
         frozen = epoch <= freeze_epochs and freeze_epochs > 0  # epoch 0 is evaluated as the first epoch trains
         set_trainable(net, frozen, unfreeze)
-        cached = features(model, "frozen") if use_cache and frozen else None
+        if not (use_cache and frozen):
+            cached = None
+        elif cached is None:  # once per frozen phase: the frozen weights do not change within it
+            cached = features(model, "frozen")
         train_loss = float("nan")
         if epoch > 0:
             model.train()
