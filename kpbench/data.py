@@ -243,7 +243,7 @@ def prepare(
     A bad sample (see :func:`check_sample`) is an error, or with ``skip_bad`` skipped and listed
     in ``Prepared.skipped``."""
     images, points, boxes, ids, missed, skipped = [], [], [], [], [], []
-    for k, i in enumerate(indices):
+    for i in indices:
         try:
             s = dataset[int(i)]
             gray = check_sample(s)
@@ -253,8 +253,8 @@ def prepare(
             skipped.append(str(exc))
             continue
         pts = convert(s.points, s.schema, schema)
-        if like is not None:
-            box, miss = like.boxes[k], bool(like.missed[k])
+        if like is not None:  # the same samples were kept there (the checks are deterministic)
+            box, miss = like.boxes[len(ids)], bool(like.missed[len(ids)])
         else:
             box = detect(s.image, pts)
             miss = box is None

@@ -172,3 +172,16 @@ def test_datasets_combine_for_training_and_keep_their_groups(tmp_path):
     assert both.groups == ["0:Ann", "0:Ann", "1:Bob"]
     with pytest.raises(KpbenchError, match="2 option mappings for 3 datasets"):
         load_dataset(get_plugins(), ["synthetic"] * 3, [{}, {}])
+
+
+def test_a_second_input_size_reuses_the_boxes_of_the_kept_samples(tmp_path):
+    from kpbench.data import prepare
+
+    ds, names = _folder68(tmp_path, [f"P{i}_0{i}.jpg" for i in range(4)])
+    (tmp_path / "training" / names[1]).write_bytes(b"not a jpeg")
+    detect = get_plugins().detectors.get("gt-box").factory()
+    small = prepare(ds, range(4), detect, 16, "kaggle15", skip_bad=True)
+    large = prepare(ds, range(4), None, 32, "kaggle15", like=small, skip_bad=True)
+    assert large.ids == small.ids and len(large) == 3
+    np.testing.assert_array_equal(large.boxes, small.boxes)
+    np.testing.assert_allclose(large.targets, small.targets, atol=1e-6)
