@@ -18,10 +18,12 @@ from rich.console import Console
 from kpbench import report
 from kpbench.data import IMAGE_SUFFIXES, crop_resize, prepare, read_image, to_gray, to_image_pixels
 from kpbench.errors import KpbenchError
-from kpbench.evaluate import predict, score
+from kpbench.evaluate import predict
 from kpbench.io import atomic_write_json, atomic_write_text
 from kpbench.keypoints import get_schema
 from kpbench.plugins import Plugins
+from kpbench.runner import (load_dataset, make_detector, manifest, metrics_meta, model_settings, resolve_device,
+                            save_test_faces, test_and_save, use_flip_test)
 from kpbench.train import Regressor
 from kpbench.weights import read_checkpoint
 
@@ -65,8 +67,6 @@ def load_trained(path: str | Path, plugins: Plugins) -> Trained:
         mdir, row = match[0]
     label = row["model"]
     spec = plugins.models.get(label.split("@")[0], where="--model")
-    from kpbench.runner import model_settings
-
     options = model_settings(config, label, spec)[0]
     if "weights" in inspect.signature(spec.factory).parameters or "weights" in options:
         options["weights"] = "none"  # the checkpoint holds every weight; do not look for the start
@@ -80,8 +80,7 @@ def load_trained(path: str | Path, plugins: Plugins) -> Trained:
         raise KpbenchError(f"{mdir / 'best.pt'}: does not fit model {label!r}: missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]}")
     model.eval()
-    if config["eval"].get("flip_test") and getattr(net, "flip_test", True):
-        model.flip_test = list(schema.flip_permutation)
+    use_flip_test(model, config, schema)
     return Trained(model, label, size, config, run_dir, mdir)
 
 
@@ -90,8 +89,6 @@ def evaluate(trained: Trained, plugins: Plugins, dataset: str, out: Path, detect
              console: Console | None = None):
     """Score a trained model on every sample of ``dataset`` ("kind:path") and write a run directory
     with the same reports as ``kpbench run`` (no training curves)."""
-    from kpbench.runner import load_dataset, make_detector, manifest, resolve_device, save_test_faces
-
     config = json.loads(json.dumps(trained.config))  # a copy
     dc = config["data"]
     dc.update(dataset=dataset, options=dataset_options or {}, eval_dataset=None, eval_options={})
@@ -109,29 +106,15 @@ def evaluate(trained: Trained, plugins: Plugins, dataset: str, out: Path, detect
     test = prepare(data, range(len(data)), detect, trained.input_size, schema.name)
     device = resolve_device("auto")  # where this machine can run it, whatever the training used
     trained.model.to(device)
-    pred_px, values, per_image = score(predict(trained.model, test.images, device=device), test, schema, metrics)
-    if dc["miss_policy"] == "exclude":
-        from kpbench.evaluate import aggregate
-
-        per_image = {k: np.where(test.missed, np.nan, v) for k, v in per_image.items()}
-        values = {m.name: aggregate(per_image[m.name], m.aggregate) for m in metrics}
     mdir = out / "models" / trained.label
-    mdir.mkdir(parents=True, exist_ok=True)
+    values = test_and_save(trained.model, test, schema, metrics, dc, mdir, device)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     meta = manifest(config, device, test.fingerprint()[:8])
     meta.update(splits={"test": len(test)}, detector=dc["detector"], evaluated_model=str(trained.model_dir),
-                metrics={m.name: {"aggregate": m.aggregate, "higher_is_better": m.higher_is_better, "unit": m.unit}
-                         for m in metrics}, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                metrics=metrics_meta(metrics), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     atomic_write_json(out / "manifest.json", meta)
     save_test_faces(out / "test_faces.npz", test)
-    tmp = mdir / ".predictions.tmp.npz"
-    np.savez_compressed(tmp, pred=pred_px, true=test.points, boxes=test.boxes, ids=np.array(test.ids),
-                        missed=test.missed, **{f"metric_{k}": v for k, v in per_image.items()})
-    tmp.replace(mdir / "predictions.npz")
-    row = {"model": trained.label, "seed": config["run"]["seed"], **{k: round(v, 6) for k, v in values.items()},
-           "input_size": trained.input_size}
-    if dc["detector"] not in ("none", "gt-box"):
-        row["miss_rate"] = round(float(test.missed.mean()), 4)
+    row = {"model": trained.label, "seed": config["run"]["seed"], **values, "input_size": trained.input_size}
     atomic_write_json(mdir / "result.json", row)
     report.render(out, console)
     return out

@@ -158,8 +158,7 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
         status.print(f"[yellow]kpbench: warning: skipped bad sample: {msg}[/]")
     if len(skipped) > 5:
         status.print(f"[yellow]kpbench: warning: ... {len(skipped)} bad samples skipped in all (see manifest.json)[/]")
-    meta["metrics"] = {m.name: {"aggregate": m.aggregate, "higher_is_better": m.higher_is_better, "unit": m.unit}
-                       for m in metrics}
+    meta["metrics"] = metrics_meta(metrics)
     atomic_write_json(out / "manifest.json", meta)
     save_test_faces(out / "test_faces.npz", test_d)
     status.print(f"run [bold]{out}[/]  device={device}  train/val/test={len(train_d)}/{len(val_d)}/{len(test_d)}"
@@ -262,25 +261,47 @@ def run_model(label: str, spec, config, train_d: Prepared, val_d: Prepared, test
                             resume=resume, features=features)
     train_s = sum(r["seconds"] for r in hist.rows)  # this attempt and any resumed one
 
-    if config["eval"]["flip_test"] and getattr(model.net, "flip_test", True):  # a model may opt out
-        model.flip_test = list(schema.flip_permutation)
-    pred_px, values, per_image = score(predict(model, test_d.images, device=device), test_d, schema, metrics)
-    if dc["miss_policy"] == "exclude":  # detector misses are counted, not scored
-        per_image = {k: np.where(test_d.missed, np.nan, v) for k, v in per_image.items()}
-        values = {m.name: aggregate(per_image[m.name], m.aggregate) for m in metrics}
-    tmp = mdir / ".predictions.tmp.npz"
-    np.savez_compressed(tmp, pred=pred_px, true=test_d.points, boxes=test_d.boxes, ids=np.array(test_d.ids),
-                        missed=test_d.missed, **{f"metric_{k}": v for k, v in per_image.items()})
-    tmp.replace(mdir / "predictions.npz")
+    use_flip_test(model, config, schema)
+    values = test_and_save(model, test_d, schema, metrics, dc, mdir, device)
     history = pd.DataFrame(hist.rows).drop(columns=["score"])
     atomic_write_text(mdir / "history.csv", history.to_csv(index=False, float_format="%.6g"))
     best = hist.rows[hist.best_epoch]
-    row = {"model": label, "plugin": spec.plugin, "seed": seed, **{k: round(v, 6) for k, v in values.items()},
+    row = {"model": label, "plugin": spec.plugin, "seed": seed, **{k: v for k, v in values.items() if k != "miss_rate"},
            "train_loss": round(best["train_loss"], 6), "val_loss": round(best["val_loss"], 6),
            "best_epoch": hist.best_epoch, "epochs": len(hist.rows) - 1, "input_size": size}
-    if dc["detector"] not in ("none", "gt-box"):  # a detector under test: its miss rate on the test split
-        row["miss_rate"] = round(float(test_d.missed.mean()), 4)
+    row.update(values)  # adds miss_rate (real detectors) after the losses
     row.update(profile(model, size, device, timing=config["eval"]["latency"]))
     row.update(branch_report(model.net))
     row["train_s"] = round(train_s, 1)
     return row
+
+
+def metrics_meta(metrics) -> dict:
+    """What the report path needs to know of each metric, kept in the manifest."""
+    return {m.name: {"aggregate": m.aggregate, "higher_is_better": m.higher_is_better, "unit": m.unit}
+            for m in metrics}
+
+
+def use_flip_test(model, config: dict, schema) -> None:
+    """Test-time flip averaging where the config asks for it and the model does not opt out."""
+    if config["eval"]["flip_test"] and getattr(model.net, "flip_test", True):
+        model.flip_test = list(schema.flip_permutation)
+
+
+def test_and_save(model, test_d: Prepared, schema, metrics, dc: dict, mdir: Path, device) -> dict:
+    """The one test path of ``kpbench run`` and ``kpbench evaluate``: predict, score in the
+    original image's pixels, apply the detector-miss policy, save ``predictions.npz`` (per-image
+    values included); returns the rounded metric values, plus ``miss_rate`` for a real detector."""
+    pred_px, values, per_image = score(predict(model, test_d.images, device=device), test_d, schema, metrics)
+    if dc["miss_policy"] == "exclude":  # detector misses are counted, not scored
+        per_image = {k: np.where(test_d.missed, np.nan, v) for k, v in per_image.items()}
+        values = {m.name: aggregate(per_image[m.name], m.aggregate) for m in metrics}
+    mdir.mkdir(parents=True, exist_ok=True)
+    tmp = mdir / ".predictions.tmp.npz"
+    np.savez_compressed(tmp, pred=pred_px, true=test_d.points, boxes=test_d.boxes, ids=np.array(test_d.ids),
+                        missed=test_d.missed, **{f"metric_{k}": v for k, v in per_image.items()})
+    tmp.replace(mdir / "predictions.npz")
+    out = {k: round(v, 6) for k, v in values.items()}
+    if dc["detector"] not in ("none", "gt-box"):  # a detector under test: its miss rate on the test split
+        out["miss_rate"] = round(float(test_d.missed.mean()), 4)
+    return out
