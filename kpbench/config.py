@@ -56,12 +56,13 @@ SCHEMA: dict[str, Any] = {
               "erase": float, "augment": {"rotate": float, "scale": float, "translate": float, "brightness": float,
                                           "contrast": float, "prob": float},
               "freeze_epochs": int, "unfreeze": str, "backbone_lr": float, "feature_cache": bool,
-              "channels_last": bool, "loss": str, "schedule": str, "patience": OPT_INT},
+              "channels_last": bool, "loss": str, "schedule": str, "patience": OPT_INT, "targets": str},
     "eval": {"metrics": list, "sort_by": str, "latency": bool, "flip_test": bool},
 }
 
 CHOICES = {"data.miss_policy": ("fallback", "exclude"), "train.unfreeze": ("all", "last_stage"),
-           "train.schedule": ("none", "cosine", "plateau"), "train.loss": ("mse", "l1", "wing")}
+           "train.schedule": ("none", "cosine", "plateau"), "train.loss": ("mse", "l1", "wing"),
+           "train.targets": ("unit", "pixels")}
 
 DEFAULTS: dict[str, Any] = {
     "run": {"name": "run", "seed": 0, "seeds": None, "out": None, "device": "auto", "threads": None},
@@ -74,7 +75,8 @@ DEFAULTS: dict[str, Any] = {
               "augment": {"rotate": 0.0, "scale": 0.0, "translate": 0.0, "brightness": 0.0, "contrast": 0.0,
                           "prob": 1.0},
               "freeze_epochs": 0, "unfreeze": "all", "backbone_lr": 1.0, "feature_cache": True,
-              "channels_last": True, "loss": "mse", "schedule": "none", "patience": None},
+              "channels_last": True, "loss": "mse", "schedule": "none", "patience": None,
+              "targets": "unit"},
     "eval": {"metrics": ["nme", "fr10", "auc10", "rmse", "mae", "mse"], "sort_by": "nme", "latency": True,
              "flip_test": False},
 }

@@ -67,13 +67,13 @@ def load_trained(path: str | Path, plugins: Plugins) -> Trained:
         mdir, row = match[0]
     label = row["model"]
     spec = plugins.models.get(label.split("@")[0], where="--model")
-    options = model_settings(config, label, spec)[0]
+    options, _, train_cfg = model_settings(config, label, spec)
     if "weights" in inspect.signature(spec.factory).parameters or "weights" in options:
         options["weights"] = "none"  # the checkpoint holds every weight; do not look for the start
     size = int(row.get("input_size") or config["data"]["input_size"])
     schema = get_schema(config["data"]["schema"])
     net = spec.factory(schema.num_points, size, 1, **options)
-    model = Regressor(net, torch.zeros(schema.num_points, 2))
+    model = Regressor(net, torch.zeros(schema.num_points, 2), size if train_cfg.get("targets") == "pixels" else 1)
     state = read_checkpoint(mdir / "best.pt")["state_dict"]
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -1,6 +1,7 @@
 """The one training loop, used by every trainable model plugin.
 
-Adam on a masked loss in crop coordinates (MSE, or L1 / Wing; the reported training loss is
+Adam on a masked loss in crop coordinates (fractions of the crop side, or its pixels with
+``targets: pixels``; MSE, or L1 / Wing; the reported training loss is
 always the MSE); flip (left/right points swapped), random affine,
 photometric and erasing augmentation; validation every epoch, the best epoch (by the runner's
 score, lower is better) kept and checkpointed; an epoch checkpoint (``last.pt``) to resume from.
@@ -40,9 +41,13 @@ class Regressor(nn.Module):
     """A model plugin's network plus the training mean shape it predicts offsets from (unless the
     network says ``absolute_output = True``, as heatmap models do)."""
 
-    def __init__(self, net: nn.Module, mean_shape: torch.Tensor):
+    def __init__(self, net: nn.Module, mean_shape: torch.Tensor, output_scale: float = 1.0):
         super().__init__()
         self.net = net
+        # The network's own output unit: 1 (a fraction of the crop side) or the crop side in pixels
+        # (``train.targets: pixels``, the network regresses pixel coordinates). Predictions leave
+        # ``forward`` in crop fractions either way.
+        self.output_scale = float(output_scale)
         self.register_buffer("mean_shape", mean_shape.float().clone())
         self.channels_last = False
         self.flip_test: list[int] | None = None  # set: eval-mode predictions average the mirrored image's
@@ -54,6 +59,8 @@ class Regressor(nn.Module):
 
     def finish(self, out: torch.Tensor) -> torch.Tensor:
         out = out.view(out.shape[0], -1, 2)
+        if self.output_scale != 1.0:
+            out = out / self.output_scale
         return out if getattr(self.net, "absolute_output", False) else out + self.mean_shape
 
     def forward(self, x):
@@ -126,16 +133,17 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return diff.pow(2).sum() / mask.sum().clamp(min=1)
 
 
-def masked_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+def masked_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse", side: float = 1.0) -> torch.Tensor:
     """The training loss over known coordinates: ``mse``, ``l1``, or ``wing`` (Feng et al. 2018:
     w·ln(1 + |d|/ε) for |d| < w, |d| − C beyond; w = 0.04, ε = 0.008 of the crop side, i.e. the
-    paper's 10 and 2 pixels at 256 px)."""
+    paper's 10 and 2 pixels at 256 px). Coordinates are in units where the crop side is ``side``
+    (1, or the crop's pixels with ``train.targets: pixels``)."""
     if kind == "mse":
         return masked_mse(pred, target)
     mask = ~torch.isnan(target)
     d = torch.where(mask, pred - torch.nan_to_num(target), torch.zeros_like(pred)).abs()
     if kind == "wing":
-        w, eps = 0.04, 0.008
+        w, eps = 0.04 * side, 0.008 * side
         d = torch.where(d < w, w * torch.log1p(d / eps), d - (w - w * math.log1p(w / eps)))
     elif kind != "l1":
         raise ValueError(f"unknown loss {kind!r}")
@@ -221,7 +229,8 @@ def train(
     total)`` and ``on_epoch(row)`` report progress.
     """
     ckpt_dir = Path(ckpt_dir)
-    model = Regressor(net, mean_shape(train_data.targets)).to(device)
+    side = float(train_data.images.shape[-1]) if cfg.get("targets") == "pixels" else 1.0
+    model = Regressor(net, mean_shape(train_data.targets), side).to(device)
     if cfg.get("channels_last", True):
         model.use_channels_last()
     backbone_ids = {id(p) for m in backbone_modules(net) for p in m.parameters()}
@@ -297,8 +306,8 @@ def train(
                         x = erase_batch(x, float(cfg["erase"]), gen)
                     pred = model(x.to(device))
                 y = y.to(device)
-                mse = masked_mse(pred, y)
-                loss = mse if loss_kind == "mse" else masked_loss(pred, y, loss_kind)
+                mse = masked_mse(pred * side, y * side)  # in the targets' unit
+                loss = mse if loss_kind == "mse" else masked_loss(pred * side, y * side, loss_kind, side)
                 if hasattr(net, "auxiliary_loss"):
                     loss = loss + net.auxiliary_loss(pred, y)
                 opt.zero_grad(set_to_none=True)
@@ -316,7 +325,7 @@ def train(
                                   for z in cached["val"].split(256)]).numpy()
         else:
             pred = predict(model, val_data.images, device=device)
-        val_loss = float(masked_mse(torch.from_numpy(pred), val_data.targets))
+        val_loss = float(masked_mse(torch.from_numpy(pred) * side, val_data.targets * side))
         scores = evaluate(pred)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **scores,
                "lr": opt.param_groups[0]["lr"] if opt else float("nan"), "seconds": time.perf_counter() - t0}

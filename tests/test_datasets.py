@@ -1,5 +1,6 @@
 """Real-data dataset plugins, on small files the tests write (and on ../shared/data when present)."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,46 @@ def test_kaggle_test_csv_has_ids_and_no_labels(tmp_path):
 def test_kaggle_short_image_row_names_the_line(tmp_path):
     (tmp_path / "t.csv").write_text("ImageId,Image\n1," + " ".join(["0"] * 9216) + "\n2,1 2 3\n")
     with pytest.raises(KpbenchError, match=r"t\.csv:3: 'Image' has 3 values, expected 9216"):
+        get_plugins().datasets.get("kaggle").factory(str(tmp_path / "t.csv"), cache=False)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("256", "'Image' value '256' is not an integer 0-255"),
+    ("1000", "'Image' value '1000' is not an integer 0-255"),
+    ("-3", "'Image' value '-3' is not an integer 0-255"),
+    ("12.5", "'Image' value '12.5' is not an integer 0-255"),
+])
+def test_kaggle_bad_pixel_value_names_the_line_and_value(tmp_path, value, message):
+    row = ["7"] * 9216
+    row[500] = value
+    (tmp_path / "t.csv").write_text("ImageId,Image\n1," + " ".join(["0"] * 9216) + "\n\n2," + " ".join(row) + "\n")
+    with pytest.raises(KpbenchError, match=rf"t\.csv:4: {re.escape(message)}"):
+        get_plugins().datasets.get("kaggle").factory(str(tmp_path / "t.csv"), cache=False)
+
+
+def test_kaggle_pixels_of_every_width_crlf_and_quotes_parse_exactly(tmp_path):
+    """Every value 0-255 at every position width (1-3 digits), CRLF line ends, a quoted Image
+    field, a blank line and more rows than one parse chunk (128)."""
+    from kpbench_plugins.datasets import parse_kaggle_csv
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (300, 96, 96), dtype=np.uint8)
+    images[0].flat[:256] = np.arange(256)
+    lines = ["ImageId,Image"]
+    for i, image in enumerate(images):
+        text = " ".join(map(str, image.ravel()))
+        lines.append(f'{i + 1},"{text}"' if i % 2 else f"{i + 1},{text}")
+        if i == 150:
+            lines.append("")
+    (tmp_path / "test.csv").write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    parsed, points, ids = parse_kaggle_csv(tmp_path / "test.csv")
+    np.testing.assert_array_equal(parsed, images)
+    assert ids[:3] == ["1", "2", "3"] and len(ids) == 300 and np.isnan(points).all()
+
+
+def test_kaggle_image_must_be_the_last_column(tmp_path):
+    (tmp_path / "t.csv").write_text("Image,ImageId\n" + " ".join(["0"] * 9216) + ",1\n")
+    with pytest.raises(KpbenchError, match=r"t\.csv: the last column must be 'Image'"):
         get_plugins().datasets.get("kaggle").factory(str(tmp_path / "t.csv"), cache=False)
 
 

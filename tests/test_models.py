@@ -2,8 +2,8 @@
 
 import time
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from kpbench import KpbenchError
@@ -249,3 +249,26 @@ def test_landmark_losses_by_hand():
     w, eps = 0.04, 0.008
     wing = w * math.log(1 + 0.02 / eps) + 0.0 + (0.1 - (w - w * math.log(1 + w / eps)))
     assert masked_loss(pred, true, "wing").item() == pytest.approx(wing / 3, rel=1e-5)
+
+
+def test_pixel_targets_regress_crop_pixels_and_report_losses_in_square_pixels(tmp_path):
+    """``train.targets: pixels``: the network's raw output is in crop pixels (Regressor divides by
+    the crop side), and the history's losses are in px², i.e. side² x the loss in crop fractions."""
+    from kpbench.keypoints import KAGGLE15
+    from kpbench.evaluate import predict
+    from kpbench.train import masked_mse, train
+
+    tr, va, _ = _tiny_splits()
+    torch.manual_seed(0)
+    net = get_plugins().models.get("cnn").factory(15, 32, 1, width=4)
+    model, hist = train(net, tr, va, KAGGLE15, {**CFG, "epochs": 2, "targets": "pixels"}, 0, _improving(), tmp_path)
+    assert model.output_scale == 32.0
+    x = va.images[:4]
+    model.eval()
+    with torch.inference_mode():
+        raw = model.net(x.contiguous(memory_format=torch.channels_last)).view(4, 15, 2)
+        np.testing.assert_allclose(model(x), raw / 32 + model.mean_shape, atol=1e-6)
+    pred = predict(model, va.images)
+    best = hist.rows[hist.best_epoch]
+    assert best["val_loss"] == pytest.approx(float(masked_mse(torch.from_numpy(pred), va.targets)) * 32**2, rel=1e-5)
+    assert best["val_loss"] > 1  # square pixels, not squared fractions of the crop

@@ -199,3 +199,22 @@ def test_train_on_one_dataset_and_test_on_another_from_one_config(tmp_path, tiny
     assert manifest["splits"] == {"train": 42, "val": 9, "test": 25}
     with np.load(out / "models" / "mean-shape" / "predictions.npz") as z:
         assert z["true"].shape == (25, 15, 2) and z["boxes"][0, 2] == 40  # the other dataset's 40 px faces
+
+
+def test_pixel_targets_survive_saving_and_evaluate_gives_the_run_s_numbers(tmp_path, tiny_config):
+    """A model trained with ``train.targets: pixels`` is rebuilt with its output unit: evaluating
+    the saved model on the run's own test split reproduces the run's leaderboard."""
+    config = cfgmod.load(tiny_config)
+    config["models"] = ["cnn"]
+    config["train"].update(targets="pixels", epochs=4, lr=0.01)
+    out = _run(config, tmp_path / "px")
+    assert json.loads((out / "models" / "cnn" / "result.json").read_text())["best_epoch"] > 0  # not the mean face
+    ev = tmp_path / "eval"
+    r = run_cli("evaluate", "--model", out / "models" / "cnn", "--dataset", "synthetic", "--dataset-options",
+                "{n: 60, size: 32, seed: 3}", "--out", ev)
+    assert r.returncode == 0, r.stderr
+    run_pred = np.load(out / "models" / "cnn" / "predictions.npz")
+    ev_pred = np.load(ev / "models" / "cnn" / "predictions.npz")
+    ids = list(ev_pred["ids"])
+    rows = [ids.index(i) for i in run_pred["ids"]]
+    np.testing.assert_allclose(ev_pred["pred"][rows], run_pred["pred"], atol=1e-3)
