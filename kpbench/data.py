@@ -10,7 +10,8 @@ back, so every metric is computed in the original image's pixels.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import PurePath
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -40,10 +41,12 @@ class Dataset(Protocol):
 
 class Concat:
     """Several datasets as one (``data.dataset`` given as a list): samples keep their own schema;
-    groups are kept per dataset (a sample without a group is its own)."""
+    groups are kept per dataset (a sample without a group is its own). Each sample's id is
+    prefixed with its dataset's name (``<name>/<id>``), so reports can break results down by source."""
 
-    def __init__(self, datasets: Sequence[Dataset]):
+    def __init__(self, datasets: Sequence[Dataset], names: Sequence[str] | None = None):
         self.datasets = list(datasets)
+        self.names = list(names) if names is not None else [str(k) for k in range(len(self.datasets))]
         self.schema = self.datasets[0].schema
         self.offsets = np.cumsum([0] + [len(d) for d in self.datasets])
         self.groups = []
@@ -56,7 +59,31 @@ class Concat:
 
     def __getitem__(self, index: int) -> Sample:
         k = int(np.searchsorted(self.offsets, index, side="right") - 1)
-        return self.datasets[k][index - int(self.offsets[k])]
+        sample = self.datasets[k][index - int(self.offsets[k])]
+        return replace(sample, id=f"{self.names[k]}/{sample.id}")
+
+
+def source_names(specs: list[str]) -> list[str]:
+    """Short names of combined datasets: the last part of each path (``youtube-faces-68``), or the
+    kind for a dataset without one; a repeated name gets its position appended."""
+    names = [PurePath(s.partition(":")[2]).name or s.partition(":")[0] for s in specs]
+    return [f"{n}-{k}" if names.count(n) > 1 else n for k, n in enumerate(names)]
+
+
+def source_of(ids: Sequence[str], names: Sequence[str]) -> np.ndarray:
+    """The dataset name of each id of a :class:`Concat` (its prefix), as an array of strings."""
+    known = set(names)
+    return np.array([i.split("/", 1)[0] if i.split("/", 1)[0] in known else "" for i in ids])
+
+
+def split_dataset(dataset: Dataset, fractions: Sequence[float], seed: int):
+    """:func:`split_indices` of a dataset, by its groups when it has them. A :class:`Concat` is split
+    part by part and the parts joined, so a combined run's test split is exactly the union of the
+    test splits of runs on each dataset alone (same seed and fractions)."""
+    if isinstance(dataset, Concat):
+        parts = [split_dataset(d, fractions, seed) for d in dataset.datasets]
+        return tuple(np.concatenate([p[k] + off for p, off in zip(parts, dataset.offsets)]) for k in range(3))
+    return split_indices(len(dataset), fractions, seed, getattr(dataset, "groups", None))
 
 
 class Subset:

@@ -105,9 +105,10 @@ def _data_uri(image) -> str:
 
 
 def page(title: str, meta: Mapping, leaderboard: pd.DataFrame, images: Mapping[str, Path],
-         notes: Sequence[str] | None = None) -> str:
-    """The report page: title, notes, leaderboard, each image (PNG path or bytes) as a ``<figure>``
-    captioned with its key, then the run's details (meta). Every value is HTML-escaped."""
+         notes: Sequence[str] | None = None, tables: Mapping[str, pd.DataFrame] | None = None) -> str:
+    """The report page: title, notes, leaderboard, further tables under their headings, each image
+    (PNG path or bytes) as a ``<figure>`` captioned with its key, then the run's details (meta).
+    Every value is HTML-escaped."""
     t = html.escape(str(title))
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -115,6 +116,8 @@ def page(title: str, meta: Mapping, leaderboard: pd.DataFrame, images: Mapping[s
     if notes:
         parts.append('<ul class="notes">\n' + "\n".join(f"<li>{html.escape(str(n))}</li>" for n in notes) + "\n</ul>")
     parts += ["<h2>Leaderboard</h2>", leaderboard_table(leaderboard)]
+    for heading, table in (tables or {}).items():
+        parts += [f"<h2>{html.escape(str(heading))}</h2>", leaderboard_table(table)]
     if images:
         parts.append("<h2>Figures</h2>")
         for caption, image in images.items():

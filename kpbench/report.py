@@ -86,11 +86,14 @@ def show(df: pd.DataFrame, title: str, console: Console | None = None, metrics: 
             cols += [c for c in (f"{m}_lo", f"{m}_hi", "sig") if c in df]
     same = "trainable_params" in df and (df["trainable_params"] == df["params"]).all()
     cols += [c for c in COSTS if c in df and not (c == "trainable_params" and same)]
-    cols = [c for c in cols if c in df]
+    _print_table(df, [c for c in cols if c in df], title, console)
+
+
+def _print_table(df: pd.DataFrame, cols: list[str], title: str, console: Console) -> None:
     table = Table(title=title, header_style="bold")
     for c in cols:
         table.add_column(c.replace("_params", "").replace("throughput_ips", "img/s"),
-                         justify="left" if c in ("model", "sig") else "right")
+                         justify="left" if c in ("model", "sig", "source") else "right")
     for rec in df.to_dict("records"):
         table.add_row(*(_fmt(rec[c]) for c in cols))
     console.print(table)
@@ -166,6 +169,33 @@ def add_statistics(df: pd.DataFrame, per_image: dict[str, dict], metric: str, ho
     return df
 
 
+def by_source(df: pd.DataFrame, per_image: dict[str, dict], config: dict, specs: dict) -> pd.DataFrame | None:
+    """When the test split combines datasets (``data.dataset``, or ``data.eval_dataset``, given as
+    a list): every model's metrics on each source's test faces alone, from the per-image values.
+    Since a combined split is the union of the single-dataset splits, these rows compare with
+    runs on each dataset alone, image for image."""
+    from kpbench.data import source_names, source_of
+    from kpbench.evaluate import aggregate
+
+    spec = config["data"].get("eval_dataset") or config["data"]["dataset"]
+    if not isinstance(spec, list) or df.empty:
+        return None
+    names = source_names(spec)
+    rows = []
+    for model in df["model"]:
+        entry = per_image[model]
+        source = source_of([str(i) for i in entry["ids"]], names)
+        for name in names:
+            keep = source == name
+            row = {"source": name, "model": model, "faces": int(keep.sum())}
+            for metric in config["eval"]["metrics"]:
+                if f"metric_{metric}" in entry:
+                    how = specs.get(metric, {}).get("aggregate", "mean")
+                    row[metric] = round(aggregate(entry[f"metric_{metric}"][keep], how), 6) if keep.any() else float("nan")
+            rows.append(row)
+    return pd.DataFrame(rows).sort_values("source", kind="stable").reset_index(drop=True)
+
+
 def render_plots(run_dir: Path, df: pd.DataFrame, found, per_image: dict[str, dict], config: dict) -> dict[str, Path]:
     """The report's figures under ``plots/``: training curves, keypoint overlays, CED curves,
     per-keypoint errors, accuracy vs latency."""
@@ -236,8 +266,18 @@ def render(run_dir: Path, console: Console | None = None) -> pd.DataFrame:
     figs = render_plots(run_dir, df, found, per_image, config)
     notes = [f"Sorted by {sort} on the test split; {sort}_lo/{sort}_hi: bootstrap 95% confidence interval; "
              f"p_vs_best: Wilcoxon signed-rank test against the best model on the same images (* p < 0.05)."]
-    html.write(run_dir / "report.html", html.page(title, meta, df, figs, notes))
-    show(df, title, console, [sort] + [m for m in ec["metrics"] if m != sort])
+    sources = by_source(df, per_image, config, specs)
+    tables = {}
+    if sources is not None:
+        atomic_write_text(run_dir / "leaderboard_by_source.csv", sources.to_csv(index=False, float_format="%.6g"))
+        atomic_write_text(run_dir / "leaderboard_by_source.md", to_markdown(sources))
+        tables["By test source"] = sources
+    html.write(run_dir / "report.html", html.page(title, meta, df, figs, notes, tables))
+    metrics = [sort] + [m for m in ec["metrics"] if m != sort]
+    show(df, title, console, metrics)
+    if sources is not None:
+        _print_table(sources, ["source", "model", "faces"] + [m for m in metrics if m in sources], "By test source",
+                     console or Console())
     return df
 
 

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import kpbench
 from kpbench import report
 from kpbench.config import DEFAULTS, config_hash
-from kpbench.data import Concat, Prepared, Subset, prepare, split_indices
+from kpbench.data import Concat, Prepared, Subset, prepare, source_names, split_dataset
 from kpbench.errors import KpbenchError
 from kpbench.evaluate import aggregate, predict, score
 from kpbench.io import atomic_write_json, atomic_write_text
@@ -55,7 +55,7 @@ def load_dataset(plugins: Plugins, spec, options):
         opts = options if isinstance(options, list) else [options] * len(spec)
         if len(opts) != len(spec):
             raise KpbenchError(f"data.options: {len(opts)} option mappings for {len(spec)} datasets")
-        return Concat([load_dataset(plugins, s, o) for s, o in zip(spec, opts)])
+        return Concat([load_dataset(plugins, s, o) for s, o in zip(spec, opts)], source_names(spec))
     kind, _, path = spec.partition(":")
     ds_spec = plugins.datasets.get(kind, where="data.dataset")
     return _call(ds_spec.factory, f"dataset {kind!r}", path or None, **options)
@@ -113,8 +113,7 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
     dataset = load_dataset(plugins, dc["dataset"], dc["options"])
     if dc["limit"]:
         dataset = Subset(dataset, dc["limit"], seed)
-    groups = getattr(dataset, "groups", None)
-    splits = split_indices(len(dataset), dc["split"], seed, groups)
+    splits = split_dataset(dataset, dc["split"], seed)
     if dc["eval_dataset"]:  # train on one dataset, evaluate on another (all of it)
         eval_set = load_dataset(plugins, dc["eval_dataset"], dc["eval_options"])
         sources = (dataset, dataset, eval_set)

@@ -209,10 +209,32 @@ def test_datasets_combine_for_training_and_keep_their_groups(tmp_path):
     _folder68(tmp_path / "a", ["Ann_01.jpg", "Ann_02.jpg"])
     _folder68(tmp_path / "b", ["Bob_01.jpg"])
     both = load_dataset(get_plugins(), [f"folder68:{tmp_path / 'a'}", f"folder68:{tmp_path / 'b'}"], {})
-    assert len(both) == 3 and [both[i].id for i in range(3)] == ["Ann_01.jpg", "Ann_02.jpg", "Bob_01.jpg"]
+    assert len(both) == 3 and [both[i].id for i in range(3)] == ["a/Ann_01.jpg", "a/Ann_02.jpg", "b/Bob_01.jpg"]
     assert both.groups == ["0:Ann", "0:Ann", "1:Bob"]
     with pytest.raises(KpbenchError, match="2 option mappings for 3 datasets"):
         load_dataset(get_plugins(), ["synthetic"] * 3, [{}, {}])
+
+
+def test_a_combined_dataset_splits_as_its_parts_do():
+    """Splitting YouTube + HELEN gives each part exactly the split a run on it alone would."""
+    from kpbench.data import Concat, split_dataset, split_indices
+
+    class Part:
+        schema = "kaggle15"
+
+        def __init__(self, n, groups=None):
+            self.n, self.groups = n, groups
+
+        def __len__(self):
+            return self.n
+
+    people = [f"p{i // 3}" for i in range(60)]
+    a, b = Part(60, people), Part(40)
+    both = Concat([a, b], ["a", "b"])
+    combined = split_dataset(both, [0.7, 0.15, 0.15], 5)
+    for k, (alone_a, alone_b) in enumerate(zip(split_indices(60, [0.7, 0.15, 0.15], 5, people),
+                                               split_indices(40, [0.7, 0.15, 0.15], 5))):
+        np.testing.assert_array_equal(combined[k], np.concatenate([alone_a, alone_b + 60]))
 
 
 def test_a_second_input_size_reuses_the_boxes_of_the_kept_samples(tmp_path):

@@ -218,3 +218,29 @@ def test_pixel_targets_survive_saving_and_evaluate_gives_the_run_s_numbers(tmp_p
     ids = list(ev_pred["ids"])
     rows = [ids.index(i) for i in run_pred["ids"]]
     np.testing.assert_allclose(ev_pred["pred"][rows], run_pred["pred"], atol=1e-3)
+
+
+def test_combined_datasets_report_each_source_on_the_faces_a_single_run_tests(tmp_path, tiny_config):
+    """Training on two datasets at once: the test split is the union of the single-dataset test
+    splits, and ``leaderboard_by_source`` scores each model on each source's faces alone."""
+    config = cfgmod.load(tiny_config)
+    config["data"].update(dataset=["synthetic", "synthetic"], options=[{"n": 40, "size": 32, "seed": 1},
+                                                                    {"n": 30, "size": 32, "seed": 2}])
+    out = _run(config, tmp_path / "both")
+    board = pd.read_csv(out / "leaderboard.csv").set_index("model")
+    sources = pd.read_csv(out / "leaderboard_by_source.csv")
+    assert sorted(set(sources["source"])) == ["synthetic-0", "synthetic-1"]
+    for model, rows in sources.groupby("model"):
+        assert rows["faces"].sum() == len(np.load(out / "models" / model / "predictions.npz")["ids"])
+        overall = (rows["nme"] * rows["faces"]).sum() / rows["faces"].sum()
+        assert overall == pytest.approx(board.loc[model, "nme"], rel=1e-4)
+    assert "By test source" in (out / "report.html").read_text()
+
+    alone = cfgmod.load(tiny_config)
+    alone["data"]["options"] = {"n": 40, "size": 32, "seed": 1}
+    alone["models"] = ["mean-shape"]
+    single = _run(alone, tmp_path / "alone")
+    ids_alone = sorted(np.load(single / "models" / "mean-shape" / "predictions.npz")["ids"])
+    ids_both = np.load(out / "models" / "mean-shape" / "predictions.npz")["ids"]
+    assert sorted(i.split("/", 1)[1] for i in ids_both if i.startswith("synthetic-0/")) == ids_alone
+    assert not (tmp_path / "alone" / "leaderboard_by_source.csv").exists()
