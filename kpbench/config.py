@@ -56,7 +56,8 @@ SCHEMA: dict[str, Any] = {
               "erase": float, "augment": {"rotate": float, "scale": float, "translate": float, "brightness": float,
                                           "contrast": float, "prob": float},
               "freeze_epochs": int, "unfreeze": str, "backbone_lr": float, "feature_cache": bool,
-              "channels_last": bool, "loss": str, "schedule": str, "patience": OPT_INT, "targets": str},
+              "channels_last": bool, "loss": str, "schedule": str, "patience": OPT_INT, "targets": str,
+              "checkpoint_interval": (int, float)},
     "eval": {"metrics": list, "sort_by": str, "latency": bool, "flip_test": bool},
 }
 
@@ -76,7 +77,7 @@ DEFAULTS: dict[str, Any] = {
                           "prob": 1.0},
               "freeze_epochs": 0, "unfreeze": "all", "backbone_lr": 1.0, "feature_cache": True,
               "channels_last": True, "loss": "mse", "schedule": "none", "patience": None,
-              "targets": "unit"},
+              "targets": "unit", "checkpoint_interval": 60},
     "eval": {"metrics": ["nme", "fr10", "auc10", "rmse", "mae", "mse"], "sort_by": "nme", "latency": True,
              "flip_test": False},
 }

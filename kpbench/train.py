@@ -254,6 +254,7 @@ def train(
     hist = History()
     best_state = copy.deepcopy(model.state_dict())
     stale, start = 0, 0
+    best_saved, saved_at = False, time.perf_counter()
     cached = None
 
     last = ckpt_dir / "last.pt"
@@ -269,6 +270,7 @@ def train(
         hist = History(ck["rows"], ck["best_epoch"], ck["best_score"])
         stale, start = ck["stale"], ck["epoch"] + 1
         best_state = read_checkpoint(ckpt_dir / "best.pt")["state_dict"]
+        best_saved = True
 
     for epoch in range(start, epochs + 1):  # epoch 0 evaluates the untrained model (all a fixed model gets)
         t0 = time.perf_counter()
@@ -333,19 +335,28 @@ def train(
         if scores["score"] < hist.best_score or epoch == 0:
             hist.best_epoch, hist.best_score, stale = epoch, scores["score"], 0
             best_state = copy.deepcopy(model.state_dict())
-            atomic_torch_save({"state_dict": best_state, "epoch": epoch, "score": scores["score"]},
-                              ckpt_dir / "best.pt")
+            best_saved = False
         else:
             stale += 1
         if sched is not None and epoch > 0:
             sched.step(scores["score"]) if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) else sched.step()
-        atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict() if opt else None,
-                           "sched": sched.state_dict() if sched else None, "gen": gen.get_state(),
-                           "torch_rng": torch.get_rng_state(), "rows": hist.rows, "best_epoch": hist.best_epoch,
-                           "best_score": hist.best_score, "stale": stale, "epoch": epoch}, last)
+        stop = bool(cfg.get("patience")) and stale >= int(cfg["patience"])
+        # Checkpoints: best.pt and last.pt together (so a resume finds them consistent), at most
+        # every ``checkpoint_interval`` seconds and after the last epoch. A cached frozen epoch of
+        # the hybrid trains in about a second; writing its 400 MB every epoch would triple that.
+        if epoch == epochs or stop or time.perf_counter() - saved_at >= float(cfg.get("checkpoint_interval", 60)):
+            if not best_saved:
+                atomic_torch_save({"state_dict": best_state, "epoch": hist.best_epoch, "score": hist.best_score},
+                                  ckpt_dir / "best.pt")
+                best_saved = True
+            atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict() if opt else None,
+                               "sched": sched.state_dict() if sched else None, "gen": gen.get_state(),
+                               "torch_rng": torch.get_rng_state(), "rows": hist.rows, "best_epoch": hist.best_epoch,
+                               "best_score": hist.best_score, "stale": stale, "epoch": epoch}, last)
+            saved_at = time.perf_counter()
         if on_epoch:
             on_epoch(row)
-        if cfg.get("patience") and stale >= int(cfg["patience"]):
+        if stop:
             break
     model.load_state_dict(best_state)
     model.eval()

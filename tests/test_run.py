@@ -91,5 +91,7 @@ def test_every_shipped_config_is_valid_and_names_registered_components(path):
     for name in config["eval"]["metrics"]:
         plugins.metrics.get(name)
     plugins.detectors.get(config["data"]["detector"])
-    plugins.datasets.get(config["data"]["dataset"].partition(":")[0])
+    specs = config["data"]["dataset"]
+    for spec in specs if isinstance(specs, list) else [specs]:
+        plugins.datasets.get(spec.partition(":")[0])
     assert config["eval"]["sort_by"] in config["eval"]["metrics"]

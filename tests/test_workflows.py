@@ -73,7 +73,7 @@ def test_report_rerenders_byte_for_byte_and_compare_checks_the_data(tmp_path, ti
 def test_killed_run_resumes_to_the_same_leaderboard(tmp_path, tiny_config):
     config = cfgmod.load(tiny_config)
     config["models"] = ["cnn"]
-    config["train"]["epochs"] = 6
+    config["train"].update(epochs=6, checkpoint_interval=0)  # a checkpoint every epoch, to kill at epoch 2
     path = tmp_path / "six.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
     whole = _run(cfgmod.load(path), tmp_path / "whole")
