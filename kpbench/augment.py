@@ -89,3 +89,29 @@ def affine_batch(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, rotate:
         out_x = adjust_intensity(out_x, 1 + contrast * u[:, 4], brightness * u[:, 5])
     hx, hy = hit.to(x.device).view(-1, 1, 1, 1), hit.to(y.device).view(-1, 1, 1)
     return torch.where(hx, out_x, x), torch.where(hy, out_y, y)
+
+
+def jitter_crops(context: torch.Tensor, y: torch.Tensor, size: int, gen: torch.Generator, scale: float = 0.0,
+                 shift: float = 0.0, rotate: float = 0.0):
+    """Face-box jitter: crops of ``size`` px cut from ``context`` crops ``(B, C, Sc, Sc)`` whose central
+    ``size`` x ``size`` region is the nominal crop (the same box, ``Sc / size`` times larger), at a box
+    whose side is multiplied by ``exp(scale * z)``, whose centre moves by ``shift * z`` of the side in x
+    and in y, and which turns by ``rotate * z`` degrees; each ``z ~ N(0, 1)`` clipped to [-2, 2], one
+    ``(B, 4)`` draw from ``gen``. This is how a real detector's box scatters around the annotated
+    one (``kpbench calibrate`` measures the spread); unlike :func:`apply_affine` the new box sees the
+    photo's real surroundings, not black padding. Targets ``y`` (nominal crop coordinates in [0, 1])
+    become the jittered crop's."""
+    b, c, sc, _ = context.shape
+    z = torch.randn(b, 4, generator=gen, dtype=torch.float64).clamp(-2.0, 2.0)
+    k = torch.exp(scale * z[:, 0])
+    t = shift * z[:, 1:3]
+    rad = rotate * z[:, 3] * (math.pi / 180.0)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    m = k[:, None, None] * torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    # Output pixel at normalized u samples the nominal crop at m u + 2 t, i.e. the context at a (m u + 2 t).
+    theta = (size / sc) * torch.cat([m, 2 * t[:, :, None]], dim=-1)
+    grid = F.affine_grid(theta.to(context.dtype), [b, c, size, size], align_corners=False)
+    out = F.grid_sample(context, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    n = (2 * y.to(torch.float64) - 1) - 2 * t[:, None, :]  # NaN stays NaN
+    u = n @ torch.linalg.inv(m).transpose(1, 2)
+    return out, ((u + 1) / 2).to(y.dtype)

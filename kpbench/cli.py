@@ -162,6 +162,35 @@ def cmd_predict(args, console: Console) -> None:
                   f"({sum(not r['faces'] for r in results)} without a face); written to {args.out}")
 
 
+def cmd_calibrate(args, console: Console) -> None:
+    import json
+
+    from kpbench.calibrate import calibrate
+    from kpbench.io import atomic_write_json
+
+    if args.out and Path(args.out).exists():
+        raise KpbenchError(f"--out {args.out}: file exists; kpbench does not overwrite it")
+    result = calibrate(_plugins(args), args.detector, args.dataset, _options(args.dataset_options, "--dataset-options"),
+                       _options(args.detector_options, "--detector-options"), args.limit, args.seed, console)
+    table = Table(title=f"{args.detector} against the annotated face box on {args.dataset}", header_style="bold")
+    for col in ("", "median", "IQR", "robust std"):
+        table.add_column(col, justify="left" if not col else "right")
+    spread = result["spread"]
+    for key, label, std in (("side_ratio", "face side / detector side", spread["log_side"]),
+                            ("dx", "centre offset x (sides)", spread["shift_x"]),
+                            ("dy", "centre offset y (sides)", spread["shift_y"])):
+        lo, hi = result["iqr"][key]
+        table.add_row(label, f"{result['median'][key]:.4f}", f"{lo:.4f} - {hi:.4f}", f"{std:.4f}")
+    console.print(table)
+    console.print(f"{result['faces']} faces matched, {result['misses']} missed, of {result['samples']} samples")
+    if "options" in result:
+        console.print(f"detector options: {json.dumps(result['options'])}")
+    console.print(f"train.box_jitter to match its spread: {json.dumps(result['box_jitter'])}")
+    if args.out:
+        atomic_write_json(Path(args.out), result)
+        console.print(f"written: {args.out}")
+
+
 def cmd_bench(args, console: Console) -> None:
     from kpbench import config as cfgmod
     from kpbench.bench import bench
@@ -226,6 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--detector-options", help="YAML mapping, e.g. '{margin: 0.2}'")
     pr.add_argument("--out", default="predictions", help="output directory (default ./predictions)")
     pr.set_defaults(func=cmd_predict)
+
+    ca = sub.add_parser("calibrate", help="measure a face detector's boxes against the annotated face box")
+    ca.add_argument("--detector", required=True, help="detector to calibrate, e.g. mtcnn")
+    ca.add_argument("--dataset", required=True, help="annotated faces, kind:path")
+    ca.add_argument("--dataset-options", help="YAML mapping for the dataset plugin")
+    ca.add_argument("--detector-options", help="YAML mapping of other detector options (e.g. min_score)")
+    ca.add_argument("--limit", type=int, default=400, help="a seeded random subset of this many samples (0: all)")
+    ca.add_argument("--seed", type=int, default=0)
+    ca.add_argument("--out", help="also write the result as JSON here (never overwritten)")
+    ca.set_defaults(func=cmd_calibrate)
 
     be = sub.add_parser("bench", help="parameters, GMACs, latency and throughput of models, without training")
     be.add_argument("--models", help="comma-separated model names (default: the config's)")

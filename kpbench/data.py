@@ -126,13 +126,26 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def read_image(path) -> np.ndarray:
-    """An image file as an (H, W, 3) uint8 RGB array; an unreadable file is a one-line error."""
-    from PIL import Image
+    """An image file as an (H, W, 3) uint8 RGB array; an unreadable file is a one-line error.
+
+    16-bit and 32-bit gray images are scaled by their type's range (PIL's own conversion would clip
+    them to white), palette and alpha images are composited to RGB, EXIF orientation is applied."""
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                arr = np.asarray(im).astype(np.float64)
+                top = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+                if im.mode == "F":
+                    top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+                gray = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=2)
+            if im.mode in ("P", "PA", "LA", "RGBA") and (im.mode != "P" or "transparency" in im.info):
+                im = im.convert("RGBA")
             return np.asarray(im.convert("RGB"))
-    except OSError as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise KpbenchError(f"{path}: cannot read image: {exc}") from None
 
 
@@ -206,7 +219,11 @@ FALLBACK_MARGIN = 0.15  # the gt-box crop used where a detector misses (policy "
 
 def points_box(points: np.ndarray, margin: float) -> tuple[float, float, float] | None:
     """Square around the visible points, enlarged by ``margin`` of its side on each side; None
-    when fewer than two distinct points are visible."""
+    when fewer than two distinct points are visible.
+
+    The face-box convention: given a sample's *annotated* points (all 68 on 68-point data, not
+    the run's target schema), this square at margin 0 is "the face box" that every detector is
+    calibrated to (``kpbench calibrate``), and a crop is that box plus ``margin`` on each side."""
     visible = points[~np.isnan(points).any(axis=1)]
     if len(visible) < 2:
         return None
@@ -236,6 +253,8 @@ class Prepared:
     ids: list[str]
     missed: np.ndarray | None = None  # (N,) bool: the detector found no matching face (fallback box used)
     skipped: list[str] = field(default_factory=list)  # bad samples left out (data.skip_bad), one message each
+    # (N, 1, Sc, Sc): the same boxes with context around them (Sc > S), for face-box jitter in training
+    context: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.missed is None:
@@ -263,13 +282,16 @@ def prepare(
     like: Prepared | None = None,
     on_item: Callable[[], None] | None = None,
     skip_bad: bool = False,
+    context: float = 0.0,
 ) -> Prepared:
     """Crop every sample's face box at ``input_size``. ``detect(image, points)`` gives the box, or
     None for a miss (then the gt-box crop with margin ``FALLBACK_MARGIN`` is used and the sample is
     marked ``missed``). ``like`` reuses another preparation's boxes (same samples, another size).
     A bad sample (see :func:`check_sample`) is an error, or with ``skip_bad`` skipped and listed
-    in ``Prepared.skipped``."""
-    images, points, boxes, ids, missed, skipped = [], [], [], [], [], []
+    in ``Prepared.skipped``. With ``context`` > 0 each crop is also cut with ``context`` x
+    ``input_size`` more pixels on each side (``Prepared.context``), for face-box jitter."""
+    images, points, boxes, ids, missed, skipped, contexts = [], [], [], [], [], [], []
+    pad = int(round(context * input_size))
     for i in indices:
         try:
             s = dataset[int(i)]
@@ -282,19 +304,24 @@ def prepare(
         pts = convert(s.points, s.schema, schema)
         if like is not None:  # the same samples were kept there (the checks are deterministic)
             box, miss = like.boxes[len(ids)], bool(like.missed[len(ids)])
-        else:
-            box = detect(s.image, pts)
+        else:  # the face box comes from the annotation as it is (see points_box), not the target schema
+            box = detect(s.image, s.points)
             miss = box is None
             if miss:
-                box = points_box(pts, FALLBACK_MARGIN) or image_box(gray)
+                box = points_box(s.points, getattr(detect, "margin", FALLBACK_MARGIN)) or image_box(gray)
         box = np.asarray(box, dtype=np.float32)
         images.append(crop_resize(gray, box, input_size))
+        if pad:
+            grow = box[2] * pad / input_size
+            contexts.append(crop_resize(gray, (box[0] - grow, box[1] - grow, box[2] + 2 * grow), input_size + 2 * pad))
         points.append(pts)
         boxes.append(box)
         ids.append(s.id)
         missed.append(miss)
         if on_item:
             on_item()
+    if hasattr(detect, "flush"):  # a detector that keeps its boxes (kpbench.boxcache)
+        detect.flush()
     if not ids:
         raise KpbenchError("a data split is empty: use more samples or change data.split")
     boxes_a = np.stack(boxes)
@@ -307,4 +334,5 @@ def prepare(
         ids=ids,
         missed=np.array(missed, dtype=bool),
         skipped=skipped,
+        context=torch.from_numpy(np.stack(contexts).astype(np.float32))[:, None] if pad else None,
     )

@@ -30,7 +30,9 @@ from kpbench.keypoints import get_schema
 from kpbench.plugins import Plugins
 from kpbench.profile import count_params, profile
 from kpbench.features import cached_features
-from kpbench.train import backbone_modules, train
+from kpbench.train import backbone_modules, box_jitter, train
+
+JITTER_CONTEXT = 0.25  # context around training crops for train.box_jitter, a fraction of the side each way
 
 
 def resolve_device(name: str) -> str:
@@ -121,6 +123,9 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
     else:
         sources = (dataset, dataset, dataset)
     prepared: dict[int, tuple[Prepared, Prepared, Prepared]] = {}
+    # Training crops get context around them where a model jitters its face box.
+    context = JITTER_CONTEXT if any(box_jitter(model_settings(config, label, spec)[2]) for label, spec in model_specs) \
+        else 0.0
 
     def data_at(size: int):
         if size not in prepared:
@@ -130,8 +135,8 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
                 task = progress.add_task(f"preparing {size}px crops", total=sum(len(i) for i in splits))
                 prepared[size] = tuple(
                     prepare(src, idx, detect, size, schema.name, like=like, on_item=lambda: progress.advance(task),
-                            skip_bad=dc["skip_bad"])
-                    for src, idx, like in zip(sources, splits, first))
+                            skip_bad=dc["skip_bad"], context=context if k == 0 else 0.0)
+                    for k, (src, idx, like) in enumerate(zip(sources, splits, first)))
         return prepared[size]
 
     train_d, val_d, test_d = data_at(dc["input_size"])
@@ -202,7 +207,11 @@ def model_settings(config: dict, label: str, spec) -> tuple[dict, int, dict]:
 
 
 def make_detector(plugins: Plugins, name: str, options: dict):
-    return _call(plugins.detectors.get(name, where="data.detector").factory, f"detector {name!r}", **options)
+    """The detector ``name`` with ``options``; a slow one (``cache_boxes``) keeps its boxes on disk."""
+    from kpbench.boxcache import CachedDetector
+
+    det = _call(plugins.detectors.get(name, where="data.detector").factory, f"detector {name!r}", **options)
+    return CachedDetector(det, name, options) if getattr(det, "cache_boxes", False) else det
 
 
 def save_test_faces(path: Path, data: Prepared, limit: int = 64) -> None:

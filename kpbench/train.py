@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kpbench.augment import affine_batch
+from kpbench.augment import affine_batch, jitter_crops
 from kpbench.data import Prepared
 from kpbench.evaluate import predict
 from kpbench.io import atomic_torch_save
@@ -35,6 +35,13 @@ from kpbench.keypoints import Schema
 from kpbench.weights import read_checkpoint
 
 AUGMENT_KEYS = ("rotate", "scale", "translate", "brightness", "contrast")
+JITTER_KEYS = ("scale", "shift", "rotate")
+
+
+def box_jitter(cfg: dict) -> dict:
+    """``train.box_jitter`` as floats; empty when every magnitude is 0."""
+    jitter = {k: float((cfg.get("box_jitter") or {}).get(k) or 0.0) for k in JITTER_KEYS}
+    return jitter if any(jitter.values()) else {}
 
 
 class Regressor(nn.Module):
@@ -193,7 +200,7 @@ def can_cache(net: nn.Module, cfg: dict) -> bool:
     aug = cfg.get("augment") or {}
     return (bool(cfg.get("feature_cache", True)) and int(cfg.get("freeze_epochs") or 0) > 0
             and hasattr(net, "frozen_features") and hasattr(net, "head_forward") and bool(backbone_modules(net))
-            and not cfg.get("erase") and not any(aug.get(k) for k in AUGMENT_KEYS))
+            and not cfg.get("erase") and not any(aug.get(k) for k in AUGMENT_KEYS) and not box_jitter(cfg))
 
 
 def _scheduler(opt, cfg: dict, epochs: int):
@@ -245,6 +252,9 @@ def train(
     freeze_epochs = int(cfg.get("freeze_epochs") or 0)
     unfreeze = cfg.get("unfreeze") or "all"
     aug = {k: float((cfg.get("augment") or {}).get(k) or 0.0) for k in AUGMENT_KEYS}
+    jitter = box_jitter(cfg)
+    if jitter and train_data.context is None:
+        raise ValueError("train.box_jitter needs training crops prepared with context (prepare(context=...))")
     use_cache = features is not None and can_cache(net, cfg)
     loss_kind = cfg.get("loss") or "mse"
     gen = torch.Generator().manual_seed(seed)
@@ -299,7 +309,10 @@ def train(
                         y = flip_points(y, which, perm)
                     pred = model.from_features(z.to(device))
                 else:
-                    x = train_data.images[idx]
+                    if jitter:
+                        x, y = jitter_crops(train_data.context[idx], y, train_data.images.shape[-1], gen, **jitter)
+                    else:
+                        x = train_data.images[idx]
                     if which is not None:
                         x, y = flip_batch(x, y, which, perm)
                     if any(aug.values()):

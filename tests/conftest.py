@@ -54,3 +54,9 @@ def tiny_config(tmp_path) -> Path:
     p = tmp_path / "tiny.yaml"
     p.write_text(TINY_CONFIG)
     return p
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_box_cache(tmp_path_factory):
+    """Detector boxes (kpbench.boxcache) go to a temporary cache, never the user's."""
+    os.environ["KPBENCH_CACHE"] = str(tmp_path_factory.mktemp("kpbench-cache"))

@@ -180,3 +180,36 @@ def test_points_leaving_the_image_are_kept():
     y = torch.tensor([[[0.95, 0.5]]])
     _, ny = apply_affine(torch.zeros(1, 1, S, S), y, one(0), one(1.0), torch.tensor([[0.2, 0.0]]))
     assert math.isclose(ny[0, 0, 0].item(), 1.15, abs_tol=1e-6)
+
+
+def context_batch(b, pad):
+    """The blob batch drawn into a canvas ``pad`` px larger on each side: its central S x S region
+    is the nominal crop, as ``prepare(context=...)`` makes it."""
+    x, y = blob_batch(b)
+    ctx = torch.zeros(b, 1, S + 2 * pad, S + 2 * pad)
+    ctx[:, :, pad:pad + S, pad:pad + S] = x
+    ctx[:, :, :pad, :] = 0.3  # real surroundings above the crop: a jittered box must show them
+    return ctx, y
+
+
+def test_box_jitter_points_follow_pixels_and_show_the_context():
+    from kpbench.augment import jitter_crops
+
+    pad = 16
+    ctx, y = context_batch(8, pad)
+    gen = torch.Generator().manual_seed(0)
+    x, ny = jitter_crops(ctx, y, S, gen, scale=0.1, shift=0.05, rotate=10.0)
+    assert x.shape == (8, 1, S, S)
+    assert (ny - y).abs().amax(dim=(1, 2)).min() > 0.005  # every crop's box really moved
+    assert_points_on_pixels(x, ny, tol=0.6)
+    # Boxes that moved up or grew see the grey surroundings, not black padding.
+    assert (x[:, 0, :2, :] > 0.2).any()
+
+
+def test_box_jitter_off_is_the_nominal_crop():
+    from kpbench.augment import jitter_crops
+
+    ctx, y = context_batch(2, 16)
+    x, ny = jitter_crops(ctx, y, S, torch.Generator().manual_seed(0))
+    assert torch.allclose(ny, y, atol=1e-6)
+    assert torch.allclose(x, ctx[:, :, 16:16 + S, 16:16 + S], atol=1e-5)

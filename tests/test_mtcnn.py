@@ -43,15 +43,17 @@ def test_square_box_margin_math():
     # w = 40, h = 80: side from the longer side, centered on the raw box's center
     assert square_box((10, 20, 50, 100), 0.0) == pytest.approx((-10, 20, 80))
     assert square_box((10, 20, 50, 100), 0.25) == pytest.approx((30 - 60, 60 - 60, 120))
-    # shift moves the center down by shift * h
-    assert square_box((10, 20, 50, 100), 0.25, shift=0.1) == pytest.approx((-30, 8, 120))
+    # shift moves the center by shift * the longer side (+y down); scale scales the face box first
+    assert square_box((10, 20, 50, 100), 0.25, shift_y=0.1) == pytest.approx((-30, 8, 120))
+    assert square_box((10, 20, 50, 100), 0.25, shift_x=-0.1) == pytest.approx((-38, 0, 120))
+    assert square_box((10, 20, 50, 100), 0.25, scale=0.5) == pytest.approx((0, 30, 60))
     # a wide box: the side follows the width
     x0, y0, side = square_box((0, 0, 100, 50), 0.1)
     assert side == pytest.approx(120) and (x0 + side / 2, y0 + side / 2) == pytest.approx((50, 25))
 
 
 def test_detector_box_uses_its_margin_and_shift(monkeypatch):
-    det = MTCNNDetector(margin=0.2, shift=0.0)
+    det = MTCNNDetector(margin=0.2, scale=1.0, shift_x=0.0, shift_y=0.0)
     monkeypatch.setattr(det, "_mtcnn", lambda: FakeNet([[10, 20, 50, 100]], [0.99]))
     (f,) = det.detect_all(np.zeros((200, 200, 3), np.uint8))
     assert f["box"] == pytest.approx((30 - 56, 60 - 56, 112))
@@ -248,5 +250,7 @@ def test_real_faces_match_their_annotation(real_detector):
 
 def test_module_docs_name_the_defaults():
     det = MTCNNDetector()
-    assert (det.margin, det.shift, det.min_iou, det.min_score) == (0.035, 0.13, 0.2, 0.9)
+    assert (det.margin, det.min_iou, det.min_score) == (0.15, 0.2, 0.9)
+    assert (det.scale, det.shift_x, det.shift_y) == tuple(mtcnn.CALIBRATION[k] for k in ("scale", "shift_x", "shift_y"))
     assert mtcnn.MTCNNDetector.__doc__ and "gt-box" in mtcnn.MTCNNDetector.__doc__
+    assert "kpbench calibrate" in mtcnn.MTCNNDetector.__doc__
