@@ -59,7 +59,8 @@ SCHEMA: dict[str, Any] = {
               "freeze_epochs": int, "unfreeze": str, "backbone_lr": float, "feature_cache": bool,
               "channels_last": bool, "loss": str, "schedule": str, "patience": OPT_INT, "targets": str,
               "checkpoint_interval": (int, float)},
-    "eval": {"metrics": list, "sort_by": str, "latency": bool, "flip_test": bool},
+    "eval": {"metrics": list, "sort_by": str, "latency": bool, "flip_test": bool,
+             "detectors": list},  # more face-box paths the test split is scored through, e.g. [mtcnn]
 }
 
 CHOICES = {"data.miss_policy": ("fallback", "exclude"), "train.unfreeze": ("all", "last_stage"),
@@ -81,7 +82,7 @@ DEFAULTS: dict[str, Any] = {
               "channels_last": True, "loss": "mse", "schedule": "none", "patience": None,
               "targets": "unit", "checkpoint_interval": 60},
     "eval": {"metrics": ["nme", "fr10", "auc10", "rmse", "mae", "mse"], "sort_by": "nme", "latency": True,
-             "flip_test": False},
+             "flip_test": False, "detectors": []},
 }
 
 

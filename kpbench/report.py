@@ -84,6 +84,7 @@ def show(df: pd.DataFrame, title: str, console: Console | None = None, metrics: 
         cols += [c for c in (f"{m}_std",) if c in df]
         if m == first:
             cols += [c for c in (f"{m}_lo", f"{m}_hi", "sig") if c in df]
+    cols += [c for c in df if "@" in c]  # the other face-box paths (eval.detectors)
     same = "trainable_params" in df and (df["trainable_params"] == df["params"]).all()
     cols += [c for c in COSTS if c in df and not (c == "trainable_params" and same)]
     _print_table(df, [c for c in cols if c in df], title, console)
@@ -93,7 +94,7 @@ def _print_table(df: pd.DataFrame, cols: list[str], title: str, console: Console
     table = Table(title=title, header_style="bold")
     for c in cols:
         table.add_column(c.replace("_params", "").replace("throughput_ips", "img/s"),
-                         justify="left" if c in ("model", "sig", "source") else "right")
+                         justify="left" if c in ("model", "sig", "source", "path") else "right")
     for rec in df.to_dict("records"):
         table.add_row(*(_fmt(rec[c]) for c in cols))
     console.print(table)
@@ -124,11 +125,15 @@ def collect(run_dir: Path) -> tuple[dict, dict, list[tuple[Path, dict]]]:
     return config, meta, found
 
 
-def _per_image(found: list[tuple[Path, dict]]) -> dict[str, dict]:
+def _per_image(found: list[tuple[Path, dict]], path: str | None = None) -> dict[str, dict]:
     """Each model's test predictions, per-image metric values averaged over its seeds (the split
-    is the same for every seed, so the images line up)."""
+    is the same for every seed, so the images line up). ``path``: those through another face-box
+    path (``eval.detectors``), saved under ``paths/<detector>/``."""
     out: dict[str, dict] = {}
     for mdir, row in found:
+        mdir = mdir if path is None else mdir / "paths" / path
+        if not (mdir / "predictions.npz").is_file():
+            continue
         with np.load(mdir / "predictions.npz") as z:
             data = {k: z[k] for k in z.files}
         entry = out.setdefault(row["model"], {"runs": 0, "dir": mdir, **data})
@@ -194,6 +199,43 @@ def by_source(df: pd.DataFrame, per_image: dict[str, dict], config: dict, specs:
                     row[metric] = round(aggregate(entry[f"metric_{metric}"][keep], how), 6) if keep.any() else float("nan")
             rows.append(row)
     return pd.DataFrame(rows).sort_values("source", kind="stable").reset_index(drop=True)
+
+
+def by_path(df: pd.DataFrame, found, per_image: dict[str, dict], config: dict, specs: dict) -> pd.DataFrame | None:
+    """With ``eval.detectors``: every model's metrics through each face-box path (the run's
+    detector first, then each extra one), on all test faces and on each source's alone, with
+    the detector's miss rate and the ratio of the sort metric to the run's own path."""
+    from kpbench.data import source_names, source_of
+    from kpbench.evaluate import aggregate
+
+    extra = list(config["eval"].get("detectors") or [])
+    if not extra or df.empty:
+        return None
+    spec = config["data"].get("eval_dataset") or config["data"]["dataset"]
+    names = source_names(spec) if isinstance(spec, list) else []
+    sort = config["eval"]["sort_by"]
+    paths = {config["data"]["detector"]: per_image, **{d: _per_image(found, d) for d in extra}}
+    rows = []
+    for model in df["model"]:
+        base: dict[str, float] = {}
+        for path, entries in paths.items():
+            if model not in entries:
+                continue
+            entry = entries[model]
+            source = source_of([str(i) for i in entry["ids"]], names)
+            for name in ["all"] + names:
+                keep = np.ones(len(source), bool) if name == "all" else source == name
+                row = {"path": path, "source": name, "model": model, "faces": int(keep.sum()),
+                       "miss_rate": round(float(entry["missed"][keep].mean()), 4) if keep.any() else float("nan")}
+                for metric in config["eval"]["metrics"]:
+                    if f"metric_{metric}" in entry and keep.any():
+                        how = specs.get(metric, {}).get("aggregate", "mean")
+                        row[metric] = round(aggregate(entry[f"metric_{metric}"][keep], how), 6)
+                base.setdefault(name, row.get(sort, float("nan")))
+                row[f"{sort}_ratio"] = round(row.get(sort, float("nan")) / base[name], 4) if base[name] else float("nan")
+                rows.append(row)
+    out = pd.DataFrame(rows)
+    return out if names else out.drop(columns="source")
 
 
 def render_plots(run_dir: Path, df: pd.DataFrame, found, per_image: dict[str, dict], config: dict) -> dict[str, Path]:
@@ -272,12 +314,22 @@ def render(run_dir: Path, console: Console | None = None) -> pd.DataFrame:
         atomic_write_text(run_dir / "leaderboard_by_source.csv", sources.to_csv(index=False, float_format="%.6g"))
         atomic_write_text(run_dir / "leaderboard_by_source.md", to_markdown(sources))
         tables["By test source"] = sources
+    paths = by_path(df, found, per_image, config, specs)
+    if paths is not None:
+        atomic_write_text(run_dir / "leaderboard_by_path.csv", paths.to_csv(index=False, float_format="%.6g"))
+        atomic_write_text(run_dir / "leaderboard_by_path.md", to_markdown(paths))
+        tables["By face-box path (the run's detector, then eval.detectors)"] = paths
+        notes.append(f"By face-box path: the same test faces cropped by each detector (a miss falls back to the "
+                     f"annotated box); {sort}_ratio is each path's {sort} over the run's own detector's.")
     html.write(run_dir / "report.html", html.page(title, meta, df, figs, notes, tables))
     metrics = [sort] + [m for m in ec["metrics"] if m != sort]
     show(df, title, console, metrics)
     if sources is not None:
         _print_table(sources, ["source", "model", "faces"] + [m for m in metrics if m in sources], "By test source",
                      console or Console())
+    if paths is not None:
+        _print_table(paths, [c for c in ("path", "source", "model", "faces", "miss_rate") if c in paths]
+                     + [m for m in metrics if m in paths] + [f"{sort}_ratio"], "By face-box path", console or Console())
     return df
 
 

@@ -6,6 +6,7 @@ With ``resume``, models whose results are already in the run directory are kept,
 
 from __future__ import annotations
 
+import inspect
 import json
 import platform
 import subprocess
@@ -109,6 +110,8 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
         raise KpbenchError(f"eval.sort_by {ec['sort_by']!r} must be one of eval.metrics {ec['metrics']}")
     sort_metric = next(m for m in metrics if m.name == ec["sort_by"])
     detect = make_detector(plugins, dc["detector"], dc["detector_options"])
+    extra_detectors = {name: path_detector(plugins, name, dc) for name in ec.get("detectors") or []
+                       if name != dc["detector"]}
     for name in config["model_options"]:  # options for models outside this run are fine, typos are not
         plugins.models.get(name.split("@")[0], where="model_options")
 
@@ -139,6 +142,21 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
                     for k, (src, idx, like) in enumerate(zip(sources, splits, first)))
         return prepared[size]
 
+    paths: dict[int, dict[str, Prepared]] = {}
+
+    def paths_at(size: int) -> dict[str, Prepared]:
+        """The test split through each ``eval.detectors`` path, at ``size``."""
+        if size not in paths:
+            first = next(iter(paths.values()), {})
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=status, transient=True) as progress:
+                paths[size] = {}
+                for name, det in extra_detectors.items():
+                    task = progress.add_task(f"test split through {name} at {size}px", total=len(splits[2]))
+                    paths[size][name] = prepare(sources[2], splits[2], det, size, schema.name, like=first.get(name),
+                                                on_item=lambda: progress.advance(task), skip_bad=dc["skip_bad"])
+        return paths[size]
+
     train_d, val_d, test_d = data_at(dc["input_size"])
     fingerprint = "-".join(d.fingerprint()[:8] for d in (train_d, val_d, test_d))
 
@@ -156,6 +174,7 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
     meta["detector"] = dc["detector"]
     meta["miss_policy"] = dc["miss_policy"]
     meta["test_misses"] = int(test_d.missed.sum())
+    meta["crop_convention"] = crop_convention(plugins, dc)
     skipped = [msg for d in (train_d, val_d, test_d) for msg in d.skipped]
     meta["skipped_bad_samples"] = {"count": len(skipped), "first": skipped[:20]}
     for msg in skipped[:5]:
@@ -177,7 +196,7 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
                 status.print(f"{label} (seed {s}): kept from the previous attempt")
                 continue
             row = run_model(label, spec, config, *data_at(size), schema, metrics, sort_metric, device, mdir,
-                            status, s, resume)
+                            status, s, resume, paths_at(size))
             atomic_write_json(mdir / "result.json", row)
             (mdir / "last.pt").unlink(missing_ok=True)  # the epoch checkpoint is only for resuming
 
@@ -204,6 +223,34 @@ def model_settings(config: dict, label: str, spec) -> tuple[dict, int, dict]:
             tc[key] = value
     tc.update(overrides)
     return options, size, tc
+
+
+def run_margin(plugins: Plugins, dc: dict) -> float | None:
+    """The margin of a run's crops around the face box: its detector's ``margin`` option, or
+    that option's default; None for a detector without one (``none``: whole images)."""
+    if "margin" in dc["detector_options"]:
+        return float(dc["detector_options"]["margin"])
+    param = inspect.signature(plugins.detectors.get(dc["detector"], where="data.detector").factory).parameters.get(
+        "margin")
+    return None if param is None or param.default is inspect.Parameter.empty else float(param.default)
+
+
+def crop_convention(plugins: Plugins, dc: dict) -> dict:
+    """What a run's crops are, for the manifest and for ``evaluate``/``predict`` to reproduce."""
+    return {"face_box": "square around the annotated points (all of the source schema's)",
+            "detector": dc["detector"], "detector_options": dc["detector_options"], "margin": run_margin(plugins, dc)}
+
+
+def path_detector(plugins: Plugins, name: str, dc: dict, options: dict | None = None):
+    """Detector ``name`` following a run's crop convention: where it takes a ``margin`` and
+    ``options`` do not set one, the run's margin (a model trained on gt-box(0.15) crops gets
+    mtcnn(0.15) crops)."""
+    opts = dict(options or {})
+    factory = plugins.detectors.get(name, where="detector").factory
+    margin = run_margin(plugins, dc)
+    if "margin" in inspect.signature(factory).parameters and "margin" not in opts and margin is not None:
+        opts["margin"] = margin
+    return make_detector(plugins, name, opts)
 
 
 def make_detector(plugins: Plugins, name: str, options: dict):
@@ -237,7 +284,8 @@ def branch_report(net: torch.nn.Module) -> dict:
 
 
 def run_model(label: str, spec, config, train_d: Prepared, val_d: Prepared, test_d: Prepared, schema, metrics,
-              sort_metric, device, mdir: Path, status: Console, seed: int, resume: bool = False) -> dict:
+              sort_metric, device, mdir: Path, status: Console, seed: int, resume: bool = False,
+              paths: dict[str, Prepared] | None = None) -> dict:
     dc = config["data"]
     options, size, tc = model_settings(config, label, spec)
     torch.manual_seed(seed)
@@ -278,6 +326,10 @@ def run_model(label: str, spec, config, train_d: Prepared, val_d: Prepared, test
            "train_loss": round(best["train_loss"], 6), "val_loss": round(best["val_loss"], 6),
            "best_epoch": hist.best_epoch, "epochs": len(hist.rows) - 1, "input_size": size}
     row.update(values)  # adds miss_rate (real detectors) after the losses
+    for name, data in (paths or {}).items():  # the same test faces through other face-box paths
+        found = test_and_save(model, data, schema, metrics, {**dc, "detector": name}, mdir / "paths" / name, device)
+        row[f"{sort_metric.name}@{name}"] = found[sort_metric.name]
+        row.update({f"{k}@{name}": found[k] for k in ("fr10", "miss_rate") if k in found})
     row.update(profile(model, size, device, timing=config["eval"]["latency"]))
     row.update(branch_report(model.net))
     row["train_s"] = round(train_s, 1)
