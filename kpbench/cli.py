@@ -142,6 +142,12 @@ def cmd_evaluate(args, console: Console) -> None:
 
     plugins = _plugins(args)
     trained = load_trained(args.model, plugins)
+    if args.detector:
+        from kpbench.inference import convention_note
+
+        note = convention_note(trained, plugins, args.detector)
+        if note:
+            print(f"kpbench: {note}", file=sys.stderr)
     out = args.out or Path("results") / f"{time.strftime('%Y%m%d-%H%M%S')}-evaluate-{trained.label}"
     evaluate(trained, plugins, args.dataset, out, args.detector, _options(args.detector_options, "--detector-options"),
              _options(args.dataset_options, "--dataset-options"), console)
@@ -149,17 +155,24 @@ def cmd_evaluate(args, console: Console) -> None:
 
 
 def cmd_predict(args, console: Console) -> None:
-    from kpbench.inference import expand_paths, load_trained, predict_photos
-    from kpbench.runner import make_detector
+    from kpbench.inference import check_output_dir, convention_note, expand_paths, load_trained, predict_photos
+    from kpbench.runner import path_detector
 
+    paths = expand_paths(args.paths)
+    check_output_dir(Path(args.out), paths)
     plugins = _plugins(args)
     trained = load_trained(args.model, plugins)
-    detector = make_detector(plugins, args.detector, _options(args.detector_options, "--detector-options"))
-    paths = expand_paths(args.paths)
-    results = predict_photos(trained, detector, paths, Path(args.out), console)
+    detector = path_detector(plugins, args.detector, trained.config["data"],
+                             _options(args.detector_options, "--detector-options"))
+    note = convention_note(trained, plugins, args.detector)
+    if note:
+        print(f"kpbench: {note}", file=sys.stderr)
+    results, errors = predict_photos(trained, detector, paths, Path(args.out), console, overlays=not args.no_overlay)
     faces = sum(len(r["faces"]) for r in results)
-    console.print(f"{faces} face(s) in {len(results)} photo(s) "
-                  f"({sum(not r['faces'] for r in results)} without a face); written to {args.out}")
+    console.print(f"{faces} face(s) in {len(results)} photo(s) ({sum(not r['faces'] for r in results)} without a "
+                  f"face, {len(errors)} unreadable); written to {args.out}")
+    if paths and not results:
+        raise KpbenchError(f"none of the {len(paths)} photo(s) could be read")
 
 
 def cmd_calibrate(args, console: Console) -> None:
@@ -253,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", required=True, help="run directory (its best model), model directory or best.pt")
     pr.add_argument("--detector", default="mtcnn", help="face detector (default mtcnn)")
     pr.add_argument("--detector-options", help="YAML mapping, e.g. '{margin: 0.2}'")
-    pr.add_argument("--out", default="predictions", help="output directory (default ./predictions)")
+    pr.add_argument("--out", default="predictions", help="a new or empty output directory (default ./predictions)")
+    pr.add_argument("--no-overlay", action="store_true", help="write only the JSON, no annotated images")
     pr.set_defaults(func=cmd_predict)
 
     ca = sub.add_parser("calibrate", help="measure a face detector's boxes against the annotated face box")

@@ -22,7 +22,7 @@ from kpbench.evaluate import predict
 from kpbench.io import atomic_write_json, atomic_write_text
 from kpbench.keypoints import get_schema
 from kpbench.plugins import Plugins
-from kpbench.runner import (load_dataset, make_detector, manifest, metrics_meta, model_settings, resolve_device,
+from kpbench.runner import (convention_options, load_dataset, make_detector, manifest, metrics_meta, model_settings, resolve_device,
                             save_test_faces, test_and_save, use_flip_test)
 from kpbench.train import Regressor
 from kpbench.weights import read_checkpoint
@@ -84,6 +84,17 @@ def load_trained(path: str | Path, plugins: Plugins) -> Trained:
     return Trained(model, label, size, config, run_dir, mdir)
 
 
+def convention_note(trained: Trained, plugins: Plugins, detector: str) -> str | None:
+    """One line when ``detector`` cannot give the crops the model was trained on, else None."""
+    from kpbench.runner import run_margin
+
+    dc = trained.config["data"]
+    if run_margin(plugins, dc) is None and detector != dc["detector"]:
+        return (f"note: {trained.label} was trained on whole images (detector {dc['detector']!r}); {detector} crops "
+                f"faces by its own margin, so they may differ from what the model saw in training")
+    return None
+
+
 def evaluate(trained: Trained, plugins: Plugins, dataset: str, out: Path, detector: str | None = None,
              detector_options: dict | None = None, dataset_options: dict | None = None,
              console: Console | None = None):
@@ -92,9 +103,13 @@ def evaluate(trained: Trained, plugins: Plugins, dataset: str, out: Path, detect
     config = json.loads(json.dumps(trained.config))  # a copy
     dc = config["data"]
     dc.update(dataset=dataset, options=dataset_options or {}, eval_dataset=None, eval_options={})
-    if detector:
-        dc.update(detector=detector, detector_options=detector_options or {})
+    if detector:  # another detector, set to the model's crop convention unless told otherwise
+        dc.update(detector=detector, detector_options=convention_options(plugins, detector, trained.config["data"],
+                                                                          detector_options))
+    elif detector_options:
+        raise KpbenchError("--detector-options needs --detector (the run's detector keeps the run's options)")
     config["models"] = [trained.label]
+    config["eval"]["detectors"] = []  # evaluate scores one face-box path: --detector, or the run's
     config["run"].update(seeds=None, out=str(out), name=f"evaluate-{trained.label}")
     metrics = [plugins.metrics.get(m, where="eval.metrics") for m in config["eval"]["metrics"]]
     schema = get_schema(dc["schema"])
@@ -121,7 +136,7 @@ def evaluate(trained: Trained, plugins: Plugins, dataset: str, out: Path, detect
 
 
 def expand_paths(patterns: list[str]) -> list[Path]:
-    """Files, directories (their images, sorted) and globs -> image paths."""
+    """Files, directories (their images, sorted) and globs -> image paths, each once."""
     files: list[Path] = []
     for pat in patterns:
         p = Path(pat)
@@ -134,23 +149,63 @@ def expand_paths(patterns: list[str]) -> list[Path]:
             if not hits:
                 raise KpbenchError(f"{pat}: no such file, directory or matching glob")
             files += [h for h in hits if h.is_file()]
-    return files
+    seen: set[Path] = set()
+    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
 
 
-def predict_photos(trained: Trained, detector, paths: list[Path], out: Path, console: Console) -> list[dict]:
+def output_names(paths: list[Path]) -> list[str]:
+    """A distinct output name per photo: its stem; where stems collide (``a.jpg``, ``a.png``) its
+    file name; where those collide too (the same name in two folders), the parent folder's name
+    before it; then a counter."""
+    names = [p.stem for p in paths]
+    names = [n if names.count(n) == 1 else p.name for n, p in zip(names, paths)]
+    names = [n if names.count(n) == 1 else f"{p.parent.name}_{n}" for n, p in zip(names, paths)]
+    used: set[str] = set()
+    out = []
+    for n in names:
+        name, k = n, 1
+        while name in used:
+            k += 1
+            name = f"{n}-{k}"
+        used.add(name)
+        out.append(name)
+    return out
+
+
+def check_output_dir(out: Path, inputs: list[Path]) -> None:
+    """``predict`` writes only into a new or empty folder, so no photo or earlier result is ever
+    written over; refused before any work."""
+    if out.exists() and not out.is_dir():
+        raise KpbenchError(f"--out {out}: is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        inside = any(p.resolve().parent == out.resolve() for p in inputs)
+        why = "it holds the input photos" if inside else "it is not empty"
+        raise KpbenchError(f"--out {out}: {why}; kpbench predict never writes over files, choose a new folder")
+
+
+def predict_photos(trained: Trained, detector, paths: list[Path], out: Path, console: Console,
+                   overlays: bool = True) -> list[dict]:
     """Every face in every photo: box, score and named keypoints in the photo's pixels, written as
-    ``<name>.json`` and ``<name>.png`` (points drawn) under ``out``, plus ``predictions.json``."""
+    ``<name>.json`` and, with ``overlays``, ``<name>.jpg`` (boxes and points drawn) under ``out``,
+    plus ``predictions.json``. A photo that cannot be read is reported and counted; the rest go on."""
     from kpbench import plots
 
     schema = get_schema(trained.config["data"]["schema"])
     if not hasattr(detector, "detect_all"):
         raise KpbenchError("this detector needs annotations (e.g. gt-box); use one that finds faces, e.g. mtcnn")
     out = Path(out)
-    results = []
-    for path in paths:
-        image = read_image(path)
+    check_output_dir(out, paths)
+    results, errors = [], []
+    for path, name in zip(paths, output_names(paths)):
+        try:
+            image = read_image(path)
+        except KpbenchError as exc:
+            console.print(f"[yellow]skipped: {exc}[/]")
+            errors.append({"image": str(path), "error": str(exc)})
+            continue
         faces = detector.detect_all(image)
-        entry = {"image": str(path), "width": int(image.shape[1]), "height": int(image.shape[0]), "faces": []}
+        entry = {"image": str(path), "output": name, "width": int(image.shape[1]), "height": int(image.shape[0]),
+                 "faces": []}
         if faces:
             boxes = np.array([f["box"] for f in faces], dtype=np.float32)
             gray = to_gray(image)
@@ -159,13 +214,15 @@ def predict_photos(trained: Trained, detector, paths: list[Path], out: Path, con
             for f, p in zip(faces, pts):
                 entry["faces"].append({
                     "box": [round(float(v), 2) for v in f["box"]], "score": round(float(f.get("score", 1.0)), 4),
-                    "keypoints": {name: [round(float(x), 2), round(float(y), 2)] for name, (x, y) in
+                    "keypoints": {k: [round(float(x), 2), round(float(y), 2)] for k, (x, y) in
                                   zip(schema.points, p)}})
-            plots.photo_keypoints(image, pts, boxes, out / f"{path.stem}.png")
+            if overlays:
+                plots.photo_keypoints(image, pts, boxes, out / f"{name}.jpg")
         else:
             console.print(f"{path}: no face found")
-        atomic_write_json(out / f"{path.stem}.json", entry)
+        atomic_write_json(out / f"{name}.json", entry)
         results.append(entry)
     atomic_write_json(out / "predictions.json", {"model": str(trained.model_dir), "detector": type(detector).__name__,
-                                                 "images": results})
-    return results
+                                                 "margin": getattr(detector, "margin", None),
+                                                 "images": results, "errors": errors})
+    return results, errors

@@ -235,6 +235,8 @@ def by_path(df: pd.DataFrame, found, per_image: dict[str, dict], config: dict, s
                 row[f"{sort}_ratio"] = round(row.get(sort, float("nan")) / base[name], 4) if base[name] else float("nan")
                 rows.append(row)
     out = pd.DataFrame(rows)
+    if out.empty or out["path"].nunique() < 2:
+        return None
     return out if names else out.drop(columns="source")
 
 

@@ -241,16 +241,21 @@ def crop_convention(plugins: Plugins, dc: dict) -> dict:
             "detector": dc["detector"], "detector_options": dc["detector_options"], "margin": run_margin(plugins, dc)}
 
 
-def path_detector(plugins: Plugins, name: str, dc: dict, options: dict | None = None):
-    """Detector ``name`` following a run's crop convention: where it takes a ``margin`` and
-    ``options`` do not set one, the run's margin (a model trained on gt-box(0.15) crops gets
-    mtcnn(0.15) crops)."""
+def convention_options(plugins: Plugins, name: str, dc: dict, options: dict | None = None) -> dict:
+    """Options for detector ``name`` that follow a run's crop convention: where it takes a
+    ``margin`` and ``options`` do not set one, the run's margin (a model trained on gt-box(0.15)
+    crops gets mtcnn(0.15) crops)."""
     opts = dict(options or {})
     factory = plugins.detectors.get(name, where="detector").factory
     margin = run_margin(plugins, dc)
     if "margin" in inspect.signature(factory).parameters and "margin" not in opts and margin is not None:
         opts["margin"] = margin
-    return make_detector(plugins, name, opts)
+    return opts
+
+
+def path_detector(plugins: Plugins, name: str, dc: dict, options: dict | None = None):
+    """Detector ``name`` set to a run's crop convention (see :func:`convention_options`)."""
+    return make_detector(plugins, name, convention_options(plugins, name, dc, options))
 
 
 def make_detector(plugins: Plugins, name: str, options: dict):

@@ -132,8 +132,8 @@ def test_evaluate_and_predict_with_a_trained_model(tmp_path, tiny_config):
     result = json.loads((pred / "face.json").read_text())
     (face,) = result["faces"]
     assert len(face["keypoints"]) == 15 and all(0 <= v <= 48 for xy in face["keypoints"].values() for v in xy)
-    assert (pred / "face.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    r = run_cli("predict", photos / "missing*.png", "--model", out, "--detector", "none", "--out", pred)
+    assert (pred / "face.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # the overlay, a JPEG
+    r = run_cli("predict", photos / "missing*.png", "--model", out, "--detector", "none", "--out", tmp_path / "p2")
     assert r.returncode == 2 and "missing*.png" in r.stderr
 
 

@@ -1,0 +1,301 @@
+"""The photo path: a model's crops through `predict`, `evaluate` and `eval.detectors` follow the crop
+convention it was trained with; detector calibration; the box cache; `predict` safety."""
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, run_cli
+
+# A test plugin: an ideal detector that knows every photo's annotated points (from a JSON file named by
+# $ORACLE_POINTS, keyed by the sha1 of the pixels) and returns the annotated face box plus *its own*
+# margin, deliberately not the run's; and a dataset of those photos.
+ORACLE = '''
+import hashlib, json, os
+import numpy as np
+import kpbench
+from kpbench.data import Sample, points_box, read_image
+
+
+def _known():
+    return json.loads(open(os.environ["ORACLE_POINTS"]).read())
+
+
+class Oracle:
+    def __init__(self, margin: float = 0.33):
+        self.margin = margin
+
+    def __call__(self, image, points):
+        return points_box(np.asarray(points, np.float32), self.margin)
+
+    def detect_all(self, image):
+        key = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+        pts = np.asarray(_known()[key]["points"], np.float32)
+        return [{"box": points_box(pts, self.margin), "score": 1.0, "landmarks": None}]
+
+
+class Photos:
+    schema = "kaggle15"
+
+    def __init__(self, path=None):
+        self.items = sorted(_known().values(), key=lambda v: v["file"])
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        it = self.items[i]
+        return Sample(read_image(it["file"]), np.asarray(it["points"], np.float32), it["file"], self.schema)
+
+
+@kpbench.hookimpl
+def kpbench_detectors():
+    return [kpbench.DetectorSpec("oracle", Oracle, "knows the annotation")]
+
+
+@kpbench.hookimpl
+def kpbench_datasets():
+    return [kpbench.DatasetSpec("oracle-photos", Photos, "test photos")]
+'''
+
+TRAIN = """
+run: {name: conv, seed: 0}
+data:
+  dataset: synthetic
+  options: {n: 80, size: 48, seed: 1}
+  detector: gt-box
+  detector_options: {margin: 0.2}
+  input_size: 32
+models: [cnn]
+model_options: {cnn: {width: 4}}
+train: {epochs: 2, batch_size: 16, box_jitter: {scale: 0.05, shift: 0.02}}
+eval: {latency: false, detectors: [oracle]}
+"""
+
+
+def _canvas_photos(tmp_path, n=4):
+    """Synthetic faces pasted, scaled, into larger gray canvases at seeded positions."""
+    from PIL import Image
+
+    from kpbench_plugins.synthetic import render
+
+    rng = np.random.default_rng(5)
+    photos, known = tmp_path / "photos", {}
+    photos.mkdir()
+    for i in range(n):
+        face, pts = render(7, i, 48)
+        k = float(rng.uniform(1.5, 2.5))
+        size = int(round(48 * k))
+        face = np.asarray(Image.fromarray(face).resize((size, size), Image.BILINEAR))
+        canvas = np.full((200, 260, 3), 90, np.uint8) if face.ndim == 3 else np.full((200, 260), 90, np.uint8)
+        x0, y0 = int(rng.integers(0, 260 - size)), int(rng.integers(0, 200 - size))
+        canvas[y0:y0 + size, x0:x0 + size] = face
+        points = (np.asarray(pts, np.float64) + 0.5) * size / 48 - 0.5 + [x0, y0]
+        path = photos / f"face{i}.png"
+        Image.fromarray(canvas).save(path)
+        from kpbench.data import read_image
+
+        key = hashlib.sha1(np.ascontiguousarray(read_image(path)).tobytes()).hexdigest()
+        known[key] = {"file": str(path), "points": points.tolist()}
+    (tmp_path / "known.json").write_text(json.dumps(known))
+    return photos, known
+
+
+@pytest.fixture
+def oracle_env(tmp_path):
+    (tmp_path / "plug").mkdir()
+    (tmp_path / "plug" / "kpbench_oracle.py").write_text(ORACLE)
+    photos, known = _canvas_photos(tmp_path)
+    env = {"ORACLE_POINTS": str(tmp_path / "known.json"), "KPBENCH_PLUGINS": "kpbench_oracle"}
+    return tmp_path / "plug", env, photos, known
+
+
+def test_predict_evaluate_and_eval_paths_crop_as_the_model_was_trained(tmp_path, oracle_env):
+    from kpbench.data import crop_resize, points_box, read_image, to_gray, to_image_pixels
+    from kpbench.evaluate import predict
+    from kpbench.inference import load_trained
+    from kpbench.plugins import get_plugins
+
+    plug, env, photos, known = oracle_env
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(TRAIN)
+    run = tmp_path / "run"
+    r = run_cli("run", "-c", cfg, "--out", run, pythonpath=plug, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "manifest.json").read_text())["crop_convention"]["margin"] == 0.2
+
+    # eval.detectors: the ideal detector at the run's margin crops exactly like gt-box(0.2).
+    paths = pd.read_csv(run / "leaderboard_by_path.csv")
+    assert list(paths["path"]) == ["gt-box", "oracle"]
+    assert paths["nme_ratio"].tolist() == pytest.approx([1.0, 1.0], abs=1e-9)
+    with np.load(run / "models" / "cnn" / "paths" / "oracle" / "predictions.npz") as z, \
+            np.load(run / "models" / "cnn" / "predictions.npz") as base:
+        np.testing.assert_allclose(z["boxes"], base["boxes"], atol=1e-4)
+
+    # predict: the box is the face box plus the run's margin (not the detector's own 0.33) ...
+    out = tmp_path / "pred"
+    r = run_cli("predict", photos, "--model", run, "--detector", "oracle", "--out", out, pythonpath=plug, env=env)
+    assert r.returncode == 0, r.stderr
+    import os
+
+    os.environ["ORACLE_POINTS"] = env["ORACLE_POINTS"]
+    import sys
+
+    sys.path.insert(0, str(plug))
+    try:
+        trained = load_trained(run, get_plugins(("kpbench_oracle",)))
+    finally:
+        sys.path.remove(str(plug))
+    ours = {}
+    for item in known.values():
+        name = item["file"].rsplit("/", 1)[-1][:-4]
+        (face,) = json.loads((out / f"{name}.json").read_text())["faces"]
+        want = points_box(np.asarray(item["points"], np.float32), 0.2)
+        assert face["box"] == pytest.approx(list(want), abs=0.02)
+        # ... and the points are the model's on exactly that crop, mapped back to the photo.
+        crop = crop_resize(to_gray(read_image(item["file"])), np.float32(want), trained.input_size)
+        box = np.asarray([want], np.float32)
+        expect = to_image_pixels(predict(trained.model, torch.from_numpy(crop[None, None].copy())), box)[0]
+        got = np.array(list(face["keypoints"].values()))
+        np.testing.assert_allclose(got, expect, atol=0.02)
+        ours[item["file"]] = got
+
+    # evaluate through the same detector: the same crops and points as predict.
+    ev = tmp_path / "eval"
+    r = run_cli("evaluate", "--model", run, "--dataset", "oracle-photos", "--detector", "oracle", "--out", ev,
+                pythonpath=plug, env=env)
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load((ev / "config.yaml").read_text())["data"]["detector_options"] == {"margin": 0.2}
+    with np.load(ev / "models" / "cnn" / "predictions.npz") as z:
+        for i, pred in zip(z["ids"], z["pred"]):
+            np.testing.assert_allclose(pred, ours[str(i)], atol=0.02)
+
+
+def test_predict_never_overwrites_and_names_outputs_apart(tmp_path, oracle_env):
+    from PIL import Image
+
+    from kpbench.inference import output_names
+
+    plug, env, photos, known = oracle_env
+    run = tmp_path / "run"
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(TRAIN.replace("epochs: 2", "epochs: 1").replace("detectors: [oracle]", "detectors: []"))
+    assert run_cli("run", "-c", cfg, "--out", run, pythonpath=plug, env=env).returncode == 0
+
+    # --out equal to the photos' folder: refused before any work, the photos untouched.
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    r = run_cli("predict", photos, "--model", run, "--detector", "oracle", "--out", photos, pythonpath=plug, env=env)
+    assert r.returncode == 2 and "holds the input photos" in r.stderr
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+
+    # a.png and a.jpg, and the same name in two folders: four distinct results; a broken file is
+    # reported and counted, the others still predicted.
+    more = tmp_path / "more"
+    (more / "x").mkdir(parents=True)
+    (more / "y").mkdir()
+    img = Image.open(photos / "face0.png")
+    img.save(more / "x" / "a.png")
+    img.convert("RGB").save(more / "x" / "a.jpg")
+    img.save(more / "y" / "a.png")
+    (more / "x" / "broken.jpg").write_bytes(b"not a jpeg")
+    names = output_names([more / "x" / "a.png", more / "x" / "a.jpg", more / "y" / "a.png"])
+    assert len(set(names)) == 3
+    out = tmp_path / "out"
+    r = run_cli("predict", more / "x", more / "y" / "a.png", "--model", run, "--detector", "gt-box",
+                "--out", out, pythonpath=plug, env=env)
+    assert r.returncode == 2 and "needs annotations" in r.stderr  # gt-box cannot find faces in photos
+    r = run_cli("predict", more / "x", more / "y" / "a.png", "--model", run, "--detector", "none", "--out", out,
+                "--no-overlay", pythonpath=plug, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "broken.jpg" in r.stdout and "1 unreadable" in r.stdout
+    summary = json.loads((out / "predictions.json").read_text())
+    assert len(summary["images"]) == 3 and len(summary["errors"]) == 1
+    assert len({e["output"] for e in summary["images"]}) == 3
+    assert not list(out.glob("*.jpg"))  # --no-overlay
+    # the same folder again: not empty any more, refused
+    r = run_cli("predict", more / "x", "--model", run, "--detector", "none", "--out", out, pythonpath=plug, env=env)
+    assert r.returncode == 2 and "not empty" in r.stderr
+
+
+def test_read_image_16_bit_and_palette(tmp_path):
+    from PIL import Image
+
+    from kpbench.data import read_image
+
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    got = read_image(tmp_path / "deep.png")
+    assert got.shape == (64, 64, 3) and got.dtype == np.uint8
+    np.testing.assert_allclose(got[..., 0].astype(float), ramp / 65535 * 255, atol=1.0)  # not clipped white
+    pal = Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))).convert("P")
+    pal.save(tmp_path / "pal.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "pal.png"), np.asarray(pal.convert("RGB")))
+
+
+class BiasedDetector:
+    """Finds the annotated face box, but as a detector would: 1.25x too big and off-centre,
+    with a seeded scatter, unless calibrated through scale/shift_x/shift_y."""
+
+    def __init__(self, margin=0.0, scale=1.0, shift_x=0.0, shift_y=0.0):
+        self.margin, self.scale, self.shift_x, self.shift_y = margin, scale, shift_x, shift_y
+        self.rng = np.random.default_rng(0)
+
+    def __call__(self, image, points):
+        from kpbench.data import points_box
+
+        x0, y0, side = points_box(np.asarray(points, np.float64), 0.0)
+        raw = side * 1.25 * np.exp(self.rng.normal(0, 0.05))
+        cx = x0 + side / 2 - 0.1 * raw + self.rng.normal(0, 0.02) * raw
+        cy = y0 + side / 2 + 0.05 * raw
+        face = raw * self.scale
+        cx, cy = cx + self.shift_x * raw, cy + self.shift_y * raw
+        crop = face * (1 + 2 * self.margin)
+        return (cx - crop / 2, cy - crop / 2, crop)
+
+
+def test_calibrate_recovers_a_detectors_bias_and_spread():
+    from kpbench.calibrate import IDENTITY, calibratable, measure, summarize
+    from kpbench.registry import DatasetSpec  # noqa: F401  (the dataset below is a plain list)
+    from kpbench_plugins.synthetic import SyntheticFaces
+
+    assert calibratable(BiasedDetector) and not calibratable(lambda margin=0.1: None)
+    data = SyntheticFaces(n=300, size=48, seed=2)
+    result = summarize(measure(BiasedDetector(**IDENTITY), data, range(len(data))), calibrated=True)
+    opts = result["options"]
+    assert opts["scale"] == pytest.approx(0.8, abs=0.02)
+    assert opts["shift_x"] == pytest.approx(0.1, abs=0.01) and opts["shift_y"] == pytest.approx(-0.05, abs=0.01)
+    assert result["spread"]["log_side"] == pytest.approx(0.05, abs=0.012)
+    assert result["spread"]["shift_x"] == pytest.approx(0.02 / 0.8, abs=0.006)
+    assert result["spread"]["shift_y"] < 0.002
+    # Calibrated with those options, the detector's crops sit on the annotated box.
+    again = summarize(measure(BiasedDetector(**opts), data, range(len(data))), calibrated=True)
+    assert again["median"]["side_ratio"] == pytest.approx(1.0, abs=0.02)
+    assert abs(again["median"]["dx"]) < 0.01 and abs(again["median"]["dy"]) < 0.01
+
+
+def test_box_cache_runs_a_detector_once_per_image(tmp_path, monkeypatch):
+    from kpbench.boxcache import CachedDetector
+
+    monkeypatch.setenv("KPBENCH_CACHE", str(tmp_path))
+    calls = []
+
+    def slow(image, points):
+        calls.append(1)
+        return None if image.mean() > 0.5 else (1.0, 2.0, 3.0)
+
+    images = [np.zeros((8, 8), np.float32), np.ones((8, 8), np.float32)]
+    pts = np.zeros((2, 2), np.float32)
+    det = CachedDetector(slow, "slow", {"margin": 0.1})
+    assert [det(im, pts) for im in images * 2] == [(1.0, 2.0, 3.0), None] * 2
+    assert len(calls) == 2
+    det.flush()
+    again = CachedDetector(slow, "slow", {"margin": 0.1})
+    assert [again(im, pts) for im in images] == [(1.0, 2.0, 3.0), None] and len(calls) == 2
+    other = CachedDetector(slow, "slow", {"margin": 0.2})  # other options: another cache
+    other(images[0], pts)
+    assert len(calls) == 3
