@@ -61,3 +61,62 @@ def test_parse_kaggle_csv(benchmark, kaggle_csv):
     median = benchmark.stats.stats.median
     benchmark.extra_info.update(naive_s=round(naive_s, 2), parse_s=round(median, 2), speedup=round(naive_s / median, 1))
     print(f"\nKaggle CSV 7049 rows: kpbench {median:.2f} s, naive per-row split {naive_s:.2f} s, {naive_s / median:.1f}x")
+
+
+def _helen_photos(n=40):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "300w-helen-train" / "trainset"
+    return sorted(root.glob("*.jpg"))[:n] if root.is_dir() else []
+
+
+@pytest.mark.skipif(not _helen_photos(), reason="shared HELEN photos (../shared/data) not present")
+def test_predict_per_photo_vs_detector_plus_model(tmp_path):
+    """`kpbench predict`'s per-photo cost (read, MTCNN, crops, model, JSON, overlay JPEG) against its
+    floor, MTCNN's detect_all plus the model's forward on the same faces, measured side by side in
+    this process on the same 40 HELEN photos (best of 3 passes each). Target: ratio <= 1.3."""
+    import time
+
+    import numpy as np
+    from rich.console import Console
+
+    from kpbench.data import crop_resize, read_image, to_gray
+    from kpbench.inference import Trained, predict_photos
+    from kpbench.train import Regressor
+    from kpbench_plugins.mtcnn import MTCNNDetector
+
+    torch.manual_seed(0)
+    net = get_plugins().models.get("integral").factory(15, 96, 1)
+    model = Regressor(net, torch.full((15, 2), 0.5)).eval()
+    model.flip_test = list(range(15))
+    trained = Trained(model, "integral", 96, {"data": {"schema": "kaggle15", "detector_options": {}}}, tmp_path,
+                      tmp_path)
+    det = MTCNNDetector(threads=torch.get_num_threads())
+    photos = _helen_photos()
+    images = [read_image(p) for p in photos]
+    det.detect_all(images[0])  # build MTCNN outside the timings
+
+    def floor():
+        for image in images:
+            faces = det.detect_all(image)
+            if faces:
+                gray = to_gray(image)
+                crops = np.stack([crop_resize(gray, f["box"], 96) for f in faces])[:, None]
+                with torch.inference_mode():
+                    model(torch.from_numpy(crops.astype(np.float32)))
+
+    def full(k):
+        predict_photos(trained, det, photos, tmp_path / f"out{k}", Console(quiet=True))
+
+    floor_s, full_s = [], []
+    for k in range(3):
+        t = time.perf_counter()
+        floor()
+        floor_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        full(k)
+        full_s.append(time.perf_counter() - t)
+    a, b = min(floor_s) / len(photos) * 1000, min(full_s) / len(photos) * 1000
+    print(f"\npredict per photo {b:.1f} ms; MTCNN + model forward {a:.1f} ms; ratio {b / a:.2f} "
+          f"({len(photos)} HELEN photos, {torch.get_num_threads()} threads)")
+    assert len(list((tmp_path / "out0").glob("*.json"))) == len(photos) + 1

@@ -3,24 +3,19 @@ setting, whatever run, config or split asks for it again (training on detector b
 ``eval.detectors`` test paths, ``kpbench evaluate``).
 
 A box is keyed by the image's pixels and the annotated points (which face matches depends on
-them), in one file per detector name and options under ``$KPBENCH_CACHE`` (default
-``~/.cache/kpbench``)/``boxes``; a changed image or option simply misses the cache.
+them), in one file per detector name and options under kpbench's cache folder
+(``$KPBENCH_CACHE_DIR``, default ``~/.cache/kpbench``)/``boxes``; a changed image or option simply misses the cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 
+from kpbench.features import cache_root
 from kpbench.io import atomic_write_json
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("KPBENCH_CACHE") or Path.home() / ".cache" / "kpbench")
 
 
 class CachedDetector:

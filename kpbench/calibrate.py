@@ -92,9 +92,7 @@ def calibrate(plugins, detector: str, dataset: str, dataset_options: dict | None
               detector_options: dict | None = None, limit: int | None = 400, seed: int = 0,
               console=None) -> dict:
     """``kpbench calibrate``: measure ``detector`` on (a seeded subset of) ``dataset``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from kpbench.runner import load_dataset, make_detector
+    from kpbench.runner import load_dataset, make_detector, progress_bar
 
     factory = plugins.detectors.get(detector, where="--detector").factory
     options = dict(detector_options or {})
@@ -106,8 +104,7 @@ def calibrate(plugins, detector: str, dataset: str, dataset_options: dict | None
     n = len(data)
     idx = np.arange(n) if not limit or limit >= n else np.sort(
         np.random.default_rng(seed).choice(n, size=limit, replace=False))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task(f"calibrating {detector}", total=len(idx))
         m = measure(det, data, idx, on_item=lambda: progress.advance(task))
     out = {"detector": detector, "dataset": dataset, "samples": len(idx), "seed": seed,

@@ -22,8 +22,13 @@ from kpbench.weights import read_checkpoint
 VERSION = 1
 
 
+def cache_root() -> Path:
+    """kpbench's cache folder: ``$KPBENCH_CACHE_DIR`` or ``~/.cache/kpbench``."""
+    return Path(os.environ.get("KPBENCH_CACHE_DIR") or Path.home() / ".cache" / "kpbench")
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("KPBENCH_CACHE_DIR") or Path.home() / ".cache" / "kpbench") / "features"
+    return cache_root() / "features"
 
 
 def weights_digest(modules) -> str:

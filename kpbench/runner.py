@@ -36,6 +36,12 @@ from kpbench.train import backbone_modules, box_jitter, train
 JITTER_CONTEXT = 0.25  # context around training crops for train.box_jitter, a fraction of the side each way
 
 
+def progress_bar(console: Console) -> Progress:
+    """The transient bar of data preparation and calibration: description, bar, n/total, time."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
 def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -133,8 +139,7 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
     def data_at(size: int):
         if size not in prepared:
             first = next(iter(prepared.values()), (None, None, None))
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=status, transient=True) as progress:
+            with progress_bar(status) as progress:
                 task = progress.add_task(f"preparing {size}px crops", total=sum(len(i) for i in splits))
                 prepared[size] = tuple(
                     prepare(src, idx, detect, size, schema.name, like=like, on_item=lambda: progress.advance(task),
@@ -148,8 +153,7 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
         """The test split through each ``eval.detectors`` path, at ``size``."""
         if size not in paths:
             first = next(iter(paths.values()), {})
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=status, transient=True) as progress:
+            with progress_bar(status) as progress:
                 paths[size] = {}
                 for name, det in extra_detectors.items():
                     task = progress.add_task(f"test split through {name} at {size}px", total=len(splits[2]))

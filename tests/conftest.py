@@ -59,4 +59,4 @@ def tiny_config(tmp_path) -> Path:
 @pytest.fixture(autouse=True, scope="session")
 def _private_box_cache(tmp_path_factory):
     """Detector boxes (kpbench.boxcache) go to a temporary cache, never the user's."""
-    os.environ["KPBENCH_CACHE"] = str(tmp_path_factory.mktemp("kpbench-cache"))
+    os.environ["KPBENCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("kpbench-cache"))

@@ -281,7 +281,7 @@ def test_calibrate_recovers_a_detectors_bias_and_spread():
 def test_box_cache_runs_a_detector_once_per_image(tmp_path, monkeypatch):
     from kpbench.boxcache import CachedDetector
 
-    monkeypatch.setenv("KPBENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("KPBENCH_CACHE_DIR", str(tmp_path))
     calls = []
 
     def slow(image, points):
