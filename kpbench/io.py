@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -32,8 +33,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def strict(obj):
+    """``obj`` with every NaN or infinite float (numpy's too) as None, so that it is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    if isinstance(obj, float) or type(obj).__module__ == "numpy" and hasattr(obj, "dtype") and obj.dtype.kind == "f":
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
 def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Strict JSON (NaN and infinities written as null), atomically."""
+    atomic_write_text(path, json.dumps(strict(obj), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

