@@ -91,6 +91,8 @@ def test_every_shipped_config_is_valid_and_names_registered_components(path):
     for name in config["eval"]["metrics"]:
         plugins.metrics.get(name)
     plugins.detectors.get(config["data"]["detector"])
+    for name in config["eval"]["detectors"]:
+        plugins.detectors.get(name)
     specs = config["data"]["dataset"]
     for spec in specs if isinstance(specs, list) else [specs]:
         plugins.datasets.get(spec.partition(":")[0])
