@@ -214,7 +214,7 @@ class Dlib68(nn.Module):
         rect = self._detect(img)
         if rect is None and self.retry_scale > 1:
             h, w = img.shape
-            r = self._detect(_to_uint8(gray, round(h * self.retry_scale), round(w * self.retry_scale))[0])
+            r = self._detect(upscaled_uint8(gray, round(h * self.retry_scale), round(w * self.retry_scale))[0])
             if r is not None:
                 fx, fy = w / round(w * self.retry_scale), h / round(h * self.retry_scale)
                 rect = self._rect(dlib, (r.left() + r.right() + 1) / 2 * fx, (r.top() + r.bottom() + 1) / 2 * fy,
@@ -228,7 +228,7 @@ class Dlib68(nn.Module):
         f = max(1.0, self.min_size / min(h, w))  # dlib needs a decent resolution: upscale small crops
         hh, ww = round(h * f), round(w * f)
         gray = x.detach().float().cpu().mean(1, keepdim=True)
-        big = _to_uint8(gray, hh, ww)
+        big = upscaled_uint8(gray, hh, ww)
         out = np.empty((b, 68, 2), dtype=np.float32)
         for i in range(b):
             img = big[i]  # a C-contiguous (hh, ww) uint8 view, as dlib wants
@@ -248,7 +248,7 @@ class Dlib68(nn.Module):
         return torch.from_numpy(np.ascontiguousarray(out)).reshape(b, -1).to(device=x.device, dtype=x.dtype)
 
 
-def _to_uint8(gray: torch.Tensor, h: int, w: int) -> np.ndarray:
+def upscaled_uint8(gray: torch.Tensor, h: int, w: int) -> np.ndarray:
     """(B, 1, H0, W0) float in [0, 1] -> (B, h, w) uint8, bicubic (pixel-edge aligned) where resized."""
     if gray.shape[-2:] != (h, w):
         gray = F.interpolate(gray, size=(h, w), mode="bicubic", align_corners=False)

@@ -30,11 +30,11 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import kpbench
 from kpbench.keypoints import convert
+from kpbench_plugins.dlib68 import upscaled_uint8
 
 # Face Mesh vertex for each iBUG 68 point (0-based iBUG order: jaw 0-16 from the image's left,
 # brows 17-26, nose 27-35, eyes 36-47, mouth 48-67). The widely used table; checked on 100 HELEN
@@ -143,7 +143,8 @@ class MediaPipeFaceMesh(nn.Module):
         b, _, h, w = x.shape
         f = max(1.0, self.min_size / min(h, w))  # Face Mesh wants a decent resolution: upscale small crops
         hh, ww = round(h * f), round(w * f)
-        rgb = _to_rgb_uint8(x.detach().float().cpu().mean(1, keepdim=True), hh, ww)
+        gray = upscaled_uint8(x.detach().float().cpu().mean(1, keepdim=True), hh, ww)
+        rgb = np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=-1))
         out = np.empty((b, 68, 2), dtype=np.float32)
         for i in range(b):
             faces = mesh.process(rgb[i]).multi_face_landmarks
@@ -156,14 +157,6 @@ class MediaPipeFaceMesh(nn.Module):
         if self.num_keypoints == 15:
             out = convert(out, "ibug68", "kaggle15")
         return torch.from_numpy(np.ascontiguousarray(out)).reshape(b, -1).to(device=x.device, dtype=x.dtype)
-
-
-def _to_rgb_uint8(gray: torch.Tensor, h: int, w: int) -> np.ndarray:
-    """(B, 1, H0, W0) float in [0, 1] -> (B, h, w, 3) uint8 gray-as-RGB, bicubic where resized."""
-    if gray.shape[-2:] != (h, w):
-        gray = F.interpolate(gray, size=(h, w), mode="bicubic", align_corners=False)
-    g = (gray[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    return np.ascontiguousarray(np.repeat(g[..., None], 3, axis=-1))
 
 
 def factory(num_keypoints: int, input_size: int, in_chans: int = 1, **options) -> MediaPipeFaceMesh:

@@ -299,3 +299,20 @@ def test_box_cache_runs_a_detector_once_per_image(tmp_path, monkeypatch):
     other = CachedDetector(slow, "slow", {"margin": 0.2})  # other options: another cache
     other(images[0], pts)
     assert len(calls) == 3
+
+
+def test_calibrate_command_measures_and_never_overwrites(tmp_path, oracle_env):
+    plug, env, photos, known = oracle_env
+    out = tmp_path / "cal.json"
+    r = run_cli("calibrate", "--detector", "oracle", "--dataset", "oracle-photos", "--out", out,
+                pythonpath=plug, env=env)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    # The ideal detector's face box (its crop less its margin) is the annotated one exactly.
+    assert result["faces"] == len(known) and result["misses"] == 0
+    assert result["median"] == {"side_ratio": 1.0, "dx": 0.0, "dy": 0.0}
+    assert "options" not in result  # it takes no scale/shift options: measured, nothing to suggest
+    assert "box_jitter" in r.stdout
+    r = run_cli("calibrate", "--detector", "oracle", "--dataset", "oracle-photos", "--out", out,
+                pythonpath=plug, env=env)
+    assert r.returncode == 2 and "exists" in r.stderr
