@@ -54,7 +54,7 @@ def measure(detector, dataset: Dataset, indices, on_item=None) -> dict:
         if box is None:
             misses += 1
             continue
-        x0, y0, side = (float(v) for v in box)
+        x0, y0, side = (float(v) for v in box[:3])
         side /= 1 + 2 * margin
         cx, cy = x0 + side * (1 + 2 * margin) / 2, y0 + side * (1 + 2 * margin) / 2
         logs.append(math.log(ref[2] / side))

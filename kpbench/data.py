@@ -10,6 +10,7 @@ back, so every metric is computed in the original image's pixels.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 from typing import Callable, Protocol, Sequence
@@ -158,15 +159,21 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 
 
 def crop_resize(gray: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
-    """Square crop ``box = (x0, y0, side)`` (pixel-edge coordinates) resized to ``size``; zero padding."""
+    """Square crop ``box = (x0, y0, side[, angle])`` (pixel-edge coordinates) resized to ``size``;
+    zero padding. ``angle`` (degrees, default 0) turns the crop about its centre: its x axis
+    points that many degrees from the image's +x towards +y (clockwise on screen), so a face whose
+    eye line has that angle comes out upright (roll alignment)."""
     h, w = gray.shape
-    x0, y0, side = box
-    if (h, w) == (size, size) and (x0, y0, side) == (0.0, 0.0, float(size)):
+    x0, y0, side = (float(v) for v in box[:3])
+    angle = float(box[3]) if len(box) > 3 else 0.0
+    if (h, w) == (size, size) and (x0, y0, side, angle) == (0.0, 0.0, float(size), 0.0):
         return gray
     scale = side / size
-    # Output pixel j samples the input at edge coordinate x0 + (j + 0.5) * scale.
+    # Output pixel at normalized u samples the input at edge coordinate centre + R(angle) (u * side / 2).
+    cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     theta = torch.tensor(
-        [[[side / w, 0.0, (2 * x0 + side) / w - 1.0], [0.0, side / h, (2 * y0 + side) / h - 1.0]]],
+        [[[side / w * cos, -side / w * sin, (2 * x0 + side) / w - 1.0],
+          [side / h * sin, side / h * cos, (2 * y0 + side) / h - 1.0]]],
         dtype=torch.float32,
     )
     src = torch.from_numpy(np.ascontiguousarray(gray, dtype=np.float32))[None, None]
@@ -179,14 +186,28 @@ def crop_resize(gray: np.ndarray, box: Sequence[float], size: int) -> np.ndarray
     return crop[0, 0].numpy()
 
 
+def _turn(d: np.ndarray, boxes: np.ndarray, sign: float) -> np.ndarray:
+    """Offsets ``d`` (N, K, 2) turned by ``sign`` x each box's angle (column 3, degrees)."""
+    a = np.deg2rad(boxes[:, 3])[:, None] * sign
+    cos, sin = np.cos(a), np.sin(a)
+    return np.stack([d[..., 0] * cos - d[..., 1] * sin, d[..., 0] * sin + d[..., 1] * cos], -1)
+
+
 def to_crop(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Image pixels -> crop coordinates in [0, 1]. points (N, K, 2), boxes (N, 3)."""
-    return (points + 0.5 - boxes[:, None, :2]) / boxes[:, None, 2:3]
+    """Image pixels -> crop coordinates in [0, 1]. points (N, K, 2), boxes (N, 3) or (N, 4) with
+    an angle (see :func:`crop_resize`)."""
+    if boxes.shape[1] < 4 or not boxes[:, 3].any():
+        return (points + 0.5 - boxes[:, None, :2]) / boxes[:, None, 2:3]
+    half = boxes[:, None, 2:3] / 2
+    return _turn(points + 0.5 - boxes[:, None, :2] - half, boxes, -1.0) / boxes[:, None, 2:3] + 0.5
 
 
 def to_image_pixels(crop: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Crop coordinates in [0, 1] -> the original image's pixels (inverse of :func:`to_crop`)."""
-    return crop * boxes[:, None, 2:3] + boxes[:, None, :2] - 0.5
+    if boxes.shape[1] < 4 or not boxes[:, 3].any():
+        return crop * boxes[:, None, 2:3] + boxes[:, None, :2] - 0.5
+    half = boxes[:, None, 2:3] / 2
+    return _turn((crop - 0.5) * boxes[:, None, 2:3], boxes, 1.0) + boxes[:, None, :2] + half - 0.5
 
 
 FAR_OUTSIDE = 0.5  # points more than this fraction of the image's size beyond its edges are an error
@@ -284,9 +305,10 @@ def prepare(
     skip_bad: bool = False,
     context: float = 0.0,
 ) -> Prepared:
-    """Crop every sample's face box at ``input_size``. ``detect(image, points)`` gives the box, or
-    None for a miss (then the gt-box crop with margin ``FALLBACK_MARGIN`` is used and the sample is
-    marked ``missed``). ``like`` reuses another preparation's boxes (same samples, another size).
+    """Crop every sample's face box at ``input_size``. ``detect(image, points)`` gives the box from
+    the sample's annotated points (its own schema, see :func:`points_box`), or None for a miss (then
+    the annotated box with the detector's ``margin``, else ``FALLBACK_MARGIN``, is used and the
+    sample is marked ``missed``). ``like`` reuses another preparation's boxes (same samples, another size).
     A bad sample (see :func:`check_sample`) is an error, or with ``skip_bad`` skipped and listed
     in ``Prepared.skipped``. With ``context`` > 0 each crop is also cut with ``context`` x
     ``input_size`` more pixels on each side (``Prepared.context``), for face-box jitter."""
@@ -311,9 +333,10 @@ def prepare(
                 box = points_box(s.points, getattr(detect, "margin", FALLBACK_MARGIN)) or image_box(gray)
         box = np.asarray(box, dtype=np.float32)
         images.append(crop_resize(gray, box, input_size))
-        if pad:
+        if pad:  # the same centre and angle, a larger side
             grow = box[2] * pad / input_size
-            contexts.append(crop_resize(gray, (box[0] - grow, box[1] - grow, box[2] + 2 * grow), input_size + 2 * pad))
+            contexts.append(crop_resize(gray, (box[0] - grow, box[1] - grow, box[2] + 2 * grow, *box[3:]),
+                                        input_size + 2 * pad))
         points.append(pts)
         boxes.append(box)
         ids.append(s.id)
@@ -324,7 +347,8 @@ def prepare(
         detect.flush()
     if not ids:
         raise KpbenchError("a data split is empty: use more samples or change data.split")
-    boxes_a = np.stack(boxes)
+    columns = max(len(b) for b in boxes)  # (N, 4) where a detector gave angles, misses at angle 0
+    boxes_a = np.stack([np.pad(b, (0, columns - len(b))) for b in boxes])
     points_a = np.stack(points).astype(np.float32)
     return Prepared(
         images=torch.from_numpy(np.stack(images).astype(np.float32))[:, None],

@@ -22,8 +22,8 @@ from kpbench.evaluate import predict
 from kpbench.io import atomic_write_json, atomic_write_text
 from kpbench.keypoints import get_schema
 from kpbench.plugins import Plugins
-from kpbench.runner import (convention_options, load_dataset, make_detector, manifest, metrics_meta, model_settings, resolve_device,
-                            save_test_faces, test_and_save, use_flip_test)
+from kpbench.runner import (convention_options, load_dataset, make_detector, manifest, metrics_meta, model_settings,
+                            resolve_device, save_test_faces, test_and_save, use_flip_test)
 from kpbench.train import Regressor
 from kpbench.weights import read_checkpoint
 
@@ -86,10 +86,10 @@ def load_trained(path: str | Path, plugins: Plugins) -> Trained:
 
 def convention_note(trained: Trained, plugins: Plugins, detector: str) -> str | None:
     """One line when ``detector`` cannot give the crops the model was trained on, else None."""
-    from kpbench.runner import run_margin
+    from kpbench.runner import run_option
 
     dc = trained.config["data"]
-    if run_margin(plugins, dc) is None and detector != dc["detector"]:
+    if run_option(plugins, dc, "margin") is None and detector != dc["detector"]:
         return (f"note: {trained.label} was trained on whole images (detector {dc['detector']!r}); {detector} crops "
                 f"faces by its own margin, so they may differ from what the model saw in training")
     return None
@@ -149,8 +149,10 @@ def expand_paths(patterns: list[str]) -> list[Path]:
             if not hits:
                 raise KpbenchError(f"{pat}: no such file, directory or matching glob")
             files += [h for h in hits if h.is_file()]
-    seen: set[Path] = set()
-    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+    unique: dict[Path, Path] = {}  # a photo named twice (a file and its folder, two globs) once
+    for f in files:
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values())
 
 
 def output_names(paths: list[Path]) -> list[str]:
@@ -184,10 +186,11 @@ def check_output_dir(out: Path, inputs: list[Path]) -> None:
 
 
 def predict_photos(trained: Trained, detector, paths: list[Path], out: Path, console: Console,
-                   overlays: bool = True) -> list[dict]:
+                   overlays: bool = True) -> tuple[list[dict], list[dict]]:
     """Every face in every photo: box, score and named keypoints in the photo's pixels, written as
     ``<name>.json`` and, with ``overlays``, ``<name>.jpg`` (boxes and points drawn) under ``out``,
-    plus ``predictions.json``. A photo that cannot be read is reported and counted; the rest go on."""
+    plus ``predictions.json``. A photo that cannot be read is reported and counted; the rest go on.
+    Returns the photos' entries and the unreadable ones' errors."""
     from kpbench import plots
 
     schema = get_schema(trained.config["data"]["schema"])
@@ -207,7 +210,8 @@ def predict_photos(trained: Trained, detector, paths: list[Path], out: Path, con
         entry = {"image": str(path), "output": name, "width": int(image.shape[1]), "height": int(image.shape[0]),
                  "faces": []}
         if faces:
-            boxes = np.array([f["box"] for f in faces], dtype=np.float32)
+            columns = max(len(f["box"]) for f in faces)  # (x0, y0, side[, angle])
+            boxes = np.array([np.pad(np.asarray(f["box"], np.float32), (0, columns - len(f["box"]))) for f in faces])
             gray = to_gray(image)
             crops = np.stack([crop_resize(gray, b, trained.input_size) for b in boxes])[:, None]
             pts = to_image_pixels(predict(trained.model, torch.from_numpy(crops.astype(np.float32))), boxes)

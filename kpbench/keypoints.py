@@ -107,3 +107,19 @@ def convert(points: np.ndarray, src: str, dst: str) -> np.ndarray:
         known = ", ".join(f"{a}->{b}" for a, b in MAPPINGS)
         raise KpbenchError(f"no keypoint mapping from {src!r} to {dst!r}; known mappings: {known}")
     return MAPPINGS[(src, dst)](np.asarray(points, dtype=np.float32))
+
+
+def eye_line_angle(points: np.ndarray) -> float | None:
+    """The roll of a face, in degrees: the angle of the line from the eye on the image's left to
+    the one on its right (+ towards +y, clockwise on screen), from annotated points in their own
+    schema (68 iBUG points: each eye's six points; 15 Kaggle points: the eye centres); None for
+    another layout or a missing eye."""
+    p = np.asarray(points, dtype=np.float64)
+    if len(p) == 68:
+        left, right = p[36:42].mean(0), p[42:48].mean(0)
+    elif len(p) == 15:
+        left, right = p[1], p[0]  # the subject's right eye is on the image's left
+    else:
+        return None
+    d = right - left
+    return None if not np.isfinite(d).all() else float(np.degrees(np.arctan2(d[1], d[0])))

@@ -353,7 +353,7 @@ def accuracy_vs_cost(df: pd.DataFrame, path, x: str = "latency_ms", y: str = "nm
 def photo_keypoints(image: np.ndarray, points: np.ndarray, boxes: np.ndarray, path) -> Path:
     """A photo with every face's box and predicted keypoints drawn (``kpbench predict``), written
     as JPEG (PNG for a ``.png`` path) with PIL: no matplotlib figure, a few milliseconds a photo.
-    ``points`` (F,K,2) and ``boxes`` (F,3) = x0, y0, side, in the photo's pixels."""
+    ``points`` (F,K,2) and ``boxes`` (F,3|4) = x0, y0, side[, angle], in the photo's pixels."""
     from PIL import Image, ImageDraw
 
     from kpbench.io import atomic_write_bytes
@@ -363,9 +363,13 @@ def photo_keypoints(image: np.ndarray, points: np.ndarray, boxes: np.ndarray, pa
         img = np.clip(np.rint(img.astype(np.float32) * 255), 0, 255).astype(np.uint8)
     im = Image.fromarray(img).convert("RGB")
     draw = ImageDraw.Draw(im)
-    for (x0, y0, side), p in zip(boxes, points):
-        width = max(1, int(round(side / 150)))
-        draw.rectangle((x0 - 0.5, y0 - 0.5, x0 + side - 0.5, y0 + side - 0.5), outline="#1f77b4", width=width)
+    from kpbench.data import to_image_pixels
+
+    boxes = np.asarray(boxes, dtype=np.float64)
+    corners = to_image_pixels(np.array([[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]] * len(boxes), float), boxes)
+    for box, corner, p in zip(boxes, corners, points):
+        side = float(box[2])
+        draw.line([tuple(c) for c in corner], fill="#1f77b4", width=max(1, int(round(side / 150))))
         r = max(1.5, side / 90)
         for x, y in p[~np.isnan(p).any(axis=1)]:
             draw.ellipse((x - r, y - r, x + r, y + r), fill=PRED_COLOR, outline="white")

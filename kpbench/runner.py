@@ -229,31 +229,35 @@ def model_settings(config: dict, label: str, spec) -> tuple[dict, int, dict]:
     return options, size, tc
 
 
-def run_margin(plugins: Plugins, dc: dict) -> float | None:
-    """The margin of a run's crops around the face box: its detector's ``margin`` option, or
-    that option's default; None for a detector without one (``none``: whole images)."""
-    if "margin" in dc["detector_options"]:
-        return float(dc["detector_options"]["margin"])
-    param = inspect.signature(plugins.detectors.get(dc["detector"], where="data.detector").factory).parameters.get(
-        "margin")
-    return None if param is None or param.default is inspect.Parameter.empty else float(param.default)
+CONVENTION_OPTIONS = ("margin", "align")  # what another detector takes over from a run's
+
+
+def run_option(plugins: Plugins, dc: dict, key: str):
+    """A crop-convention option of a run's detector (``margin``, ``align``): set in its options, or
+    that option's default; None for a detector without it (``none`` has no margin: whole images)."""
+    if key in dc["detector_options"]:
+        return dc["detector_options"][key]
+    param = inspect.signature(plugins.detectors.get(dc["detector"], where="data.detector").factory).parameters.get(key)
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
 
 
 def crop_convention(plugins: Plugins, dc: dict) -> dict:
     """What a run's crops are, for the manifest and for ``evaluate``/``predict`` to reproduce."""
     return {"face_box": "square around the annotated points (all of the source schema's)",
-            "detector": dc["detector"], "detector_options": dc["detector_options"], "margin": run_margin(plugins, dc)}
+            "detector": dc["detector"], "detector_options": dc["detector_options"],
+            **{k: run_option(plugins, dc, k) for k in CONVENTION_OPTIONS}}
 
 
 def convention_options(plugins: Plugins, name: str, dc: dict, options: dict | None = None) -> dict:
     """Options for detector ``name`` that follow a run's crop convention: the run's own detector
-    keeps the run's options; another one, where it takes a ``margin``, gets the run's margin (a
-    model trained on gt-box(0.15) crops gets mtcnn(0.15) crops); ``options`` override both."""
+    keeps the run's options; another one gets the run's ``margin`` and ``align`` where it takes
+    them (a model trained on gt-box(0.15) crops gets mtcnn(0.15) crops); ``options`` override."""
     opts = {**(dc["detector_options"] if name == dc["detector"] else {}), **(options or {})}
-    factory = plugins.detectors.get(name, where="detector").factory
-    margin = run_margin(plugins, dc)
-    if "margin" in inspect.signature(factory).parameters and "margin" not in opts and margin is not None:
-        opts["margin"] = margin
+    params = inspect.signature(plugins.detectors.get(name, where="detector").factory).parameters
+    for key in CONVENTION_OPTIONS:
+        value = run_option(plugins, dc, key)
+        if key in params and key not in opts and value is not None:
+            opts[key] = value
     return opts
 
 

@@ -8,6 +8,7 @@ import numpy as np
 
 import kpbench
 from kpbench.data import image_box, points_box
+from kpbench.keypoints import eye_line_angle
 
 
 class WholeImage:
@@ -23,13 +24,18 @@ class WholeImage:
 class GtBox:
     """Square around the annotated visible points, enlarged by ``margin`` of its side on each side
     (the whole image when fewer than two points are visible). Needs annotations, so it cannot
-    find faces in new photos."""
+    find faces in new photos. ``align``: the crop turns with the annotated eye line (roll
+    alignment; see :func:`kpbench.data.crop_resize`)."""
 
-    def __init__(self, margin: float = 0.25):
-        self.margin = float(margin)
+    def __init__(self, margin: float = 0.25, align: bool = False):
+        self.margin, self.align = float(margin), bool(align)
 
     def __call__(self, image: np.ndarray, points: np.ndarray):
-        return points_box(points, self.margin) or image_box(image)
+        box = points_box(points, self.margin)
+        if box is None:
+            return image_box(image)
+        angle = eye_line_angle(points) if self.align else None
+        return box if angle is None else (*box, angle)
 
 
 @kpbench.hookimpl

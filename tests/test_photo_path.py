@@ -316,3 +316,52 @@ def test_calibrate_command_measures_and_never_overwrites(tmp_path, oracle_env):
     r = run_cli("calibrate", "--detector", "oracle", "--dataset", "oracle-photos", "--out", out,
                 pythonpath=plug, env=env)
     assert r.returncode == 2 and "exists" in r.stderr
+
+
+def test_roll_aligned_crops_put_points_where_their_pixels_go_and_back():
+    from kpbench.data import crop_resize, to_crop, to_image_pixels
+
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 200, (5, 7, 2))
+    boxes = np.c_[rng.uniform(0, 50, (5, 2)), rng.uniform(50, 150, 5), rng.uniform(-40, 40, 5)]
+    np.testing.assert_allclose(to_image_pixels(to_crop(pts, boxes), boxes), pts, atol=1e-9)
+    flat = boxes.copy()
+    flat[:, 3] = 0
+    np.testing.assert_allclose(to_crop(pts, flat), to_crop(pts, boxes[:, :3]), atol=1e-12)
+    # A blob at (col 60, row 120) shows up in a crop turned by 30 degrees where to_crop says.
+    img = np.zeros((200, 200), np.float32)
+    img[119:122, 59:62] = 1
+    box = np.array([[30.0, 70.0, 100.0, 30.0]])
+    crop = crop_resize(img, box[0], 100)
+    row, col = np.unravel_index(crop.argmax(), crop.shape)
+    want = to_crop(np.array([[[60.0, 120.0]]]), box)[0, 0] * 100 - 0.5
+    assert abs(col - want[0]) <= 1 and abs(row - want[1]) <= 1
+    assert np.hypot(*(want - [30.0, 50.0])) > 5  # where the unturned crop has it: the turn really moved it
+
+
+def test_align_turns_the_crop_with_the_eye_line():
+    from kpbench.data import crop_resize, to_crop
+    from kpbench.keypoints import KAGGLE15, eye_line_angle
+    from kpbench_plugins.detectors import GtBox
+    from kpbench_plugins.mtcnn import eye_angle
+    from kpbench_plugins.synthetic import render
+
+    image, pts = render(0, 3, 96)
+    pts = np.asarray(pts, np.float64)
+    c = pts.mean(0)
+    for roll in (-25.0, 0.0, 20.0):  # the face turned by `roll` degrees on screen (clockwise)
+        a = np.radians(roll)
+        rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        turned = (pts - c) @ rot.T + c
+        assert eye_line_angle(turned) == pytest.approx(eye_line_angle(pts) + roll, abs=1e-6)
+        box = GtBox(margin=0.2, align=True)(image, turned)
+        assert len(box) == 4 and box[3] == pytest.approx(eye_line_angle(turned))
+        upright = to_crop(turned[None], np.array([box]))[0]
+        left, right = upright[KAGGLE15.points.index("right_eye_center")], upright[KAGGLE15.points.index(
+            "left_eye_center")]
+        assert abs(right[1] - left[1]) < 1e-6  # eyes level in the aligned crop
+        assert GtBox(margin=0.2)(image, turned)[:3] == pytest.approx(box[:3])  # same box, no angle
+        assert crop_resize(image.astype(np.float32) / 255, box, 32).shape == (32, 32)
+    # MTCNN's eye landmarks, in either order: the image-left eye first.
+    assert eye_angle(np.array([[10.0, 10.0], [20.0, 20.0], [0, 0]])) == pytest.approx(45.0)
+    assert eye_angle(np.array([[20.0, 20.0], [10.0, 10.0], [0, 0]])) == pytest.approx(45.0)
