@@ -180,7 +180,6 @@ def by_source(df: pd.DataFrame, per_image: dict[str, dict], config: dict, specs:
     Since a combined split is the union of the single-dataset splits, these rows compare with
     runs on each dataset alone, image for image."""
     from kpbench.data import source_names, source_of
-    from kpbench.evaluate import aggregate
 
     spec = config["data"].get("eval_dataset") or config["data"]["dataset"]
     if not isinstance(spec, list) or df.empty:
@@ -192,13 +191,21 @@ def by_source(df: pd.DataFrame, per_image: dict[str, dict], config: dict, specs:
         source = source_of([str(i) for i in entry["ids"]], names)
         for name in names:
             keep = source == name
-            row = {"source": name, "model": model, "faces": int(keep.sum())}
-            for metric in config["eval"]["metrics"]:
-                if f"metric_{metric}" in entry:
-                    how = specs.get(metric, {}).get("aggregate", "mean")
-                    row[metric] = round(aggregate(entry[f"metric_{metric}"][keep], how), 6) if keep.any() else float("nan")
-            rows.append(row)
+            rows.append({"source": name, "model": model, "faces": int(keep.sum()),
+                         **metrics_on(entry, keep, config, specs)})
     return pd.DataFrame(rows).sort_values("source", kind="stable").reset_index(drop=True)
+
+
+def metrics_on(entry: dict, keep: np.ndarray, config: dict, specs: dict) -> dict:
+    """Every metric of the run aggregated over the images in ``keep`` (NaN when there are none)."""
+    from kpbench.evaluate import aggregate
+
+    out = {}
+    for metric in config["eval"]["metrics"]:
+        if f"metric_{metric}" in entry:
+            how = specs.get(metric, {}).get("aggregate", "mean")
+            out[metric] = round(aggregate(entry[f"metric_{metric}"][keep], how), 6) if keep.any() else float("nan")
+    return out
 
 
 def by_path(df: pd.DataFrame, found, per_image: dict[str, dict], config: dict, specs: dict) -> pd.DataFrame | None:
@@ -206,7 +213,6 @@ def by_path(df: pd.DataFrame, found, per_image: dict[str, dict], config: dict, s
     detector first, then each extra one), on all test faces and on each source's alone, with
     the detector's miss rate and the ratio of the sort metric to the run's own path."""
     from kpbench.data import source_names, source_of
-    from kpbench.evaluate import aggregate
 
     extra = list(config["eval"].get("detectors") or [])
     if not extra or df.empty:
@@ -226,11 +232,8 @@ def by_path(df: pd.DataFrame, found, per_image: dict[str, dict], config: dict, s
             for name in ["all"] + names:
                 keep = np.ones(len(source), bool) if name == "all" else source == name
                 row = {"path": path, "source": name, "model": model, "faces": int(keep.sum()),
-                       "miss_rate": round(float(entry["missed"][keep].mean()), 4) if keep.any() else float("nan")}
-                for metric in config["eval"]["metrics"]:
-                    if f"metric_{metric}" in entry and keep.any():
-                        how = specs.get(metric, {}).get("aggregate", "mean")
-                        row[metric] = round(aggregate(entry[f"metric_{metric}"][keep], how), 6)
+                       "miss_rate": round(float(entry["missed"][keep].mean()), 4) if keep.any() else float("nan"),
+                       **metrics_on(entry, keep, config, specs)}
                 base.setdefault(name, row.get(sort, float("nan")))
                 row[f"{sort}_ratio"] = round(row.get(sort, float("nan")) / base[name], 4) if base[name] else float("nan")
                 rows.append(row)
