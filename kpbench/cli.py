@@ -167,6 +167,9 @@ def cmd_predict(args, console: Console) -> None:
     note = convention_note(trained, plugins, args.detector)
     if note:
         print(f"kpbench: {note}", file=sys.stderr)
+    if getattr(detector, "margin", None) is not None:
+        console.print(f"{trained.label}: faces cropped by {args.detector} at margin {detector.margin} around the face "
+                      f"box{' and turned upright' if getattr(detector, 'align', False) else ''} (the model's crops)")
     results, errors = predict_photos(trained, detector, paths, Path(args.out), console, overlays=not args.no_overlay)
     faces = sum(len(r["faces"]) for r in results)
     console.print(f"{faces} face(s) in {len(results)} photo(s) ({sum(not r['faces'] for r in results)} without a "
