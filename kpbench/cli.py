@@ -293,17 +293,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, ``kill``): stops a run the way Ctrl-C does."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     args = build_parser().parse_args(argv)
     console = Console() if sys.stdout.isatty() else Console(width=220)  # files and CI logs get full tables
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args.func(args, console)
     except KpbenchError as exc:
         print(f"kpbench: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("kpbench: interrupted (finished models are kept; rerun with --resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"kpbench: {what} (finished models are kept; rerun with --resume)", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

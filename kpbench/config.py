@@ -176,5 +176,29 @@ def override(config: dict, assignment: str) -> dict:
     return _merge(config, nested)
 
 
+WHERE_KEYS = ("run.out",)  # where a run is written, not what it computes: not part of its identity
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """What a run computes, as a short hash: the config without the keys that only say where it
+    is written (so a run folder given by another path, or moved, still resumes)."""
+    what = {k: v for k, v in flatten(config).items() if k not in WHERE_KEYS}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """The keys whose values differ between two configs, as ``key: old -> new`` (where-keys left out)."""
+    a, b = flatten(old), flatten(new)
+    return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
+            if k not in WHERE_KEYS and a.get(k, "(unset)") != b.get(k, "(unset)")]

@@ -313,6 +313,12 @@ def render(run_dir: Path, console: Console | None = None) -> pd.DataFrame:
     figs = render_plots(run_dir, df, found, per_image, config)
     notes = [f"Sorted by {sort} on the test split; {sort}_lo/{sort}_hi: bootstrap 95% confidence interval; "
              f"p_vs_best: Wilcoxon signed-rank test against the best model on the same images (* p < 0.05)."]
+    expected = len(config["models"]) * len(config["run"].get("seeds") or [config["run"]["seed"]])
+    if "finished" not in meta or len(found) < expected:
+        partial = (f"Partial run: {len(found)} of {expected} model runs finished (kpbench run ... --resume "
+                   f"continues it).")
+        notes.insert(0, partial)
+        (console or Console()).print(f"[yellow]kpbench: {partial}[/]")
     sources = by_source(df, per_image, config, specs)
     tables = {}
     if sources is not None:

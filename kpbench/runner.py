@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import kpbench
 from kpbench import report
-from kpbench.config import DEFAULTS, config_hash
+from kpbench.config import DEFAULTS, config_hash, differences
 from kpbench.data import Concat, Prepared, Subset, prepare, source_names, split_dataset
 from kpbench.errors import KpbenchError
 from kpbench.evaluate import aggregate, predict, score
@@ -169,8 +169,15 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
         raise KpbenchError(f"{out}: run directory exists and is not empty (use --resume to continue it)")
     if resume and (out / "manifest.json").is_file():
         old = json.loads((out / "manifest.json").read_text())
-        if old.get("config_hash") != config_hash(config) or old.get("dataset_fingerprint") != fingerprint:
-            raise KpbenchError(f"{out}: cannot resume, its config or data differ from this run's")
+        if old.get("config_hash") != config_hash(config):
+            before = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
+            diff = differences(before, config)
+            raise KpbenchError(f"{out}: cannot resume, its config differs from this run's: "
+                               + ("; ".join(diff[:3]) + (f" (and {len(diff) - 3} more)" if len(diff) > 3 else "")
+                                  if diff else "it was written by another kpbench version"))
+        if old.get("dataset_fingerprint") != fingerprint:
+            raise KpbenchError(f"{out}: cannot resume, its data differ from this run's (fingerprint "
+                               f"{old.get('dataset_fingerprint')} vs {fingerprint})")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     meta = manifest(config, device, fingerprint)

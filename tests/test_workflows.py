@@ -244,3 +244,47 @@ def test_combined_datasets_report_each_source_on_the_faces_a_single_run_tests(tm
     ids_both = np.load(out / "models" / "mean-shape" / "predictions.npz")["ids"]
     assert sorted(i.split("/", 1)[1] for i in ids_both if i.startswith("synthetic-0/")) == ids_alone
     assert not (tmp_path / "alone" / "leaderboard_by_source.csv").exists()
+
+
+def test_resume_by_another_path_or_moved_and_refusal_names_the_key(tmp_path, tiny_config):
+    import shutil
+
+    first = tmp_path / "runs" / "a"
+    r = run_cli("run", "-c", tiny_config, "--out", first)
+    assert r.returncode == 0, r.stderr
+    # The same folder named relatively, and a moved copy: both resume (nothing left to train).
+    r = run_cli("run", "-c", tiny_config, "--out", "runs/a", "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "kept from the previous attempt" in r.stderr
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(first, moved)
+    r = run_cli("run", "-c", tiny_config, "--out", moved, "--resume")
+    assert r.returncode == 0 and "kept from the previous attempt" in r.stderr, r.stderr
+    # A real difference is refused, naming the key and both values.
+    r = run_cli("run", "-c", tiny_config, "--out", moved, "--resume", "--epochs", "3")
+    assert r.returncode == 2 and "train.epochs: 1 -> 3" in r.stderr, r.stderr
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path, tiny_config):
+    config = cfgmod.load(tiny_config)
+    config["models"] = ["mean-shape", "cnn"]
+    config["train"].update(epochs=40, checkpoint_interval=0)
+    path = tmp_path / "long.yaml"
+    path.write_text(json.dumps(config))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "kpbench", "run", "-c", str(path), "--out", str(out)], cwd=ROOT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (out / "models" / "cnn" / "last.pt").is_file():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "terminated" in err and "--resume" in err
+    assert not (out / "models" / "cnn" / "result.json").exists()
+    r = run_cli("report", out)  # what finished, marked as partial
+    assert r.returncode == 0 and "Partial run: 1 of 2" in r.stdout, r.stdout + r.stderr
+    r = run_cli("run", "-c", path, "--out", out, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert (out / "models" / "cnn" / "result.json").is_file() and "Partial run" not in r.stdout
