@@ -26,10 +26,13 @@ class ModelSpec(_Spec):
     x, y per point in crop coordinates scaled to [0, 1]. kpbench adds the training set's mean
     shape to the output, so a module that outputs zeros predicts the mean face.
     ``defaults`` are training settings this model prefers (e.g. ``{"lr": 3e-4}``); the config
-    can still override them.
+    can still override them. ``check(options)``, if given, is called with the model's options
+    before a run does any work and raises ``KpbenchError`` when the model cannot run there (a
+    reference model's missing file), so that the mistake costs no training time.
     """
 
     defaults: dict = field(default_factory=dict)
+    check: Callable[[dict], Any] | None = None
 
 
 @dataclass

@@ -120,6 +120,9 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
                        if name != dc["detector"]}
     for name in config["model_options"]:  # options for models outside this run are fine, typos are not
         plugins.models.get(name.split("@")[0], where="model_options")
+    for label, spec in model_specs:  # e.g. a reference model's missing file: say so before any work
+        if spec.check:
+            spec.check(model_settings(config, label, spec)[0])
 
     dataset = load_dataset(plugins, dc["dataset"], dc["options"])
     if dc["limit"]:

@@ -268,4 +268,5 @@ def kpbench_models():
     if importlib.util.find_spec("dlib") is None:
         return []
     return [kpbench.ModelSpec("dlib68", factory,
-                              "dlib 68-point shape predictor (reference; does not train), mapped to the run's schema")]
+                              "dlib 68-point shape predictor (reference; does not train), mapped to the run's schema",
+                              check=lambda options: find_predictor(options.get("predictor")))]

@@ -183,3 +183,13 @@ def test_real_youtube_faces_nme(predictor_path, size):
     nme = np.linalg.norm(pred_px - true, axis=-1).mean(1) / inter_ocular
     assert nme.mean() < 0.15, nme
     assert net.fallbacks <= 2
+
+
+def test_a_run_with_dlib68_and_no_model_file_fails_before_any_work(tmp_path, tiny_config):
+    pytest.importorskip("dlib")
+    out = tmp_path / "run"
+    missing = tmp_path / "nowhere.dat"
+    r = run_cli("run", "-c", tiny_config, "--models", "cnn,dlib68", "--out", out, env={dlib68.ENV_VAR: str(missing)})
+    assert r.returncode == 2 and str(missing) in r.stderr and "fetch-dlib-model" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()  # no run folder, no training
