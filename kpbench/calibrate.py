@@ -54,9 +54,8 @@ def measure(detector, dataset: Dataset, indices, on_item=None) -> dict:
         if box is None:
             misses += 1
             continue
-        x0, y0, side = (float(v) for v in box[:3])
-        side /= 1 + 2 * margin
-        cx, cy = x0 + side * (1 + 2 * margin) / 2, y0 + side * (1 + 2 * margin) / 2
+        x0, y0, crop = (float(v) for v in box[:3])
+        cx, cy, side = x0 + crop / 2, y0 + crop / 2, crop / (1 + 2 * margin)  # the face box inside the crop
         logs.append(math.log(ref[2] / side))
         dxs.append((ref[0] + ref[2] / 2 - cx) / side)
         dys.append((ref[1] + ref[2] / 2 - cy) / side)

@@ -186,6 +186,13 @@ def crop_resize(gray: np.ndarray, box: Sequence[float], size: int) -> np.ndarray
     return crop[0, 0].numpy()
 
 
+def stack_boxes(boxes: Sequence[Sequence[float]]) -> np.ndarray:
+    """Boxes ``(x0, y0, side[, angle])`` as one float32 array: (N, 3), or (N, 4) when any has an
+    angle (the others at angle 0, e.g. a detector's misses)."""
+    columns = max(len(b) for b in boxes)
+    return np.stack([np.pad(np.asarray(b, dtype=np.float32), (0, columns - len(b))) for b in boxes])
+
+
 def _turn(d: np.ndarray, boxes: np.ndarray, sign: float) -> np.ndarray:
     """Offsets ``d`` (N, K, 2) turned by ``sign`` x each box's angle (column 3, degrees)."""
     a = np.deg2rad(boxes[:, 3])[:, None] * sign
@@ -347,8 +354,7 @@ def prepare(
         detect.flush()
     if not ids:
         raise KpbenchError("a data split is empty: use more samples or change data.split")
-    columns = max(len(b) for b in boxes)  # (N, 4) where a detector gave angles, misses at angle 0
-    boxes_a = np.stack([np.pad(b, (0, columns - len(b))) for b in boxes])
+    boxes_a = stack_boxes(boxes)
     points_a = np.stack(points).astype(np.float32)
     return Prepared(
         images=torch.from_numpy(np.stack(images).astype(np.float32))[:, None],

@@ -16,7 +16,7 @@ import yaml
 from rich.console import Console
 
 from kpbench import report
-from kpbench.data import IMAGE_SUFFIXES, crop_resize, prepare, read_image, to_gray, to_image_pixels
+from kpbench.data import IMAGE_SUFFIXES, crop_resize, prepare, read_image, stack_boxes, to_gray, to_image_pixels
 from kpbench.errors import KpbenchError
 from kpbench.evaluate import predict
 from kpbench.io import atomic_write_json, atomic_write_text
@@ -210,8 +210,7 @@ def predict_photos(trained: Trained, detector, paths: list[Path], out: Path, con
         entry = {"image": str(path), "output": name, "width": int(image.shape[1]), "height": int(image.shape[0]),
                  "faces": []}
         if faces:
-            columns = max(len(f["box"]) for f in faces)  # (x0, y0, side[, angle])
-            boxes = np.array([np.pad(np.asarray(f["box"], np.float32), (0, columns - len(f["box"]))) for f in faces])
+            boxes = stack_boxes([f["box"] for f in faces])
             gray = to_gray(image)
             crops = np.stack([crop_resize(gray, b, trained.input_size) for b in boxes])[:, None]
             pts = to_image_pixels(predict(trained.model, torch.from_numpy(crops.astype(np.float32))), boxes)

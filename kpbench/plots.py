@@ -356,6 +356,7 @@ def photo_keypoints(image: np.ndarray, points: np.ndarray, boxes: np.ndarray, pa
     ``points`` (F,K,2) and ``boxes`` (F,3|4) = x0, y0, side[, angle], in the photo's pixels."""
     from PIL import Image, ImageDraw
 
+    from kpbench.data import to_image_pixels
     from kpbench.io import atomic_write_bytes
 
     img = np.asarray(image)
@@ -363,8 +364,6 @@ def photo_keypoints(image: np.ndarray, points: np.ndarray, boxes: np.ndarray, pa
         img = np.clip(np.rint(img.astype(np.float32) * 255), 0, 255).astype(np.uint8)
     im = Image.fromarray(img).convert("RGB")
     draw = ImageDraw.Draw(im)
-    from kpbench.data import to_image_pixels
-
     boxes = np.asarray(boxes, dtype=np.float64)
     corners = to_image_pixels(np.array([[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]] * len(boxes), float), boxes)
     for box, corner, p in zip(boxes, corners, points):
