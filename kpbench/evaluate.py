@@ -1,5 +1,9 @@
 """The one evaluation path: a model's predictions in crop space -> the original image's pixels ->
-every metric, per image and aggregated."""
+every metric, per image and aggregated.
+
+A model that finds faces itself (a reference such as dlib or MediaPipe, whose module has
+``photo_keypoints(image) -> [(K, 2) points in the photo's pixels, one per face found]``) is also
+run as its users run it, on the whole photo: :func:`own_detector_predictions`."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kpbench.data import Prepared, to_image_pixels
+from kpbench.data import Prepared, rgb_uint8, to_crop, to_image_pixels
 from kpbench.keypoints import Schema
 from kpbench.registry import MetricSpec
 
@@ -28,6 +32,50 @@ def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 128,
         for i in range(0, len(images), batch_size):
             out.append(model(images[i:i + batch_size].to(device)).float().cpu())
     return torch.cat(out).numpy()
+
+
+OWN_DETECTOR = "own-detector"  # the face-box path of a model that finds the faces on the whole photo itself
+MIN_IOU = 0.3  # a face found on the photo is the annotated one when their point boxes overlap this much
+
+
+def _point_box(points: np.ndarray) -> np.ndarray:
+    """x0, y0, x1, y1 of the finite points."""
+    p = points[np.isfinite(points).all(1)]
+    return np.concatenate([p.min(0), p.max(0)]) if len(p) else np.full(4, np.nan)
+
+
+def match_face(faces: list[np.ndarray], true: np.ndarray) -> int | None:
+    """Which of the faces found on a photo is the annotated one: the largest overlap (IoU) of the
+    boxes around their points, if at least MIN_IOU; None when no face matches."""
+    t = _point_box(true)
+    best, best_iou = None, MIN_IOU
+    for k, face in enumerate(faces):
+        f = _point_box(np.asarray(face, dtype=np.float64))
+        w, h = np.minimum(f[2:], t[2:]) - np.maximum(f[:2], t[:2])
+        inter = max(w, 0.0) * max(h, 0.0)
+        union = np.prod(f[2:] - f[:2]) + np.prod(t[2:] - t[:2]) - inter
+        iou = inter / union if union > 0 else 0.0
+        if iou >= best_iou:
+            best, best_iou = k, iou
+    return best
+
+
+def own_detector_predictions(net, images, data: Prepared, fallback_crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A model's points found on the whole photos (``net.photo_keypoints``: its own face detector,
+    as its users run it), matched to the annotated faces (:func:`match_face`), in ``data``'s crop
+    coordinates. A face it does not find is marked missed and gets ``fallback_crop`` (its
+    prediction on ``data``'s crop), as a missed face on a detector path gets the annotated box.
+    ``images``: the photos of ``data``'s faces, in order. Returns (predictions, missed)."""
+    pred_px = to_image_pixels(fallback_crop, data.boxes)
+    missed = np.zeros(len(data), dtype=bool)
+    for i, image in enumerate(images):
+        faces = net.photo_keypoints(rgb_uint8(image))
+        k = match_face(faces, data.points[i])
+        if k is None:
+            missed[i] = True
+        else:
+            pred_px[i] = faces[k]
+    return to_crop(pred_px, data.boxes), missed
 
 
 def aggregate(values: np.ndarray, how: str) -> float:

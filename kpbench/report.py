@@ -210,17 +210,21 @@ def metrics_on(entry: dict, keep: np.ndarray, config: dict, specs: dict) -> dict
 
 def by_path(df: pd.DataFrame, found, per_image: dict[str, dict], config: dict, specs: dict) -> pd.DataFrame | None:
     """With ``eval.detectors``: every model's metrics through each face-box path (the run's
-    detector first, then each extra one), on all test faces and on each source's alone, with
-    the detector's miss rate and the ratio of the sort metric to the run's own path."""
+    detector first, then each extra one, then ``own-detector`` for models that find the faces
+    on the whole photo themselves), on all test faces and on each source's alone, with the
+    detector's miss rate and the ratio of the sort metric to the run's own path."""
     from kpbench.data import source_names, source_of
 
-    extra = list(config["eval"].get("detectors") or [])
-    if not extra or df.empty:
+    from kpbench.evaluate import OWN_DETECTOR
+
+    extra = list(config["eval"].get("detectors") or []) + [OWN_DETECTOR]
+    if df.empty:
         return None
     spec = config["data"].get("eval_dataset") or config["data"]["dataset"]
     names = source_names(spec) if isinstance(spec, list) else []
     sort = config["eval"]["sort_by"]
     paths = {config["data"]["detector"]: per_image, **{d: _per_image(found, d) for d in extra}}
+    paths = {name: entries for name, entries in paths.items() if entries}
     rows = []
     for model in df["model"]:
         base: dict[str, float] = {}
@@ -329,9 +333,11 @@ def render(run_dir: Path, console: Console | None = None) -> pd.DataFrame:
     if paths is not None:
         atomic_write_text(run_dir / "leaderboard_by_path.csv", paths.to_csv(index=False, float_format="%.6g"))
         atomic_write_text(run_dir / "leaderboard_by_path.md", to_markdown(paths))
-        tables["By face-box path (the run's detector, then eval.detectors)"] = paths
+        tables["By face-box path (the run's detector, then eval.detectors, then own-detector)"] = paths
         notes.append(f"By face-box path: the same test faces cropped by each detector (a miss falls back to the "
-                     f"annotated box); {sort}_ratio is each path's {sort} over the run's own detector's.")
+                     f"annotated box); own-detector: a reference model run on the whole photo with its own face "
+                     f"detector, as its users run it (a face it does not find gets its prediction on the run's "
+                     f"crop); {sort}_ratio is each path's {sort} over the run's own detector's.")
     html.write(run_dir / "report.html", html.page(title, meta, df, figs, notes, tables))
     metrics = [sort] + [m for m in ec["metrics"] if m != sort]
     show(df, title, console, metrics)

@@ -6,6 +6,7 @@ With ``resume``, models whose results are already in the run directory are kept,
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import platform
@@ -25,7 +26,7 @@ from kpbench import report
 from kpbench.config import DEFAULTS, config_hash, differences
 from kpbench.data import Concat, Prepared, Subset, prepare, source_names, split_dataset
 from kpbench.errors import KpbenchError
-from kpbench.evaluate import aggregate, predict, score
+from kpbench.evaluate import OWN_DETECTOR, aggregate, own_detector_predictions, predict, score
 from kpbench.io import atomic_write_json, atomic_write_text
 from kpbench.keypoints import get_schema
 from kpbench.plugins import Plugins
@@ -164,6 +165,11 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
                                                 on_item=lambda: progress.advance(task), skip_bad=dc["skip_bad"])
         return paths[size]
 
+    def test_photos(ids: list[str]):
+        """The whole photos of the test faces ``ids``, in their order (for models that find faces themselves)."""
+        wanted = set(ids)
+        return (s.image for s in (sources[2][int(i)] for i in splits[2]) if s.id in wanted)
+
     train_d, val_d, test_d = data_at(dc["input_size"])
     fingerprint = "-".join(d.fingerprint()[:8] for d in (train_d, val_d, test_d))
 
@@ -210,7 +216,7 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
                 status.print(f"{label} (seed {s}): kept from the previous attempt")
                 continue
             row = run_model(label, spec, config, *data_at(size), schema, metrics, sort_metric, device, mdir,
-                            status, s, resume, paths_at(size))
+                            status, s, resume, paths_at(size), test_photos)
             atomic_write_json(mdir / "result.json", row)
             (mdir / "last.pt").unlink(missing_ok=True)  # the epoch checkpoint is only for resuming
 
@@ -308,7 +314,7 @@ def branch_report(net: torch.nn.Module) -> dict:
 
 def run_model(label: str, spec, config, train_d: Prepared, val_d: Prepared, test_d: Prepared, schema, metrics,
               sort_metric, device, mdir: Path, status: Console, seed: int, resume: bool = False,
-              paths: dict[str, Prepared] | None = None) -> dict:
+              paths: dict[str, Prepared] | None = None, photos=None) -> dict:
     dc = config["data"]
     options, size, tc = model_settings(config, label, spec)
     torch.manual_seed(seed)
@@ -341,7 +347,8 @@ def run_model(label: str, spec, config, train_d: Prepared, val_d: Prepared, test
     train_s = sum(r["seconds"] for r in hist.rows)  # this attempt and any resumed one
 
     use_flip_test(model, config, schema)
-    values = test_and_save(model, test_d, schema, metrics, dc, mdir, device)
+    pred_crop = predict(model, test_d.images, device=device)
+    values = test_and_save(model, test_d, schema, metrics, dc, mdir, device, pred_crop)
     history = pd.DataFrame(hist.rows).drop(columns=["score"])
     atomic_write_text(mdir / "history.csv", history.to_csv(index=False, float_format="%.6g"))
     best = hist.rows[hist.best_epoch]
@@ -349,8 +356,15 @@ def run_model(label: str, spec, config, train_d: Prepared, val_d: Prepared, test
            "train_loss": round(best["train_loss"], 6), "val_loss": round(best["val_loss"], 6),
            "best_epoch": hist.best_epoch, "epochs": len(hist.rows) - 1, "input_size": size}
     row.update(values)  # adds miss_rate (real detectors) after the losses
-    for name, data in (paths or {}).items():  # the same test faces through other face-box paths
-        found = test_and_save(model, data, schema, metrics, {**dc, "detector": name}, mdir / "paths" / name, device)
+    paths = dict(paths or {})
+    own = None
+    if photos is not None and hasattr(model.net, "photo_keypoints"):  # a reference that finds the faces itself
+        with status.status(f"{label}: on the whole test photos with its own face detector"):
+            own, missed = own_detector_predictions(model.net, photos(test_d.ids), test_d, pred_crop)
+        paths[OWN_DETECTOR] = dataclasses.replace(test_d, missed=missed)
+    for name, data in paths.items():  # the same test faces through other face-box paths
+        found = test_and_save(model, data, schema, metrics, {**dc, "detector": name}, mdir / "paths" / name, device,
+                              own if name == OWN_DETECTOR else None)
         row[f"{sort_metric.name}@{name}"] = found[sort_metric.name]
         row.update({f"{k}@{name}": found[k] for k in ("fr10", "miss_rate") if k in found})
     row.update(profile(model, size, device, timing=config["eval"]["latency"]))
@@ -371,11 +385,15 @@ def use_flip_test(model, config: dict, schema) -> None:
         model.flip_test = list(schema.flip_permutation)
 
 
-def test_and_save(model, test_d: Prepared, schema, metrics, dc: dict, mdir: Path, device) -> dict:
-    """The one test path of ``kpbench run`` and ``kpbench evaluate``: predict, score in the
-    original image's pixels, apply the detector-miss policy, save ``predictions.npz`` (per-image
-    values included); returns the rounded metric values, plus ``miss_rate`` for a real detector."""
-    pred_px, values, per_image = score(predict(model, test_d.images, device=device), test_d, schema, metrics)
+def test_and_save(model, test_d: Prepared, schema, metrics, dc: dict, mdir: Path, device,
+                  pred_crop: np.ndarray | None = None) -> dict:
+    """The one test path of ``kpbench run`` and ``kpbench evaluate``: predict (unless
+    ``pred_crop`` is given), score in the original image's pixels, apply the detector-miss policy,
+    save ``predictions.npz`` (per-image values included); returns the rounded metric values, plus
+    ``miss_rate`` for a real detector."""
+    if pred_crop is None:
+        pred_crop = predict(model, test_d.images, device=device)
+    pred_px, values, per_image = score(pred_crop, test_d, schema, metrics)
     if dc["miss_policy"] == "exclude":  # detector misses are counted, not scored
         per_image = {k: np.where(test_d.missed, np.nan, v) for k, v in per_image.items()}
         values = {m.name: aggregate(per_image[m.name], m.aggregate) for m in metrics}

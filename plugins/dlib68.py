@@ -20,6 +20,9 @@ detector gives (it was trained on such boxes):
 - ``box: crop`` derives the rectangle from the crop alone, assuming kpbench's ``gt-box`` rule with
   ``margin`` (set it to the run's ``detector_options.margin``; default 0.25, gt-box's default).
 
+On the whole photo (``photo_keypoints``, kpbench's ``own-detector`` path) it runs exactly as dlib's
+own example does: the HOG detector with one upsampling, the predictor in each box, no refinement.
+
 ``refine`` (default 1) then re-fits that many times from a detector-like rectangle placed on the
 previous fit's points. Measured on gt-box crops of YouTube Faces and HELEN, the detector with one
 refinement is the best default: the crop rectangle alone mis-fits strongly turned heads (a
@@ -220,6 +223,18 @@ class Dlib68(nn.Module):
                 rect = self._rect(dlib, (r.left() + r.right() + 1) / 2 * fx, (r.top() + r.bottom() + 1) / 2 * fy,
                                   r.width() * fx)
         return rect
+
+    def photo_keypoints(self, image: np.ndarray) -> list[np.ndarray]:
+        """dlib on a whole (H, W, 3) uint8 photo as its users run it (dlib's own example): the HOG
+        frontal face detector upsampling the photo once, then the shape predictor in each box.
+        Every face's points in the run's schema, in the photo's pixels (pixel centres)."""
+        predictor = _load_predictor(find_predictor(self.predictor))
+        img = np.ascontiguousarray(image, dtype=np.uint8)
+        faces = []
+        for rect in _detector()(img, 1):
+            pts = np.array([(p.x, p.y) for p in predictor(img, rect).parts()], dtype=np.float32)
+            faces.append(convert(pts, "ibug68", "kaggle15") if self.num_keypoints == 15 else pts)
+        return faces
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dlib = _import_dlib()

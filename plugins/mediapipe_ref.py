@@ -18,8 +18,9 @@ where kpbench's ``gt-box`` rule with ``margin`` puts the face in the crop (set i
 box. Such misses are counted in the module's ``fallbacks`` (out of ``images``; ``reset_stats()``
 zeroes both).
 
-:func:`photo_landmarks68` runs the same model on a whole photo (every face, in the photo's pixels)
-for comparisons outside kpbench's crops.
+:func:`photo_landmarks68` runs the same model on a whole photo (every face, in the photo's pixels);
+``photo_keypoints`` is kpbench's ``own-detector`` path (the reference run on the whole photo, as
+its users run it, beside the same model on kpbench's crops).
 """
 
 from __future__ import annotations
@@ -113,18 +114,20 @@ class MediaPipeFaceMesh(nn.Module):
     flip_test = False  # the reference runs as users would run it: no test-time flip averaging
 
     def __init__(self, num_keypoints: int, input_size: int, in_chans: int = 1, min_size: int = 192,
-                 margin: float = 0.25, min_confidence: float = 0.5):
+                 margin: float = 0.25, min_confidence: float = 0.5, photo_faces: int = 5):
         super().__init__()
         if num_keypoints not in (15, 68):
             raise kpbench.KpbenchError(
                 f"model 'mediapipe' predicts the 68 iBUG points (mapped to kaggle15 for 15); it cannot output"
                 f" {num_keypoints} points: use a dataset schema with 15 or 68 points")
-        if not (-0.5 < margin and int(min_size) >= 1 and 0 <= min_confidence <= 1):
+        if not (-0.5 < margin and int(min_size) >= 1 and 0 <= min_confidence <= 1 and int(photo_faces) >= 1):
             raise kpbench.KpbenchError(
-                f"model 'mediapipe': bad options min_size={min_size}, margin={margin}, min_confidence={min_confidence}")
+                f"model 'mediapipe': bad options min_size={min_size}, margin={margin}, min_confidence={min_confidence},"
+                f" photo_faces={photo_faces}")
         _import_mediapipe()
         self.num_keypoints = num_keypoints
         self.min_size, self.margin, self.min_confidence = int(min_size), float(margin), float(min_confidence)
+        self.photo_faces = int(photo_faces)
         self.images = 0  # faces predicted since construction / reset_stats()
         self.fallbacks = 0  # of those, Face Mesh found no face: the mean shape was output
 
@@ -137,6 +140,12 @@ class MediaPipeFaceMesh(nn.Module):
     def fallback(self) -> np.ndarray:
         """(68, 2) crop coordinates: the mean face where the gt-box rule with ``margin`` puts it."""
         return (MEAN_SHAPE68 + self.margin) / (1 + 2 * self.margin)
+
+    def photo_keypoints(self, image: np.ndarray) -> list[np.ndarray]:
+        """Face Mesh on a whole (H, W, 3) uint8 photo as its users run it (:func:`photo_landmarks68`,
+        up to ``photo_faces`` faces): every face's points in the run's schema, in the photo's pixels."""
+        faces = photo_landmarks68(image, max_faces=self.photo_faces, min_confidence=self.min_confidence)
+        return [convert(f, "ibug68", "kaggle15") if self.num_keypoints == 15 else f for f in faces]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mesh = face_mesh(1, self.min_confidence)
@@ -160,8 +169,9 @@ class MediaPipeFaceMesh(nn.Module):
 
 
 def factory(num_keypoints: int, input_size: int, in_chans: int = 1, **options) -> MediaPipeFaceMesh:
-    """``model_options: {mediapipe: {min_size: 192, margin: 0.25, min_confidence: 0.5}}`` (``margin``
-    only places the no-face fallback); an unknown option is a TypeError, which kpbench reports as a
+    """``model_options: {mediapipe: {min_size: 192, margin: 0.25, min_confidence: 0.5, photo_faces: 5}}``
+    (``margin`` only places the no-face fallback; ``photo_faces``: faces Face Mesh may return on a
+    whole photo, where kpbench picks the annotated one); an unknown option is a TypeError, which kpbench reports as a
     bad option of model 'mediapipe'."""
     return MediaPipeFaceMesh(num_keypoints, input_size, in_chans, **options)
 

@@ -28,6 +28,10 @@ Normalized mean error: the mean point-to-point (Euclidean) distance of an image 
 - ``nme_box``: ``sqrt(w * h)`` of the bounding box of the image's visible true points (works for
   any schema).
 
+``nme15``: the inter-ocular NME on the 15 Kaggle points, with predictions and annotations of a richer
+schema mapped to them first (a run on all 68 iBUG points reports it beside its 68-point ``nme``, so
+models trained on 68 and on 15 points compare on the same points; on a 15-point run it is ``nme``).
+
 From the inter-ocular NME: ``fr10`` is the failure rate, the fraction of images with NME > 0.1;
 ``auc10`` is the area under the cumulative error distribution (CED) of NME from 0 to 0.1, divided
 by 0.1 so it lies in [0, 1] (higher is better). Per image it is ``max(0, 1 - nme / 0.1)``: the mean
@@ -36,12 +40,14 @@ of this over images equals the normalized area under the CED exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
 
 import kpbench
 from kpbench.data import to_crop
+from kpbench.keypoints import KAGGLE15, convert
 
 # eye point ranges (right eye, left eye) for schemas that have no eye-center points
 _EYE_POINTS = {"ibug68": (slice(36, 42), slice(42, 48))}
@@ -128,6 +134,16 @@ def _nme(normalizer):
 nme = _nme(inter_ocular)
 
 
+def on_kaggle15(metric):
+    """``metric`` on the 15 Kaggle points: a richer schema's points are mapped to them first."""
+    def on15(pred, true, ctx):
+        if ctx.schema.name != KAGGLE15.name:
+            pred, true = convert(pred, ctx.schema.name, KAGGLE15.name), convert(true, ctx.schema.name, KAGGLE15.name)
+            ctx = dataclasses.replace(ctx, schema=KAGGLE15)
+        return metric(pred, true, ctx)
+    return on15
+
+
 def _failure(threshold: float):
     def failure(pred, true, ctx):
         e = nme(pred, true, ctx)
@@ -162,6 +178,8 @@ def kpbench_metrics():
           "Mean absolute percentage error per coordinate in [0, 1] crop coordinates; |true| < 0.01 excluded",
           unit="%"),
         M("nme", lambda: nme, "Mean point-to-point error / inter-ocular (outer eye corners) distance"),
+        M("nme15", lambda: on_kaggle15(nme), "Inter-ocular NME on the 15 Kaggle points (a 68-point run's points"
+          " mapped to them)"),
         M("nme_ip", lambda: _nme(inter_pupil), "Mean point-to-point error / inter-pupil (eye centers) distance"),
         M("nme_box", lambda: _nme(box_size),
           "Mean point-to-point error / sqrt(w*h) of the visible true points' bounding box"),

@@ -193,3 +193,22 @@ def test_a_run_with_dlib68_and_no_model_file_fails_before_any_work(tmp_path, tin
     assert r.returncode == 2 and str(missing) in r.stderr and "fetch-dlib-model" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()  # no run folder, no training
+
+
+@pytest.mark.skipif(SHARED is None or not (SHARED / "300w-helen-train").is_dir(), reason="no ../shared/data")
+def test_photo_keypoints_find_the_annotated_face_on_whole_photos(predictor_path):
+    """The own-detector path: dlib's HOG detector and predictor on whole HELEN photos, as dlib's own
+    example runs them; the annotated face is among the faces found, in the run's schema."""
+    from PIL import Image
+
+    from kpbench.evaluate import match_face
+    from kpbench_plugins.datasets import read_pts
+
+    net = dlib68.factory(15, 128, 1)
+    for jpg in sorted((SHARED / "300w-helen-train" / "trainset").glob("*.jpg"))[::200][:3]:
+        image = np.asarray(Image.open(jpg).convert("RGB"))
+        true15 = convert(read_pts(jpg.with_suffix(".pts")), "ibug68", "kaggle15")
+        faces = net.photo_keypoints(image)
+        k = match_face(faces, true15)
+        assert k is not None and faces[k].shape == (15, 2)
+        assert np.linalg.norm(faces[k] - true15, axis=1).mean() / np.linalg.norm(true15[3] - true15[5]) < 0.1

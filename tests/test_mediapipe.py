@@ -149,3 +149,18 @@ def test_real_helen_crops_nme():
           f" misses {net.fallbacks}/{net.images}")
     assert nme.mean() < 0.12, nme
     assert net.images == len(x) and net.fallbacks <= 2
+
+
+@needs_helen
+def test_photo_keypoints_in_the_run_schema_match_the_annotated_face():
+    """The own-detector path: the module on a whole photo gives the annotated face among its faces,
+    in the run's schema (15 points mapped from its 68)."""
+    from kpbench.evaluate import match_face
+
+    net = mpref.factory(15, 128, 1)
+    for image, truth in _helen(3, step=100):
+        faces = net.photo_keypoints(image)
+        true15 = convert(truth, "ibug68", "kaggle15")
+        k = match_face(faces, true15)
+        assert k is not None and faces[k].shape == (15, 2)
+        assert np.linalg.norm(faces[k] - true15, axis=1).mean() / np.linalg.norm(true15[3] - true15[5]) < 0.1

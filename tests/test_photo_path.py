@@ -365,3 +365,85 @@ def test_align_turns_the_crop_with_the_eye_line():
     # MTCNN's eye landmarks, in either order: the image-left eye first.
     assert eye_angle(np.array([[10.0, 10.0], [20.0, 20.0], [0, 0]])) == pytest.approx(45.0)
     assert eye_angle(np.array([[20.0, 20.0], [10.0, 10.0], [0, 0]])) == pytest.approx(45.0)
+
+
+# A test plugin: a reference model that finds faces on the whole photo itself. It knows each photo's
+# annotated points (keyed by the sha1 of its pixels, from $SEER_POINTS): on even-numbered photos it
+# returns a decoy face elsewhere and the annotated face shifted by (1, 2) px; on odd ones nothing.
+SEER = '''
+import hashlib, json, os
+import numpy as np
+import torch
+import kpbench
+
+
+class Seer(torch.nn.Module):
+    absolute_output = True
+
+    def __init__(self, num_keypoints, input_size, in_chans=1):
+        super().__init__()
+        self.known = json.loads(open(os.environ["SEER_POINTS"]).read())
+
+    def forward(self, x):
+        return torch.full((x.shape[0], 30), 0.5)
+
+    def photo_keypoints(self, image):
+        entry = self.known[hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()]
+        if entry["index"] % 2:
+            return []
+        pts = np.asarray(entry["points"], np.float32)
+        return [pts * 0.3 + 500.0, pts + np.float32([1, 2])]
+
+
+@kpbench.hookimpl
+def kpbench_models():
+    return [kpbench.ModelSpec("seer", Seer, "finds faces itself")]
+'''
+
+
+def test_match_face_picks_the_overlapping_face_or_none():
+    from kpbench.evaluate import match_face
+
+    true = np.array([[10, 10], [30, 10], [20, 30]], np.float32)
+    assert match_face([true + 200, true + 1, true * 0.5], true) == 1
+    assert match_face([true + 15], true) is None  # IoU about 0.2 < 0.3
+    assert match_face([], true) is None
+
+
+def test_a_reference_that_finds_faces_itself_is_scored_on_the_whole_photo(tmp_path):
+    from kpbench.data import rgb_uint8
+    from kpbench_plugins.synthetic import SyntheticFaces
+
+    faces = SyntheticFaces(n=30, size=48, seed=1)
+    known = {hashlib.sha1(rgb_uint8(faces[i].image).tobytes()).hexdigest():
+             {"index": i, "points": faces[i].points.tolist()} for i in range(len(faces))}
+    (tmp_path / "known.json").write_text(json.dumps(known))
+    (tmp_path / "plug").mkdir()
+    (tmp_path / "plug" / "kpbench_seer.py").write_text(SEER)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "run": {"name": "own", "seed": 0}, "models": ["seer", "mean-shape"],
+        "data": {"dataset": "synthetic", "options": {"n": 30, "size": 48, "seed": 1}, "input_size": 32,
+                 "detector": "gt-box", "split": [0.5, 0.1, 0.4]},
+        "train": {"epochs": 1, "batch_size": 8}, "eval": {"latency": False, "metrics": ["nme", "fr10"]}}))
+    r = run_cli("run", "--config", cfg, "--out", tmp_path / "run", pythonpath=tmp_path / "plug",
+                env={"SEER_POINTS": str(tmp_path / "known.json"), "KPBENCH_PLUGINS": "kpbench_seer"})
+    assert r.returncode == 0, r.stderr
+
+    run = tmp_path / "run"
+    main = np.load(run / "models" / "seer" / "predictions.npz")
+    own = np.load(run / "models" / "seer" / "paths" / "own-detector" / "predictions.npz")
+    index = np.array([int(str(i).rsplit("-", 1)[-1]) for i in own["ids"]])
+    found = index % 2 == 0
+    assert found.any() and (~found).any()
+    np.testing.assert_array_equal(own["missed"], ~found)
+    np.testing.assert_allclose(own["pred"][found], own["true"][found] + [1, 2], atol=1e-3)  # the matched face
+    np.testing.assert_allclose(own["pred"][~found], main["pred"][~found], atol=1e-4)  # a miss: its crop prediction
+
+    row = json.loads((run / "models" / "seer" / "result.json").read_text())
+    assert row["miss_rate@own-detector"] == pytest.approx((~found).mean(), abs=1e-4)
+    assert row["nme@own-detector"] < row["nme"]
+    assert "nme@own-detector" not in json.loads((run / "models" / "mean-shape" / "result.json").read_text())
+    paths = pd.read_csv(run / "leaderboard_by_path.csv")
+    assert set(paths[paths["model"] == "seer"]["path"]) == {"gt-box", "own-detector"}
+    assert set(paths[paths["model"] == "mean-shape"]["path"]) == {"gt-box"}
