@@ -9,7 +9,9 @@ hookimpl = pluggy.HookimplMarker("kpbench")
 
 from kpbench.errors import KpbenchError  # noqa: E402
 from kpbench.keypoints import Schema, get_schema  # noqa: E402
-from kpbench.registry import DatasetSpec, DetectorSpec, MetricSpec, ModelSpec  # noqa: E402
+from kpbench.registry import DatasetSpec, DetectorSpec, MetricSpec, ModelSpec, SchemaSpec  # noqa: E402
+from kpbench.data import Sample  # noqa: E402
+from kpbench.evaluate import MetricContext  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -21,4 +23,7 @@ __all__ = [
     "DetectorSpec",
     "MetricSpec",
     "ModelSpec",
+    "SchemaSpec",
+    "Sample",
+    "MetricContext",
 ]

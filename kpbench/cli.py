@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def cmd_run(args, console: Console) -> None:
     run(config, _plugins(args), console, resume=args.resume)
 
 
-KIND_ALIASES = {"models": "model", "datasets": "dataset", "detectors": "detector", "metrics": "metric"}
+KIND_ALIASES = {"models": "model", "datasets": "dataset", "detectors": "detector", "metrics": "metric",
+                "schemas": "schema"}
 
 
 def cmd_list(args, console: Console) -> None:
@@ -73,7 +75,9 @@ def cmd_list(args, console: Console) -> None:
     if args.kind:
         kind = KIND_ALIASES.get(args.kind, args.kind)
         if kind not in kinds:
-            raise KpbenchError(f"unknown kind {args.kind!r}; choose from: {', '.join(KIND_ALIASES)}")
+            close = difflib.get_close_matches(args.kind, list(KIND_ALIASES), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise KpbenchError(f"unknown kind {args.kind!r}; {hint}choose from: {', '.join(KIND_ALIASES)}")
         kinds = [kind]
     found = 0
     for kind in kinds:
@@ -246,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue the run in --out, keeping finished models")
     r.set_defaults(func=cmd_run)
 
-    ls = sub.add_parser("list", help="list registered models, datasets, detectors and metrics")
-    ls.add_argument("kind", nargs="?", help="models | datasets | detectors | metrics")
+    ls = sub.add_parser("list", help="list registered models, datasets, detectors, metrics and schemas")
+    ls.add_argument("kind", nargs="?", help="models | datasets | detectors | metrics | schemas")
     ls.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'mobile*'")
     ls.set_defaults(func=cmd_list)
 

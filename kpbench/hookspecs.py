@@ -1,4 +1,4 @@
-"""The whole plugin contract: four hooks, each returning a list of specs.
+"""The whole plugin contract: five hooks, each returning a list of specs.
 
 A plugin is a module (or object) with functions decorated by ``kpbench.hookimpl`` whose names are
 the hooks below. Register it under the ``kpbench`` entry-point group of your package::
@@ -32,3 +32,8 @@ def kpbench_detectors():
 @hookspec
 def kpbench_metrics():
     """Return a list of :class:`kpbench.MetricSpec` (per-image error measures)."""
+
+
+@hookspec
+def kpbench_schemas():
+    """Return a list of :class:`kpbench.SchemaSpec` (keypoint layouts and mappings between them)."""

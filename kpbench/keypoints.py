@@ -93,7 +93,25 @@ MAPPINGS: dict[tuple[str, str], Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+def register_schema(spec) -> None:
+    """Make a :class:`kpbench.SchemaSpec`'s layout and mappings known to :func:`get_schema` and
+    :func:`convert` (the plugin manager does this for every registered schema)."""
+    schema = spec.factory()
+    if not isinstance(schema, Schema) or schema.name != spec.name:
+        raise KpbenchError(f"schema plugin {spec.plugin!r}: {spec.name!r} must give a kpbench.Schema of that name")
+    bad = [p for pair in (*schema.flip_pairs, schema.norm_pair) for p in pair if not 0 <= p < schema.num_points]
+    if bad:
+        raise KpbenchError(f"schema {spec.name!r}: point index {bad[0]} out of range for {schema.num_points} points")
+    SCHEMAS[spec.name] = schema
+    for dst, fn in spec.mappings.items():
+        MAPPINGS[(spec.name, dst)] = fn
+
+
 def get_schema(name: str) -> Schema:
+    if name not in SCHEMAS:  # a layout a plugin brings is known once the plugins are loaded
+        from kpbench.plugins import get_plugins
+
+        get_plugins()
     if name not in SCHEMAS:
         raise KpbenchError(f"unknown keypoint schema {name!r}; known: {', '.join(SCHEMAS)}")
     return SCHEMAS[name]

@@ -18,6 +18,7 @@ import pluggy
 
 from kpbench import hookspecs
 from kpbench.errors import KpbenchError
+from kpbench.keypoints import register_schema
 from kpbench.registry import KINDS, Registry
 
 GROUP = "kpbench"
@@ -49,6 +50,8 @@ class Plugins:
         self.registries = {kind: Registry(kind) for kind in KINDS}
         for kind in KINDS:
             self._collect(kind)
+        for spec in self.registries["schema"].list():  # get_schema/convert know every registered layout
+            register_schema(spec)
         for failure in self.failures:
             print(f"kpbench: warning: {failure}", file=sys.stderr)
 
@@ -89,7 +92,7 @@ class Plugins:
                 self.registries[kind].add(spec, impl.plugin_name)
 
     def __getattr__(self, attr: str) -> Registry:
-        # plugins.models, plugins.datasets, plugins.detectors, plugins.metrics
+        # plugins.models, plugins.datasets, plugins.detectors, plugins.metrics, plugins.schemas
         if attr.endswith("s") and attr[:-1] in KINDS:
             return self.registries[attr[:-1]]
         raise AttributeError(attr)

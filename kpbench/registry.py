@@ -59,7 +59,18 @@ class MetricSpec(_Spec):
     unit: str = ""
 
 
-KINDS = {"model": ModelSpec, "dataset": DatasetSpec, "detector": DetectorSpec, "metric": MetricSpec}
+@dataclass
+class SchemaSpec(_Spec):
+    """``factory() -> kpbench.Schema`` named ``name`` (a keypoint layout: point names, left/right
+    flip pairs, the inter-ocular pair); ``mappings``: ``{other schema: fn}`` with ``fn((..., K, 2))
+    -> (..., K', 2)`` mapping points of this schema to the other (NaN stays NaN), so that a dataset
+    in this layout can train a model of the other."""
+
+    mappings: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
+
+
+KINDS = {"model": ModelSpec, "dataset": DatasetSpec, "detector": DetectorSpec, "metric": MetricSpec,
+         "schema": SchemaSpec}
 
 
 class Registry:

@@ -291,3 +291,12 @@ def kpbench_datasets():
         kpbench.DatasetSpec("kaggle", kaggle, "Kaggle Facial Keypoints training.csv / test.csv (96x96, 15 points)"),
         kpbench.DatasetSpec("kaggle-npz", kaggle_npz, "CC0 face_images.npz + facial_keypoints.csv (96x96, 15 points)"),
     ]
+
+
+@kpbench.hookimpl
+def kpbench_schemas():
+    from kpbench.keypoints import IBUG68, KAGGLE15, MAPPINGS
+
+    return [kpbench.SchemaSpec(KAGGLE15.name, lambda: KAGGLE15, KAGGLE15.description),
+            kpbench.SchemaSpec(IBUG68.name, lambda: IBUG68, IBUG68.description,
+                               mappings={dst: fn for (src, dst), fn in MAPPINGS.items() if src == IBUG68.name})]

@@ -81,3 +81,61 @@ def test_two_plugins_with_one_name_is_an_error_naming_both(tmp_path):
     r = run_cli("list", pythonpath=site)
     assert r.returncode == 2
     assert "model 'cnn' is registered twice" in r.stderr and "'clash'" in r.stderr and "'kpbench-models'" in r.stderr
+
+
+FIVE = '''
+import numpy as np
+import kpbench
+from kpbench.data import Sample
+from kpbench_plugins.synthetic import SyntheticFaces
+
+# the subject's left eye, right eye, nose tip, left and right mouth corners
+FIVE = kpbench.Schema("five", ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right"),
+                      flip_pairs=((0, 1), (3, 4)), norm_pair=(0, 1), pupil_pair=(0, 1))
+
+
+class FivePoints:
+    schema = "five"
+
+    def __init__(self, path=None, n=200):
+        self.faces = SyntheticFaces(n=n, size=48, seed=3)
+
+    def __len__(self):
+        return len(self.faces)
+
+    def __getitem__(self, i):
+        s = self.faces[i]
+        return Sample(s.image, s.points[[0, 1, 10, 11, 12]], s.id, "five")
+
+
+@kpbench.hookimpl
+def kpbench_schemas():
+    return [kpbench.SchemaSpec("five", lambda: FIVE, "five points")]
+
+
+@kpbench.hookimpl
+def kpbench_datasets():
+    return [kpbench.DatasetSpec("five-faces", FivePoints, "synthetic faces, five points")]
+'''
+
+
+def test_a_plugin_brings_its_own_keypoint_schema_and_a_run_trains_on_it(tmp_path):
+    (tmp_path / "kpbench_five.py").write_text(FIVE)
+    env = {"KPBENCH_PLUGINS": "kpbench_five"}
+    listed = run_cli("list", "schemas", pythonpath=tmp_path, env=env)
+    assert listed.returncode == 0 and "five" in listed.stdout and "kpbench_five" in listed.stdout
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("run: {name: five}\ndata: {dataset: five-faces, schema: five, input_size: 32}\n"
+                   "models: [integral, mean-shape]\nmodel_options: {integral: {width: 8}}\n"
+                   "train: {epochs: 6, batch_size: 16, flip: true}\neval: {latency: false, metrics: [nme, fr10]}\n")
+    r = run_cli("run", "--config", cfg, "--out", tmp_path / "run", pythonpath=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    import numpy as np
+
+    z = np.load(tmp_path / "run" / "models" / "integral" / "predictions.npz")
+    assert z["pred"].shape[1:] == (5, 2) and np.isfinite(z["metric_nme"]).all()
+    rows = {row["model"]: row for row in (json.loads(p.read_text()) for p in (tmp_path / "run").glob("models/*/result.json"))}
+    assert rows["integral"]["nme"] < rows["mean-shape"]["nme"]  # it learned something in its own layout
+    bad = run_cli("run", "--config", cfg, "--out", tmp_path / "run2", "--set", "data.schema=fiv",
+                  pythonpath=tmp_path, env=env)
+    assert bad.returncode == 2 and "unknown keypoint schema 'fiv'" in bad.stderr and "five" in bad.stderr
