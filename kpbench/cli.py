@@ -34,8 +34,10 @@ def cmd_run(args, console: Console) -> None:
     if path is None and Path(DEFAULT_CONFIG).is_file():
         path = DEFAULT_CONFIG
     config = cfgmod.load(path)
-    if args.models:
+    if args.models is not None:
         config["models"] = _csv(args.models)
+        if not config["models"]:
+            raise KpbenchError(f"--models {args.models!r}: no model names (e.g. --models cnn,integral)")
     if args.dataset:
         if args.dataset != [config["data"]["dataset"]]:
             config["data"]["options"] = {}  # options belong to the config's dataset

@@ -176,6 +176,51 @@ def override(config: dict, assignment: str) -> dict:
     return _merge(config, nested)
 
 
+def _list_of(value, kind: type) -> bool:
+    return isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+
+
+def check(config: dict) -> None:
+    """The values a merged config must hold beyond their types (each a one-line error naming the
+    key), checked before a run does any work: lists of names are strings, sizes and counts are
+    positive, fractions are fractions, and ``run.out`` can be written."""
+    import math
+    import os
+
+    rc, dc, tc, ec = config["run"], config["data"], config["train"], config["eval"]
+    names = {"models": config["models"], "eval.metrics": ec["metrics"], "eval.detectors": ec["detectors"],
+             "data.dataset": dc["dataset"] if isinstance(dc["dataset"], list) else [dc["dataset"]]}
+    for key, value in names.items():
+        if not _list_of(value, str) or any(not v.strip() for v in value):
+            raise KpbenchError(f"{key} must be a list of names, got {value!r}")
+    if not config["models"]:
+        raise KpbenchError("models: the list of models to run is empty")
+    if rc["seeds"] is not None and (not _list_of(rc["seeds"], int) or not rc["seeds"]):
+        raise KpbenchError(f"run.seeds must be a non-empty list of integers, got {rc['seeds']!r}")
+    split = dc["split"]
+    if not (_list_of(split, (int, float)) and len(split) == 3 and all(v >= 0 for v in split)
+            and math.isclose(sum(split), 1.0, abs_tol=1e-6)):
+        raise KpbenchError(f"data.split must be three non-negative fractions summing to 1, got {split!r}")
+    for key, value, low in (("data.input_size", dc["input_size"], 16), ("train.batch_size", tc["batch_size"], 1),
+                            ("train.epochs", tc["epochs"], 1), ("train.freeze_epochs", tc["freeze_epochs"], 0),
+                            ("data.limit", dc["limit"], 3)):
+        if value is not None and value < low:
+            raise KpbenchError(f"{key} must be at least {low}, got {value}")
+    for key, value in (("train.lr", tc["lr"]), ("train.backbone_lr", tc["backbone_lr"])):
+        if not value > 0:
+            raise KpbenchError(f"{key} must be positive, got {value}")
+    for key, value in (("train.weight_decay", tc["weight_decay"]), ("train.erase", tc["erase"])):
+        if not value >= 0 or (key == "train.erase" and value > 1):
+            raise KpbenchError(f"{key} must be {'in [0, 1]' if key == 'train.erase' else 'non-negative'}, got {value}")
+    if rc["out"]:
+        out = Path(rc["out"])
+        if out.exists() and not out.is_dir():
+            raise KpbenchError(f"run.out {rc['out']!r} is a file, not a folder")
+        parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise KpbenchError(f"run.out {rc['out']!r}: {parent} is not writable")
+
+
 WHERE_KEYS = ("run.out",)  # where a run is written, not what it computes: not part of its identity
 
 

@@ -109,7 +109,7 @@ def split_indices(n: int, fractions: Sequence[float], seed: int, groups: Sequenc
     """Seeded train/val/test split. With ``groups``, whole groups go to one split."""
     fractions = np.asarray(fractions, dtype=float)
     if len(fractions) != 3 or (fractions < 0).any() or abs(fractions.sum() - 1) > 1e-6:
-        raise KpbenchError(f"data.split must be three non-negative fractions summing to 1, got {list(fractions)}")
+        raise KpbenchError(f"data.split must be three non-negative fractions summing to 1, got {list(map(float, fractions))}")
     rng = np.random.default_rng(seed)
     if groups is None:
         order = rng.permutation(n)

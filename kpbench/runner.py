@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import kpbench
 from kpbench import report
-from kpbench.config import DEFAULTS, config_hash, differences
+from kpbench.config import DEFAULTS, check, config_hash, differences
 from kpbench.data import Concat, Prepared, Subset, prepare, source_names, split_dataset
 from kpbench.errors import KpbenchError
 from kpbench.evaluate import OWN_DETECTOR, aggregate, own_detector_predictions, predict, score
@@ -96,6 +96,7 @@ def manifest(config: dict, device: str, fingerprint: str) -> dict:
 def run(config: dict, plugins: Plugins, console: Console | None = None, resume: bool = False) -> Path:
     console = console or Console()
     status = Console(stderr=True)
+    check(config)
     rc, dc, ec = config["run"], config["data"], config["eval"]
     seed = rc["seed"]
     seeds = list(rc["seeds"] or [seed])

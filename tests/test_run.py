@@ -85,7 +85,7 @@ def test_every_shipped_config_is_valid_and_names_registered_components(path):
     plugins = get_plugins()
     for name in config["models"]:
         base = name.split("@")[0]
-        if base == "dlib68" and "dlib68" not in plugins.models.names():
+        if base in ("dlib68", "mediapipe") and base not in plugins.models.names():
             continue  # optional extra
         plugins.models.get(base)
     for name in config["eval"]["metrics"]:
@@ -97,3 +97,29 @@ def test_every_shipped_config_is_valid_and_names_registered_components(path):
     for spec in specs if isinstance(specs, list) else [specs]:
         plugins.datasets.get(spec.partition(":")[0])
     assert config["eval"]["sort_by"] in config["eval"]["metrics"]
+    cfgmod.check(config)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--set", "run.seeds=[0,x]"], "run.seeds must be a non-empty list of integers, got [0, 'x']"),
+    (["--set", "eval.metrics=[nme,3]"], "eval.metrics must be a list of names, got ['nme', 3]"),
+    (["--set", "models=[cnn,5]"], "models must be a list of names, got ['cnn', 5]"),
+    (["--set", "data.split=[a,b,c]"], "data.split must be three non-negative fractions summing to 1"),
+    (["--set", "data.split=[0.5,0.6]"], "got [0.5, 0.6]"),
+    (["--set", "data.input_size=0"], "data.input_size must be at least 16, got 0"),
+    (["--set", "train.batch_size=0"], "train.batch_size must be at least 1, got 0"),
+    (["--epochs", "-3"], "train.epochs must be at least 1, got -3"),
+    (["--epochs", "0"], "train.epochs must be at least 1, got 0"),
+    (["--set", "train.lr=-1"], "train.lr must be positive, got -1"),
+    (["--models", ""], "--models '': no model names"),
+    (["--out", "FILE"], "is a file, not a folder"),
+])
+def test_config_mistakes_are_one_line_before_any_work(tmp_path, args, says):
+    (tmp_path / "FILE").write_text("mine")
+    args = [str(tmp_path / "FILE") if a == "FILE" else a for a in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "run")]
+    r = run_cli("run", "--set", "data.limit=30", *args, *out, cwd=tmp_path)  # the built-in defaults
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and says in lines[0], r.stderr
+    assert not (tmp_path / "run").exists() and (tmp_path / "FILE").read_text() == "mine"
