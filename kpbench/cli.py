@@ -135,7 +135,10 @@ def _options(text: str | None, what: str) -> dict:
         return {}
     import yaml
 
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise KpbenchError(f"{what} {text!r}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(value, dict):
         raise KpbenchError(f"{what} {text!r}: expected a YAML mapping, e.g. '{{margin: 0.2}}'")
     return value
@@ -164,12 +167,12 @@ def cmd_predict(args, console: Console) -> None:
     from kpbench.inference import check_output_dir, convention_note, expand_paths, load_trained, predict_photos
     from kpbench.runner import path_detector
 
+    options = _options(args.detector_options, "--detector-options")
     paths = expand_paths(args.paths)
     check_output_dir(Path(args.out), paths)
     plugins = _plugins(args)
     trained = load_trained(args.model, plugins)
-    detector = path_detector(plugins, args.detector, trained.config["data"],
-                             _options(args.detector_options, "--detector-options"))
+    detector = path_detector(plugins, args.detector, trained.config["data"], options)
     note = convention_note(trained, plugins, args.detector)
     if note:
         print(f"kpbench: {note}", file=sys.stderr)

@@ -123,3 +123,9 @@ def test_config_mistakes_are_one_line_before_any_work(tmp_path, args, says):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and says in lines[0], r.stderr
     assert not (tmp_path / "run").exists() and (tmp_path / "FILE").read_text() == "mine"
+
+
+def test_invalid_yaml_in_detector_options_is_one_line(tmp_path):
+    r = run_cli("predict", str(tmp_path), "--model", str(tmp_path), "--detector-options", "{margin: [")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "--detector-options '{margin: [': invalid YAML" in r.stderr
