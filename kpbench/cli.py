@@ -71,8 +71,25 @@ KIND_ALIASES = {"models": "model", "datasets": "dataset", "detectors": "detector
                 "schemas": "schema"}
 
 
+def _print_json(records) -> None:
+    """Scriptable output (``--json``): strict JSON on stdout, one document."""
+    import json
+
+    from kpbench.io import strict
+
+    print(json.dumps(strict(records), allow_nan=False, indent=1, default=str))
+
+
+def _quiet(args, console: Console) -> Console:
+    """With ``--json`` the rich tables go nowhere; stdout holds the JSON alone."""
+    import io
+
+    return Console(file=io.StringIO()) if getattr(args, "json", False) else console
+
+
 def cmd_list(args, console: Console) -> None:
     plugins = _plugins(args)
+    records = []
     kinds = list(KIND_ALIASES.values())
     if args.kind:
         kind = KIND_ALIASES.get(args.kind, args.kind)
@@ -92,12 +109,18 @@ def cmd_list(args, console: Console) -> None:
         for col in cols:
             table.add_column(col, justify="right" if col in ("params", "trainable") else "left")
         for s in specs:
-            table.add_row(s.name, s.description, s.plugin, *(_param_counts(s) if kind == "model" else ()))
-        console.print(table)
+            counts = _param_counts(s) if kind == "model" else ()
+            table.add_row(s.name, s.description, s.plugin, *counts)
+            records.append({"kind": kind, "name": s.name, "description": s.description, "plugin": s.plugin,
+                            **{k: int(v.replace(",", "")) if v.replace(",", "").isdigit() else None
+                               for k, v in zip(("params", "trainable_params"), counts)}})
+        _quiet(args, console).print(table)
     for failure in plugins.failures:
         console.print(f"[red]failed:[/] {failure}")
     if not found:
         raise KpbenchError(f"nothing matches {args.pattern!r} in {', '.join(k + 's' for k in kinds)}")
+    if args.json:
+        _print_json(records)
 
 
 def _param_counts(spec) -> tuple[str, str]:
@@ -123,11 +146,13 @@ def cmd_report(args, console: Console) -> None:
     from kpbench import report
 
     if len(args.run_dirs) == 1:
-        report.render(args.run_dirs[0], console)
+        df = report.render(args.run_dirs[0], _quiet(args, console))
     elif len(args.run_dirs) == 2:
-        report.compare(*args.run_dirs, console=console)
+        df = report.compare(*args.run_dirs, console=_quiet(args, console))
     else:
         raise KpbenchError("report takes one run directory, or two to compare")
+    if args.json:
+        _print_json(df.to_dict("records"))
 
 
 def _options(text: str | None, what: str) -> dict:
@@ -227,7 +252,9 @@ def cmd_bench(args, console: Console) -> None:
         config["data"]["input_size"] = args.input_size
     if args.device:
         config["run"]["device"] = args.device
-    bench(config, _plugins(args), console, batch=args.batch)
+    rows = bench(config, _plugins(args), _quiet(args, console), batch=args.batch)
+    if args.json:
+        _print_json(rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,10 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list registered models, datasets, detectors, metrics and schemas")
     ls.add_argument("kind", nargs="?", help="models | datasets | detectors | metrics | schemas")
     ls.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'mobile*'")
+    ls.add_argument("--json", action="store_true", help="print the result as strict JSON on stdout")
     ls.set_defaults(func=cmd_list)
 
     rep = sub.add_parser("report", help="re-render a run's reports from its saved predictions, or compare two runs")
     rep.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="one run, or two to compare")
+    rep.add_argument("--json", action="store_true", help="print the result as strict JSON on stdout")
     rep.set_defaults(func=cmd_report)
 
     ev = sub.add_parser("evaluate", help="evaluate a trained model on any dataset, with the same reports")
@@ -298,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--input-size", type=int)
     be.add_argument("--batch", type=int, default=32, help="batch size for throughput (default 32)")
     be.add_argument("--device", help="auto, cpu, cuda ...")
+    be.add_argument("--json", action="store_true", help="print the result as strict JSON on stdout")
     be.set_defaults(func=cmd_bench)
     return p
 

@@ -139,3 +139,26 @@ def test_a_plugin_brings_its_own_keypoint_schema_and_a_run_trains_on_it(tmp_path
     bad = run_cli("run", "--config", cfg, "--out", tmp_path / "run2", "--set", "data.schema=fiv",
                   pythonpath=tmp_path, env=env)
     assert bad.returncode == 2 and "unknown keypoint schema 'fiv'" in bad.stderr and "five" in bad.stderr
+
+
+def test_list_report_and_compare_as_json(tmp_path, tiny_config):
+    listed = run_cli("list", "models", "cas*", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (model,) = json.loads(listed.stdout)
+    assert model["name"] == "cascade" and model["kind"] == "model" and model["params"] == 270_718
+    r = run_cli("run", "--config", tiny_config, "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(run_cli("report", tmp_path / "run", "--json").stdout)
+    assert [row["rank"] for row in rows] == list(range(1, len(rows) + 1)) and "nme" in rows[0]
+    both = json.loads(run_cli("report", tmp_path / "run", tmp_path / "run", "--json").stdout)
+    assert both and all(row["B - A"] == 0 for row in both)
+    bench = run_cli("bench", "--config", tiny_config, "--json")
+    assert bench.returncode == 0, bench.stderr
+    costs = json.loads(bench.stdout)
+    assert {row["model"] for row in costs} == set(yaml_models(tiny_config)) and all(row["latency_ms"] > 0 for row in costs)
+
+
+def yaml_models(path):
+    import yaml
+
+    return yaml.safe_load(open(path))["models"]
