@@ -29,6 +29,24 @@ class ModelSpec(_Spec):
     can still override them. ``check(options)``, if given, is called with the model's options
     before a run does any work and raises ``KpbenchError`` when the model cannot run there (a
     reference model's missing file), so that the mistake costs no training time.
+
+    What else kpbench looks for on the module (all optional):
+
+    - ``absolute_output = True``: the output is already crop coordinates (heatmap models), the mean
+      shape is not added.
+    - ``backbone`` (a module) or ``backbones`` (an ``nn.ModuleDict``, one per branch): the pretrained
+      part that ``train.freeze_epochs`` freezes and ``unfreeze: last_stage`` partly thaws (its
+      ``last_stage_parameters()`` if it has one, else timm's ``feature_info``); ``alpha`` (one
+      weight per branch) is reported per branch.
+    - ``frozen_features(x)`` and ``head_forward(z)`` (``forward`` = their composition): the frozen
+      phase trains the head on cached features.
+    - ``auxiliary_loss(pred, target)``: a term added to the training loss.
+    - ``flip_test = False``: no test-time flip averaging for this model.
+    - ``photo_keypoints(image)``: a model that finds faces itself returns, for an (H, W, 3) uint8
+      photo, one (K, 2) array per face in the photo's pixels; it is then also scored on the whole
+      photos (the ``own-detector`` path).
+    - a ``weights`` factory option (``none``, ``imagenet``, or a file) by convention, and
+      ``defaults["input_size"]`` for a model that wants its own input size.
     """
 
     defaults: dict = field(default_factory=dict)
@@ -42,12 +60,18 @@ class DatasetSpec(_Spec):
 
 @dataclass
 class DetectorSpec(_Spec):
-    """``factory(**options) -> callable(image, points) -> (x0, y0, side)`` square face box."""
+    """``factory(**options) -> detector``; ``detector(image, points)`` gives the face box of a
+    training/test sample, ``(x0, y0, side)`` or ``(x0, y0, side, angle)`` in the image's pixels
+    (``points``: its annotated points, for detectors that pick the annotated face among several),
+    or ``None`` for a miss (kpbench then uses the annotated box and marks the face missed).
+    Optional: ``detect_all(image) -> [{"box", "score", "landmarks"}]`` to find every face in a
+    photo (what ``kpbench predict`` needs), a ``margin`` attribute/option (the crop convention),
+    ``cache_boxes = True`` (slow detectors: boxes kept on disk per image and options)."""
 
 
 @dataclass
 class MetricSpec(_Spec):
-    """``factory(pred, true, ctx) -> per-image values (N,)``, NaN where undefined.
+    """``factory() -> fn``, and ``fn(pred, true, ctx) -> per-image values (N,)``, NaN where undefined.
 
     pred/true are (N, K, 2) in the original image's pixels, NaN marks missing true points;
     ctx is a :class:`kpbench.evaluate.MetricContext`. ``aggregate`` reduces the per-image values
