@@ -188,6 +188,22 @@ def cmd_evaluate(args, console: Console) -> None:
     console.print(f"results: {out}")
 
 
+def cmd_export(args, console: Console) -> None:
+    from kpbench.export import export_onnx
+    from kpbench.inference import load_trained
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    sidecar = export_onnx(load_trained(args.model, _plugins(args)), Path(args.out))
+    check = sidecar["check"]
+    console.print(f"{args.out}: {sidecar['model']} ({sidecar['schema']}, {sidecar['input']['shape'][-1]} px crops); "
+                  f"ONNX Runtime vs PyTorch on {check['crops']} crops: max abs difference {check['max_abs_diff_vs_torch']:.2e}; "
+                  f"batch-1 CPU latency {check['onnxruntime_latency_ms']:.2f} ms vs {check['torch_latency_ms']:.2f} ms "
+                  f"({check['threads']} threads); how crops are made: {args.out}.json")
+
+
 def cmd_predict(args, console: Console) -> None:
     from kpbench.inference import check_output_dir, convention_note, expand_paths, load_trained, predict_photos
     from kpbench.runner import path_detector
@@ -310,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="predictions", help="a new or empty output directory (default ./predictions)")
     pr.add_argument("--no-overlay", action="store_true", help="write only the JSON, no annotated images")
     pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="a trained model as ONNX for ONNX Runtime, checked against PyTorch")
+    ex.add_argument("--model", required=True, help="run directory (its best model) or models/<name>")
+    ex.add_argument("--out", required=True, help="new FILE.onnx (FILE.onnx.json is written beside it)")
+    ex.add_argument("--threads", type=int, help="CPU threads for the check's latencies")
+    ex.set_defaults(func=cmd_export)
 
     ca = sub.add_parser("calibrate", help="measure a face detector's boxes against the annotated face box")
     ca.add_argument("--detector", required=True, help="detector to calibrate, e.g. mtcnn")

@@ -129,3 +129,38 @@ def test_invalid_yaml_in_detector_options_is_one_line(tmp_path):
     r = run_cli("predict", str(tmp_path), "--model", str(tmp_path), "--detector-options", "{margin: [")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert "--detector-options '{margin: [': invalid YAML" in r.stderr
+
+
+def test_export_to_onnx_gives_pytorchs_keypoints(tmp_path, tiny_config):
+    """A trained model exported to ONNX: ONNX Runtime's keypoints equal PyTorch's on the same crops,
+    the sidecar says how crops are made, and an existing file is never overwritten."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+    import torch
+
+    from kpbench.inference import load_trained
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(tiny_config.read_text().replace("models: [cnn, mean-shape]", "models: [integral]"))
+    assert run_cli("run", "--config", cfg, "--out", tmp_path / "run").returncode == 0
+    r = run_cli("export", "--model", tmp_path / "run", "--out", tmp_path / "m.onnx")
+    assert r.returncode == 0, r.stderr
+    print(r.stdout)
+    sidecar = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert sidecar["check"]["max_abs_diff_vs_torch"] < 1e-4
+    assert sidecar["crop_convention"]["detector"] and sidecar["points"][0] == "left_eye_center"
+    trained = load_trained(tmp_path / "run", get_plugins())
+    size = trained.input_size
+    crops = torch.rand(5, 1, size, size, generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        want = trained.model(crops).numpy()
+    got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"crops": crops.numpy()})[0]
+    np.testing.assert_allclose(got.reshape(want.shape), want, atol=1e-4)
+    again = run_cli("export", "--model", tmp_path / "run", "--out", tmp_path / "m.onnx")
+    assert again.returncode == 2 and "never overwrites" in again.stderr
+    assert run_cli("run", "--config", tiny_config, "--out", tmp_path / "cnn").returncode == 0
+    unsupported = run_cli("export", "--model", tmp_path / "cnn" / "models" / "cnn", "--out", tmp_path / "c.onnx")
+    assert unsupported.returncode == 2 and unsupported.stderr.count("\n") == 1, unsupported.stderr
+    assert "cannot be exported to ONNX" in unsupported.stderr and not (tmp_path / "c.onnx").exists()
