@@ -281,7 +281,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path, tiny_config):
     assert proc.poll() is None, "the run finished before it could be stopped"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143 and "terminated" in err and "--resume" in err
+    assert proc.returncode == 143 and "terminated" in err and "--resume" in err, err[-3000:]
     assert not (out / "models" / "cnn" / "result.json").exists()
     r = run_cli("report", out)  # what finished, marked as partial
     assert r.returncode == 0 and "Partial run: 1 of 2" in r.stdout, r.stdout + r.stderr
