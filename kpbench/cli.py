@@ -110,10 +110,9 @@ def cmd_list(args, console: Console) -> None:
             table.add_column(col, justify="right" if col in ("params", "trainable") else "left")
         for s in specs:
             counts = _param_counts(s) if kind == "model" else ()
-            table.add_row(s.name, s.description, s.plugin, *counts)
+            table.add_row(s.name, s.description, s.plugin, *("?" if n is None else f"{n:,}" for n in counts))
             records.append({"kind": kind, "name": s.name, "description": s.description, "plugin": s.plugin,
-                            **{k: int(v.replace(",", "")) if v.replace(",", "").isdigit() else None
-                               for k, v in zip(("params", "trainable_params"), counts)}})
+                            **dict(zip(("params", "trainable_params"), counts))})
         _quiet(args, console).print(table)
     for failure in plugins.failures:
         console.print(f"[red]failed:[/] {failure}")
@@ -123,7 +122,7 @@ def cmd_list(args, console: Console) -> None:
         _print_json(records)
 
 
-def _param_counts(spec) -> tuple[str, str]:
+def _param_counts(spec) -> tuple[int | None, int | None]:
     """Total and trainable parameters at the model's default options, built on the meta device
     (no memory, no weight loading), at 96 px and 15 points."""
     import warnings
@@ -135,11 +134,10 @@ def _param_counts(spec) -> tuple[str, str]:
             warnings.simplefilter("ignore")
             net = spec.factory(15, 96, 1)
     except Exception:  # noqa: BLE001 - a model that cannot be built this way is still listed
-        return "?", "?"
+        return None, None
     from kpbench.profile import count_params
 
-    total, trainable = count_params(net)
-    return f"{total:,}", f"{trainable:,}"
+    return count_params(net)
 
 
 def cmd_report(args, console: Console) -> None:

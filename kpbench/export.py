@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from kpbench.errors import KpbenchError
 from kpbench.inference import Trained
 from kpbench.io import atomic_write_bytes, atomic_write_json
 from kpbench.keypoints import get_schema
+from kpbench.profile import median_seconds
 
 OPSET = 17
 
@@ -40,18 +40,6 @@ def session(path: Path, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def batch1_latency_ms(run, x: np.ndarray, repeat: int = 30, warmup: int = 5) -> float:
-    """Median wall time of ``run(x)`` for one crop, after warm-up."""
-    for _ in range(warmup):
-        run(x)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        run(x)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
 
 
 def export_onnx(trained: Trained, out: Path) -> dict:
@@ -83,10 +71,10 @@ def export_onnx(trained: Trained, out: Path) -> dict:
             want = model(crops).numpy()
         got = sess.run(None, {"crops": crops.numpy()})[0]
         diff = float(np.abs(got.reshape(want.shape) - want).max())
-        one = crops[:1]
-        with torch.inference_mode():
-            torch_ms = batch1_latency_ms(model, one)
-        ort_ms = batch1_latency_ms(lambda x: sess.run(None, {"crops": x}), one.numpy())
+        one, one_np = crops[:1], crops[:1].numpy()
+        with torch.inference_mode():  # batch-1 latency: median of 30 runs after 5 warm-up runs
+            torch_ms = median_seconds(lambda: model(one), 5, 30) * 1000
+        ort_ms = median_seconds(lambda: sess.run(None, {"crops": one_np}), 5, 30) * 1000
         atomic_write_bytes(out, path.read_bytes())
     schema = get_schema(trained.config["data"]["schema"])
     manifest = json.loads((trained.run_dir / "manifest.json").read_text())
