@@ -212,6 +212,140 @@ def _scheduler(opt, cfg: dict, epochs: int):
     return None
 
 
+def param_groups(model: Regressor, cfg: dict) -> list[dict]:
+    """Adam's parameter groups: the head at ``lr``, the pretrained backbones at ``lr`` x
+    ``backbone_lr`` (empty groups left out)."""
+    backbone_ids = {id(p) for m in backbone_modules(model.net) for p in m.parameters()}
+    params = list(model.parameters())
+    lr = float(cfg["lr"])
+    groups = [{"params": [p for p in params if id(p) not in backbone_ids], "lr": lr},
+              {"params": [p for p in params if id(p) in backbone_ids], "lr": lr * float(cfg.get("backbone_lr", 1.0))}]
+    return [g for g in groups if g["params"]]
+
+
+@dataclass
+class Batches:
+    """What one training epoch draws its batches from and how it augments them."""
+    data: Prepared
+    cfg: dict
+    perm: list[int]
+    side: float
+
+    def __post_init__(self):
+        self.aug = {k: float((self.cfg.get("augment") or {}).get(k) or 0.0) for k in AUGMENT_KEYS}
+        self.jitter = box_jitter(self.cfg)
+        if self.jitter and self.data.context is None:
+            raise ValueError("train.box_jitter needs training crops prepared with context (prepare(context=...))")
+
+    def inputs(self, model: Regressor, idx: torch.Tensor, gen: torch.Generator, cached: dict | None, device):
+        """The batch ``idx``, augmented (flip, box jitter, affine, erasing; only the flip on cached
+        features): the model's prediction and the targets."""
+        y = self.data.targets[idx]
+        which = torch.rand(len(idx), generator=gen) < 0.5 if self.cfg["flip"] else None
+        if cached is not None:
+            z = cached["train"][idx]
+            if which is not None:
+                z = torch.where(which[:, None], cached["train_flip"][idx], z)
+                y = flip_points(y, which, self.perm)
+            return model.from_features(z.to(device)), y.to(device)
+        if self.jitter:
+            x, y = jitter_crops(self.data.context[idx], y, self.data.images.shape[-1], gen, **self.jitter)
+        else:
+            x = self.data.images[idx]
+        if which is not None:
+            x, y = flip_batch(x, y, which, self.perm)
+        if any(self.aug.values()):
+            x, y = affine_batch(x, y, gen, **self.aug)
+        if self.cfg.get("erase"):
+            x = erase_batch(x, float(self.cfg["erase"]), gen)
+        return model(x.to(device)), y.to(device)
+
+
+def train_epoch(model: Regressor, batches: Batches, opt, gen: torch.Generator, cached: dict | None, device,
+                on_batch: Callable[[int], None] | None = None) -> float:
+    """One pass over the training data in a seeded random order; returns the mean training MSE."""
+    model.train()
+    frozen_norms_to_eval(model.net)
+    cfg, side = batches.cfg, batches.side
+    loss_kind = cfg.get("loss") or "mse"
+    bs, n = int(cfg["batch_size"]), len(batches.data)
+    order = torch.randperm(n, generator=gen)
+    chunks = [order[i:i + bs] for i in range(0, n, bs)]
+    if len(chunks) > 1 and len(chunks[-1]) < 2:  # BatchNorm cannot train on a batch of one
+        chunks.pop()
+    total, count = 0.0, 0
+    for b, idx in enumerate(chunks):
+        pred, y = batches.inputs(model, idx, gen, cached, device)
+        mse = masked_mse(pred * side, y * side)  # in the targets' unit
+        loss = mse if loss_kind == "mse" else masked_loss(pred * side, y * side, loss_kind, side)
+        if hasattr(model.net, "auxiliary_loss"):
+            loss = loss + model.net.auxiliary_loss(pred, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += mse.item() * len(idx)  # the reported training loss is the MSE alone
+        count += len(idx)
+        if on_batch:
+            on_batch(b + 1, len(chunks))
+    return total / count
+
+
+def validation_predictions(model: Regressor, val_data: Prepared, cached: dict | None, device) -> np.ndarray:
+    """The model's predictions on the validation crops (from cached frozen features where there are some)."""
+    if cached is None:
+        return predict(model, val_data.images, device=device)
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat([model.from_features(z.to(device)).float().cpu() for z in cached["val"].split(256)]).numpy()
+
+
+class Checkpointer:
+    """A training's checkpoints in ``ckpt_dir``: ``best.pt`` (the best epoch's weights) and
+    ``last.pt`` (everything a resume needs), written together, at most every
+    ``checkpoint_interval`` seconds and after the last epoch; and the resume from them."""
+
+    def __init__(self, ckpt_dir: Path, interval: float):
+        self.dir = Path(ckpt_dir)
+        self.interval = float(interval)
+        self.saved_at = time.perf_counter()
+        self.best_saved = False
+
+    def restore(self, model: Regressor, opt, sched, gen: torch.Generator) -> tuple[History, int, int, dict] | None:
+        """From ``last.pt`` (if any): the history, the stale-epoch count, the epoch to start at and
+        the best weights; the model, optimizer, scheduler and random generators set as they were."""
+        last = self.dir / "last.pt"
+        if not last.is_file():
+            return None
+        ck = read_checkpoint(last)
+        model.load_state_dict(ck["model"])
+        if opt:
+            opt.load_state_dict(ck["opt"])
+        if sched:
+            sched.load_state_dict(ck["sched"])
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        self.best_saved = True
+        best_state = read_checkpoint(self.dir / "best.pt")["state_dict"]
+        return History(ck["rows"], ck["best_epoch"], ck["best_score"]), ck["stale"], ck["epoch"] + 1, best_state
+
+    def save(self, force: bool, best_state: dict, hist: History, model: Regressor, opt, sched, gen, stale: int,
+             epoch: int) -> None:
+        """Write both checkpoints when ``force`` or when ``checkpoint_interval`` has passed (a
+        cached frozen epoch of the hybrid trains in about a second; writing its 400 MB every epoch
+        would triple that)."""
+        if not force and time.perf_counter() - self.saved_at < self.interval:
+            return
+        if not self.best_saved:
+            atomic_torch_save({"state_dict": best_state, "epoch": hist.best_epoch, "score": hist.best_score},
+                              self.dir / "best.pt")
+            self.best_saved = True
+        atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict() if opt else None,
+                           "sched": sched.state_dict() if sched else None, "gen": gen.get_state(),
+                           "torch_rng": torch.get_rng_state(), "rows": hist.rows, "best_epoch": hist.best_epoch,
+                           "best_score": hist.best_score, "stale": stale, "epoch": epoch}, self.dir / "last.pt")
+        self.saved_at = time.perf_counter()
+
+
 def train(
     net: nn.Module,
     train_data: Prepared,
@@ -235,52 +369,26 @@ def train(
     cached frozen features (see :func:`kpbench.features.cached_features`); ``on_batch(epoch, done,
     total)`` and ``on_epoch(row)`` report progress.
     """
-    ckpt_dir = Path(ckpt_dir)
     side = float(train_data.images.shape[-1]) if cfg.get("targets") == "pixels" else 1.0
     model = Regressor(net, mean_shape(train_data.targets), side).to(device)
     if cfg.get("channels_last", True):
         model.use_channels_last()
-    backbone_ids = {id(p) for m in backbone_modules(net) for p in m.parameters()}
-    params = list(model.parameters())
-    lr = float(cfg["lr"])
-    groups = [{"params": [p for p in params if id(p) not in backbone_ids], "lr": lr},
-              {"params": [p for p in params if id(p) in backbone_ids], "lr": lr * float(cfg.get("backbone_lr", 1.0))}]
-    groups = [g for g in groups if g["params"]]
-    epochs = int(cfg["epochs"]) if params else 0
-    opt = torch.optim.Adam(groups, weight_decay=float(cfg["weight_decay"])) if params else None
+    groups = param_groups(model, cfg)
+    epochs = int(cfg["epochs"]) if groups else 0
+    opt = torch.optim.Adam(groups, weight_decay=float(cfg["weight_decay"])) if groups else None
     sched = _scheduler(opt, cfg, epochs) if opt else None
     freeze_epochs = int(cfg.get("freeze_epochs") or 0)
     unfreeze = cfg.get("unfreeze") or "all"
-    aug = {k: float((cfg.get("augment") or {}).get(k) or 0.0) for k in AUGMENT_KEYS}
-    jitter = box_jitter(cfg)
-    if jitter and train_data.context is None:
-        raise ValueError("train.box_jitter needs training crops prepared with context (prepare(context=...))")
+    batches = Batches(train_data, cfg, list(schema.flip_permutation), side)
     use_cache = features is not None and can_cache(net, cfg)
-    loss_kind = cfg.get("loss") or "mse"
     gen = torch.Generator().manual_seed(seed)
-    perm = list(schema.flip_permutation)
-    bs = int(cfg["batch_size"])
-    n = len(train_data)
-    hist = History()
+    checkpoints = Checkpointer(ckpt_dir, cfg.get("checkpoint_interval", 60))
+    hist, stale, start = History(), 0, 0
     best_state = copy.deepcopy(model.state_dict())
-    stale, start = 0, 0
-    best_saved, saved_at = False, time.perf_counter()
+    restored = checkpoints.restore(model, opt, sched, gen) if resume else None
+    if restored:
+        hist, stale, start, best_state = restored
     cached = None
-
-    last = ckpt_dir / "last.pt"
-    if resume and last.is_file():
-        ck = read_checkpoint(last)
-        model.load_state_dict(ck["model"])
-        if opt:
-            opt.load_state_dict(ck["opt"])
-        if sched:
-            sched.load_state_dict(ck["sched"])
-        gen.set_state(ck["gen"])
-        torch.set_rng_state(ck["torch_rng"])
-        hist = History(ck["rows"], ck["best_epoch"], ck["best_score"])
-        stale, start = ck["stale"], ck["epoch"] + 1
-        best_state = read_checkpoint(ckpt_dir / "best.pt")["state_dict"]
-        best_saved = True
 
     for epoch in range(start, epochs + 1):  # epoch 0 evaluates the untrained model (all a fixed model gets)
         t0 = time.perf_counter()
@@ -292,54 +400,9 @@ def train(
             cached = features(model, "frozen")
         train_loss = float("nan")
         if epoch > 0:
-            model.train()
-            frozen_norms_to_eval(net)
-            order = torch.randperm(n, generator=gen)
-            batches = [order[i:i + bs] for i in range(0, n, bs)]
-            if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on a batch of one
-                batches.pop()
-            total, count = 0.0, 0
-            for b, idx in enumerate(batches):
-                y = train_data.targets[idx]
-                which = torch.rand(len(idx), generator=gen) < 0.5 if cfg["flip"] else None
-                if cached is not None:
-                    z = cached["train"][idx]
-                    if which is not None:
-                        z = torch.where(which[:, None], cached["train_flip"][idx], z)
-                        y = flip_points(y, which, perm)
-                    pred = model.from_features(z.to(device))
-                else:
-                    if jitter:
-                        x, y = jitter_crops(train_data.context[idx], y, train_data.images.shape[-1], gen, **jitter)
-                    else:
-                        x = train_data.images[idx]
-                    if which is not None:
-                        x, y = flip_batch(x, y, which, perm)
-                    if any(aug.values()):
-                        x, y = affine_batch(x, y, gen, **aug)
-                    if cfg.get("erase"):
-                        x = erase_batch(x, float(cfg["erase"]), gen)
-                    pred = model(x.to(device))
-                y = y.to(device)
-                mse = masked_mse(pred * side, y * side)  # in the targets' unit
-                loss = mse if loss_kind == "mse" else masked_loss(pred * side, y * side, loss_kind, side)
-                if hasattr(net, "auxiliary_loss"):
-                    loss = loss + net.auxiliary_loss(pred, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += mse.item() * len(idx)  # the reported training loss is the MSE alone
-                count += len(idx)
-                if on_batch:
-                    on_batch(epoch, b + 1, len(batches))
-            train_loss = total / count
-        if cached is not None:
-            model.eval()
-            with torch.inference_mode():
-                pred = torch.cat([model.from_features(z.to(device)).float().cpu()
-                                  for z in cached["val"].split(256)]).numpy()
-        else:
-            pred = predict(model, val_data.images, device=device)
+            train_loss = train_epoch(model, batches, opt, gen, cached, device,
+                                     on_batch and (lambda done, total, e=epoch: on_batch(e, done, total)))
+        pred = validation_predictions(model, val_data, cached, device)
         val_loss = float(masked_mse(torch.from_numpy(pred) * side, val_data.targets * side))
         scores = evaluate(pred)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **scores,
@@ -348,25 +411,13 @@ def train(
         if scores["score"] < hist.best_score or epoch == 0:
             hist.best_epoch, hist.best_score, stale = epoch, scores["score"], 0
             best_state = copy.deepcopy(model.state_dict())
-            best_saved = False
+            checkpoints.best_saved = False
         else:
             stale += 1
         if sched is not None and epoch > 0:
             sched.step(scores["score"]) if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) else sched.step()
         stop = bool(cfg.get("patience")) and stale >= int(cfg["patience"])
-        # Checkpoints: best.pt and last.pt together (so a resume finds them consistent), at most
-        # every ``checkpoint_interval`` seconds and after the last epoch. A cached frozen epoch of
-        # the hybrid trains in about a second; writing its 400 MB every epoch would triple that.
-        if epoch == epochs or stop or time.perf_counter() - saved_at >= float(cfg.get("checkpoint_interval", 60)):
-            if not best_saved:
-                atomic_torch_save({"state_dict": best_state, "epoch": hist.best_epoch, "score": hist.best_score},
-                                  ckpt_dir / "best.pt")
-                best_saved = True
-            atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict() if opt else None,
-                               "sched": sched.state_dict() if sched else None, "gen": gen.get_state(),
-                               "torch_rng": torch.get_rng_state(), "rows": hist.rows, "best_epoch": hist.best_epoch,
-                               "best_score": hist.best_score, "stale": stale, "epoch": epoch}, last)
-            saved_at = time.perf_counter()
+        checkpoints.save(epoch == epochs or stop, best_state, hist, model, opt, sched, gen, stale, epoch)
         if on_epoch:
             on_epoch(row)
         if stop:
