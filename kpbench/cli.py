@@ -62,6 +62,11 @@ def cmd_run(args, console: Console) -> None:
         config["run"]["out"] = args.out
     if args.device:
         config["run"]["device"] = args.device
+    if args.executor:
+        config["run"]["executor"] = args.executor
+    for key in ("address", "cpus_per_job", "gpus_per_job"):
+        if getattr(args, key) is not None:
+            config["run"]["ray"][key] = getattr(args, key)
     for assignment in args.set or ():
         config = cfgmod.override(config, assignment)
     run(config, _plugins(args), console, resume=args.resume)
@@ -292,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", help="train every model once per seed, e.g. 0,1,2 (the split stays that of --seed)")
     r.add_argument("--out", help="run directory (default results/<timestamp>-<name>)")
     r.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    r.add_argument("--executor", choices=("local", "ray"),
+                   help="where the jobs (model x seed) run: local (this process, default) or ray")
+    r.add_argument("--address", help="with --executor ray: the cluster to join (auto, HOST:PORT); "
+                                     "default: a temporary local Ray on 127.0.0.1")
+    r.add_argument("--cpus-per-job", type=float, help="with --executor ray: CPUs per job (default 1)")
+    r.add_argument("--gpus-per-job", type=float, help="with --executor ray: GPUs per job (default 0)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. train.lr=3e-4")
     r.add_argument("--resume", action="store_true", help="continue the run in --out, keeping finished models")
     r.set_defaults(func=cmd_run)

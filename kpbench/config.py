@@ -35,7 +35,9 @@ def _yaml(text: str):
 
 # key -> type (or nested dict). A `dict` value is free-form (checked by whoever consumes it).
 SCHEMA: dict[str, Any] = {
-    "run": {"name": str, "seed": int, "seeds": (list, type(None)), "out": OPT_STR, "device": str, "threads": OPT_INT},
+    "run": {"name": str, "seed": int, "seeds": (list, type(None)), "out": OPT_STR, "device": str, "threads": OPT_INT,
+            "executor": str,  # where the jobs (model x seed) run: local (this process) or ray
+            "ray": {"address": OPT_STR, "cpus_per_job": (int, float), "gpus_per_job": (int, float)}},
     "data": {
         "dataset": (str, list),  # "kind" or "kind:path", or a list of them (combined)
         "options": (dict, list),  # passed to the dataset plugin (a list: one per dataset)
@@ -63,12 +65,13 @@ SCHEMA: dict[str, Any] = {
              "detectors": list},  # more face-box paths the test split is scored through, e.g. [mtcnn]
 }
 
-CHOICES = {"data.miss_policy": ("fallback", "exclude"), "train.unfreeze": ("all", "last_stage"),
+CHOICES = {"run.executor": ("local", "ray"), "data.miss_policy": ("fallback", "exclude"), "train.unfreeze": ("all", "last_stage"),
            "train.schedule": ("none", "cosine", "plateau"), "train.loss": ("mse", "l1", "wing"),
            "train.targets": ("unit", "pixels")}
 
 DEFAULTS: dict[str, Any] = {
-    "run": {"name": "run", "seed": 0, "seeds": None, "out": None, "device": "auto", "threads": None},
+    "run": {"name": "run", "seed": 0, "seeds": None, "out": None, "device": "auto", "threads": None,
+            "executor": "local", "ray": {"address": None, "cpus_per_job": 1, "gpus_per_job": 0}},
     "data": {"dataset": "synthetic", "options": {}, "schema": "kaggle15", "split": [0.7, 0.15, 0.15],
              "detector": "none", "detector_options": {}, "input_size": 96,
              "limit": None, "skip_bad": False, "miss_policy": "fallback", "eval_dataset": None, "eval_options": {}},
@@ -212,6 +215,10 @@ def check(config: dict) -> None:
     for key, value in (("train.weight_decay", tc["weight_decay"]), ("train.erase", tc["erase"])):
         if not value >= 0 or (key == "train.erase" and value > 1):
             raise KpbenchError(f"{key} must be {'in [0, 1]' if key == 'train.erase' else 'non-negative'}, got {value}")
+    ray = rc["ray"]
+    if not ray["cpus_per_job"] > 0 or not ray["gpus_per_job"] >= 0:
+        raise KpbenchError(f"run.ray: cpus_per_job must be positive and gpus_per_job non-negative, got "
+                           f"{ray['cpus_per_job']} and {ray['gpus_per_job']}")
     if rc["out"]:
         out = Path(rc["out"])
         if out.exists() and not out.is_dir():
@@ -221,7 +228,9 @@ def check(config: dict) -> None:
             raise KpbenchError(f"run.out {rc['out']!r}: {parent} is not writable")
 
 
-WHERE_KEYS = ("run.out",)  # where a run is written, not what it computes: not part of its identity
+# Where a run is written and where its jobs run, not what it computes: not part of its identity
+# (a run moved, or started locally and resumed on Ray, still resumes).
+WHERE_KEYS = ("run.out", "run.executor", "run.ray.address", "run.ray.cpus_per_job", "run.ray.gpus_per_job")
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:

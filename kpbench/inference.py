@@ -12,18 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from rich.console import Console
 
 from kpbench import report
 from kpbench.data import IMAGE_SUFFIXES, crop_resize, prepare, read_image, stack_boxes, to_gray, to_image_pixels
 from kpbench.errors import KpbenchError
 from kpbench.evaluate import predict
-from kpbench.io import atomic_write_json, atomic_write_text
+from kpbench.io import atomic_write_json
 from kpbench.keypoints import get_schema
 from kpbench.plugins import Plugins
 from kpbench.runner import (convention_options, load_dataset, make_detector, manifest, metrics_meta, model_settings,
-                            resolve_device, save_test_faces, test_and_save, use_flip_test)
+                            resolve_device, test_and_save, use_flip_test)
+from kpbench.rundir import RunDir, save_result
 from kpbench.train import Regressor
 from kpbench.weights import read_checkpoint
 
@@ -115,22 +115,22 @@ def evaluate(trained: Trained, plugins: Plugins, dataset: str, out: Path, detect
     schema = get_schema(dc["schema"])
     detect = make_detector(plugins, dc["detector"], dc["detector_options"])
     data = load_dataset(plugins, dataset, dc["options"])
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise KpbenchError(f"{out}: output directory exists and is not empty")
+    rd = RunDir(out)
+    if rd.path.exists() and any(rd.path.iterdir()):
+        raise KpbenchError(f"{rd}: output directory exists and is not empty")
     test = prepare(data, range(len(data)), detect, trained.input_size, schema.name)
     device = resolve_device("auto")  # where this machine can run it, whatever the training used
     trained.model.to(device)
-    mdir = out / "models" / trained.label
+    mdir = rd.model_dir(trained.label, config["run"]["seed"], [config["run"]["seed"]])
     values = test_and_save(trained.model, test, schema, metrics, dc, mdir, device)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    rd.write_config(config)
     meta = manifest(config, device, test.fingerprint()[:8])
     meta.update(splits={"test": len(test)}, detector=dc["detector"], evaluated_model=str(trained.model_dir),
                 metrics=metrics_meta(metrics), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    atomic_write_json(out / "manifest.json", meta)
-    save_test_faces(out / "test_faces.npz", test)
-    row = {"model": trained.label, "seed": config["run"]["seed"], **values, "input_size": trained.input_size}
-    atomic_write_json(mdir / "result.json", row)
+    rd.write_manifest(meta)
+    rd.save_test_faces(test)
+    save_result(mdir, {"model": trained.label, "seed": config["run"]["seed"], **values,
+                       "input_size": trained.input_size})
     report.render(out, console)
     return out
 

@@ -40,6 +40,7 @@ class Plugins:
     """The loaded plugins and one :class:`Registry` per component kind."""
 
     def __init__(self, extra_modules: tuple[str, ...] = ()):
+        self.extra_modules = tuple(extra_modules)  # what a Ray worker loads again
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.failures: list[PluginFailure] = []

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -19,6 +18,7 @@ from kpbench.html import fmt as _fmt
 from kpbench.errors import KpbenchError
 from kpbench.io import atomic_write_json, atomic_write_text
 from kpbench.keypoints import get_schema
+from kpbench.rundir import RunDir, seeds_of
 
 FIRST = ["rank", "model", "plugin"]
 
@@ -100,29 +100,17 @@ def _print_table(df: pd.DataFrame, cols: list[str], title: str, console: Console
     console.print(table)
 
 
-def model_dir(run_dir: Path, label: str, seed: int, seeds: list[int]) -> Path:
-    """Where a model's files go: ``models/<label>``, or ``models/<label>/seed<k>`` with several seeds."""
-    return Path(run_dir) / "models" / label if len(seeds) == 1 else Path(run_dir) / "models" / label / f"seed{seed}"
-
-
 def collect(run_dir: Path) -> tuple[dict, dict, list[tuple[Path, dict]]]:
     """A run's config, manifest and (model directory, result row) of every finished model, in
     the config's order."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "manifest.json").is_file() or not (run_dir / "config.yaml").is_file():
-        raise KpbenchError(f"{run_dir}: not a kpbench run directory (no manifest.json and config.yaml)")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    meta = json.loads((run_dir / "manifest.json").read_text())
-    seeds = list(config["run"].get("seeds") or [config["run"]["seed"]])
-    found = []
-    for label in config["models"]:
-        for seed in seeds:
-            mdir = model_dir(run_dir, label, seed, seeds)
-            if (mdir / "result.json").is_file():
-                found.append((mdir, json.loads((mdir / "result.json").read_text())))
+    rd = RunDir(run_dir)
+    if not rd.is_run():
+        raise KpbenchError(f"{rd}: not a kpbench run directory (no manifest.json and config.yaml)")
+    config = rd.config()
+    found = rd.results(config)
     if not found:
-        raise KpbenchError(f"{run_dir}: no finished model in this run yet")
-    return config, meta, found
+        raise KpbenchError(f"{rd}: no finished model in this run yet")
+    return config, rd.manifest(), found
 
 
 def _per_image(found: list[tuple[Path, dict]], path: str | None = None) -> dict[str, dict]:
@@ -317,7 +305,7 @@ def render(run_dir: Path, console: Console | None = None) -> pd.DataFrame:
     figs = render_plots(run_dir, df, found, per_image, config)
     notes = [f"Sorted by {sort} on the test split; {sort}_lo/{sort}_hi: bootstrap 95% confidence interval; "
              f"p_vs_best: Wilcoxon signed-rank test against the best model on the same images (* p < 0.05)."]
-    expected = len(config["models"]) * len(config["run"].get("seeds") or [config["run"]["seed"]])
+    expected = len(config["models"]) * len(seeds_of(config))
     if "finished" not in meta or len(found) < expected:
         partial = (f"Partial run: {len(found)} of {expected} model runs finished (kpbench run ... --resume "
                    f"continues it).")

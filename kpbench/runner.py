@@ -1,36 +1,40 @@
-"""A run: the models of a config, each trained by the one loop, evaluated by the one path and
-profiled, written to ``results/<run-id>/`` with the resolved config, a manifest and a leaderboard.
+"""A run, in four stages: a **plan** (the config checked and every name resolved, before any
+work), **jobs** (one model x seed: trained by the one loop, evaluated by the one path, profiled,
+written to its own folder), an **executor** that runs them (in this process, or as Ray tasks; see
+:mod:`kpbench.executors`), and the **report** from the saved files. The run folder's layout and
+writes belong to :class:`kpbench.rundir.RunDir`.
 
-With ``resume``, models whose results are already in the run directory are kept, not retrained.
+With ``resume``, jobs whose results are already in the run directory are kept, not rerun.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import platform
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import kpbench
 from kpbench import report
-from kpbench.config import DEFAULTS, check, config_hash, differences
+from kpbench.config import DEFAULTS, check, config_hash
 from kpbench.data import Concat, Prepared, Subset, prepare, source_names, split_dataset
 from kpbench.errors import KpbenchError
 from kpbench.evaluate import OWN_DETECTOR, aggregate, own_detector_predictions, predict, score
-from kpbench.io import atomic_write_json, atomic_write_text
+from kpbench.io import atomic_write_text
 from kpbench.keypoints import get_schema
 from kpbench.plugins import Plugins
 from kpbench.profile import count_params, profile
+from kpbench.rundir import RunDir, save_error, save_npz, save_result, seeds_of
 from kpbench.features import cached_features
 from kpbench.train import backbone_modules, box_jitter, train
 
@@ -93,137 +97,232 @@ def manifest(config: dict, device: str, fingerprint: str) -> dict:
     }
 
 
-def run(config: dict, plugins: Plugins, console: Console | None = None, resume: bool = False) -> Path:
-    console = console or Console()
-    status = Console(stderr=True)
-    check(config)
-    rc, dc, ec = config["run"], config["data"], config["eval"]
-    seed = rc["seed"]
-    seeds = list(rc["seeds"] or [seed])
-    if rc["threads"]:
-        torch.set_num_threads(rc["threads"])
-    device = resolve_device(rc["device"])
+@dataclass(frozen=True)
+class Job:
+    """One model x seed of a run: train, test and save into its own folder, nothing else."""
+    label: str
+    seed: int
+    size: int  # the model's input size (which prepared crops it reads)
 
-    # Resolve every name before any work, so a typo fails at once.
+    def __str__(self) -> str:
+        return f"{self.label} (seed {self.seed})"
+
+
+@dataclass
+class Plan:
+    """A run resolved before any work: every name looked up, every value checked, the jobs listed."""
+    config: dict
+    schema: Any
+    models: dict[str, Any]  # label -> model spec
+    metrics: list
+    sort_metric: Any
+    seeds: list[int]
+    jobs: list[Job]
+
+
+def plan(config: dict, plugins: Plugins) -> Plan:
+    """Check ``config`` and resolve every name in it (a mistake is one line before any work)."""
+    check(config)
+    dc, ec = config["data"], config["eval"]
     schema = get_schema(dc["schema"])
     # "name@tag" runs model `name` under another label, with its own model_options["name@tag"]
     # (e.g. effnet-lite0 and effnet-lite0@scratch side by side).
     if len(set(config["models"])) != len(config["models"]):
         raise KpbenchError(f"models: a name appears twice in {config['models']}; use name@tag for variants")
-    model_specs = [(m, plugins.models.get(m.split("@")[0], where="models")) for m in config["models"]]
+    models = {m: plugins.models.get(m.split("@")[0], where="models") for m in config["models"]}
     metrics = [plugins.metrics.get(m, where="eval.metrics") for m in ec["metrics"]]
     if ec["sort_by"] not in ec["metrics"]:
         raise KpbenchError(f"eval.sort_by {ec['sort_by']!r} must be one of eval.metrics {ec['metrics']}")
-    sort_metric = next(m for m in metrics if m.name == ec["sort_by"])
-    detect = make_detector(plugins, dc["detector"], dc["detector_options"])
-    extra_detectors = {name: path_detector(plugins, name, dc) for name in ec.get("detectors") or []
-                       if name != dc["detector"]}
     for name in config["model_options"]:  # options for models outside this run are fine, typos are not
         plugins.models.get(name.split("@")[0], where="model_options")
-    for label, spec in model_specs:  # e.g. a reference model's missing file: say so before any work
+    for name in [dc["detector"], *(ec.get("detectors") or [])]:
+        plugins.detectors.get(name, where="data.detector" if name == dc["detector"] else "eval.detectors")
+    sizes = {}
+    for label, spec in models.items():  # e.g. a reference model's missing file: say so before any work
+        options, sizes[label], _ = model_settings(config, label, spec)
         if spec.check:
-            spec.check(model_settings(config, label, spec)[0])
+            spec.check(options)
+    seeds = seeds_of(config)
+    return Plan(config, schema, models, metrics, next(m for m in metrics if m.name == ec["sort_by"]), seeds,
+                [Job(label, s, sizes[label]) for label in models for s in seeds])
 
+
+@dataclass
+class PhotosById:
+    """The whole photos of test faces, by id, in their order (for models that find faces themselves)."""
+    source: Any
+    indices: np.ndarray
+
+    def __call__(self, ids: list[str]):
+        wanted = set(ids)
+        return (s.image for s in (self.source[int(i)] for i in self.indices) if s.id in wanted)
+
+
+@dataclass
+class JobInputs:
+    """What every job of a run reads; one object, sent once to Ray's object store."""
+    config: dict
+    out: str
+    data: dict[int, tuple[Prepared, Prepared, Prepared]]  # input size -> train, val, test crops
+    paths: dict[int, dict[str, Prepared]]  # input size -> the test faces through each eval.detectors path
+    photos: PhotosById
+    plugin_modules: tuple[str, ...] = ()
+
+
+def run_job(job: Job, inputs: JobInputs, the_plan: Plan | None = None, status: Console | None = None) -> dict:
+    """One job, wherever it runs: train (continuing from the job's ``last.pt`` if an interrupted
+    attempt left one), test, save ``result.json``; a failure leaves its traceback in ``error.txt``.
+    Without ``the_plan`` (a Ray worker) the plugins and the plan are rebuilt from their names."""
+    from kpbench.plugins import get_plugins
+
+    p = the_plan or plan(inputs.config, get_plugins(inputs.plugin_modules))
+    mdir = RunDir(inputs.out).model_dir(job.label, job.seed, p.seeds)
+    try:
+        device = resolve_device(inputs.config["run"]["device"])
+        row = run_model(job.label, p.models[job.label], inputs.config, *inputs.data[job.size], p.schema, p.metrics,
+                        p.sort_metric, device, mdir, status or Console(stderr=True), job.seed, True,
+                        inputs.paths[job.size], inputs.photos)
+    except Exception as exc:
+        save_error(mdir, exc)
+        raise
+    save_result(mdir, row)
+    return row
+
+
+def run(config: dict, plugins: Plugins, console: Console | None = None, resume: bool = False) -> Path:
+    """Plan, prepare the data once, write the run-level files, run the jobs on the configured
+    executor, and report. Jobs fail alone: the others finish, the report says the run is partial,
+    and the run ends with an error naming the failed jobs (``--resume`` runs what is missing)."""
+    from kpbench.executors import executor_for
+
+    console = console or Console()
+    status = Console(stderr=True)
+    p = plan(config, plugins)
+    rc, dc = config["run"], config["data"]
+    if rc["threads"]:
+        torch.set_num_threads(rc["threads"])
+    local = rc["executor"] == "local"
+    device = resolve_device(rc["device"]) if local else f"{rc['device']} on Ray workers"
+    with executor_for(config, status) as executor:  # joins Ray now: a wrong address fails before any work
+        detect = make_detector(plugins, dc["detector"], dc["detector_options"])
+        extra_detectors = {name: path_detector(plugins, name, dc) for name in config["eval"]["detectors"] or []
+                           if name != dc["detector"]}
+        sources, splits = load_splits(plugins, config)
+        # Training crops get context around them where a model jitters its face box.
+        context = JITTER_CONTEXT if any(box_jitter(model_settings(config, j.label, p.models[j.label])[2])
+                                        for j in p.jobs) else 0.0
+        data: dict[int, tuple[Prepared, Prepared, Prepared]] = {}
+        for size in dict.fromkeys([dc["input_size"], *(j.size for j in p.jobs)]):
+            data[size] = prepare_splits(sources, splits, detect, size, p.schema.name, dc, context,
+                                        like=next(iter(data.values()), None), status=status)
+        paths: dict[int, dict[str, Prepared]] = {}
+        for size in data:
+            paths[size] = prepare_paths(sources[2], splits[2], extra_detectors, size, p.schema.name, dc,
+                                        like=next(iter(paths.values()), {}), status=status)
+        train_d, val_d, test_d = data[dc["input_size"]]
+        fingerprint = "-".join(d.fingerprint()[:8] for d in (train_d, val_d, test_d))
+
+        rd = RunDir(rc["out"] or Path("results") / f"{time.strftime('%Y%m%d-%H%M%S')}-{rc['name']}")
+        rd.check_can_start(config, fingerprint, resume)
+        rd.path.mkdir(parents=True, exist_ok=True)
+        rd.write_config(config)
+        meta = run_manifest(plugins, config, device, fingerprint, data[dc["input_size"]], p.metrics, status)
+        rd.write_manifest(meta)
+        rd.save_test_faces(test_d)
+        status.print(f"run [bold]{rd}[/]  device={device}  train/val/test={len(train_d)}/{len(val_d)}/{len(test_d)}"
+                     + (f"  detector misses (test)={int(test_d.missed.sum())}"
+                        if dc["detector"] not in ("none", "gt-box") else ""))
+
+        pending = []
+        for job in p.jobs:
+            if resume and (rd.model_dir(job.label, job.seed, p.seeds) / "result.json").is_file():
+                status.print(f"{job}: kept from the previous attempt")
+            else:
+                pending.append(job)
+        inputs = JobInputs(config, str(rd.path.resolve()), data, paths, PhotosById(sources[2], splits[2]),
+                           plugins.extra_modules)
+        failures: list[str] = []
+
+        def on_failure(job: Job, exc: BaseException) -> None:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            where = rd.model_dir(job.label, job.seed, p.seeds) / "error.txt"
+            failures.append(f"{job}: {type(exc).__name__}: {first}")
+            status.print(f"[red]kpbench: {job} failed: {type(exc).__name__}: {first}[/]"
+                         + (f" (traceback: {where})" if where.is_file() else ""))
+
+        executor.run(pending, inputs, p, on_failure)
+
+    if not failures:
+        meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        rd.write_manifest(meta)
+    if rd.results(config):
+        report.render(rd.path, console)
+        console.print(f"results: {rd}")
+    if failures:
+        raise KpbenchError(f"{len(failures)} of {len(p.jobs)} jobs failed ({'; '.join(failures)}); the finished "
+                           f"ones are kept in {rd}: fix the cause and rerun with --resume --out {rd}")
+    return rd.path
+
+
+def load_splits(plugins: Plugins, config: dict) -> tuple[tuple, tuple]:
+    """The datasets of a run and its train/val/test indices: the config's dataset split, or (with
+    ``data.eval_dataset``) train/val from it and all of the other one as the test split."""
+    dc, seed = config["data"], config["run"]["seed"]
     dataset = load_dataset(plugins, dc["dataset"], dc["options"])
     if dc["limit"]:
         dataset = Subset(dataset, dc["limit"], seed)
     splits = split_dataset(dataset, dc["split"], seed)
-    if dc["eval_dataset"]:  # train on one dataset, evaluate on another (all of it)
-        eval_set = load_dataset(plugins, dc["eval_dataset"], dc["eval_options"])
-        sources = (dataset, dataset, eval_set)
-        splits = (splits[0], splits[1], np.arange(len(eval_set)))
-    else:
-        sources = (dataset, dataset, dataset)
-    prepared: dict[int, tuple[Prepared, Prepared, Prepared]] = {}
-    # Training crops get context around them where a model jitters its face box.
-    context = JITTER_CONTEXT if any(box_jitter(model_settings(config, label, spec)[2]) for label, spec in model_specs) \
-        else 0.0
+    if not dc["eval_dataset"]:
+        return (dataset, dataset, dataset), splits
+    eval_set = load_dataset(plugins, dc["eval_dataset"], dc["eval_options"])
+    return (dataset, dataset, eval_set), (splits[0], splits[1], np.arange(len(eval_set)))
 
-    def data_at(size: int):
-        if size not in prepared:
-            first = next(iter(prepared.values()), (None, None, None))
-            with progress_bar(status) as progress:
-                task = progress.add_task(f"preparing {size}px crops", total=sum(len(i) for i in splits))
-                prepared[size] = tuple(
-                    prepare(src, idx, detect, size, schema.name, like=like, on_item=lambda: progress.advance(task),
-                            skip_bad=dc["skip_bad"], context=context if k == 0 else 0.0)
-                    for k, (src, idx, like) in enumerate(zip(sources, splits, first)))
-        return prepared[size]
 
-    paths: dict[int, dict[str, Prepared]] = {}
+def prepare_splits(sources, splits, detect, size: int, schema: str, dc: dict, context: float, like=None,
+                   status: Console | None = None) -> tuple[Prepared, Prepared, Prepared]:
+    """The train/val/test crops at ``size`` (training crops with ``context`` for box jitter);
+    ``like``: the same splits at another size, whose face boxes and misses are reused."""
+    with progress_bar(status or Console(stderr=True)) as progress:
+        task = progress.add_task(f"preparing {size}px crops", total=sum(len(i) for i in splits))
+        return tuple(prepare(src, idx, detect, size, schema, like=other, on_item=lambda: progress.advance(task),
+                             skip_bad=dc["skip_bad"], context=context if k == 0 else 0.0)
+                     for k, (src, idx, other) in enumerate(zip(sources, splits, like or (None, None, None))))
 
-    def paths_at(size: int) -> dict[str, Prepared]:
-        """The test split through each ``eval.detectors`` path, at ``size``."""
-        if size not in paths:
-            first = next(iter(paths.values()), {})
-            with progress_bar(status) as progress:
-                paths[size] = {}
-                for name, det in extra_detectors.items():
-                    task = progress.add_task(f"test split through {name} at {size}px", total=len(splits[2]))
-                    paths[size][name] = prepare(sources[2], splits[2], det, size, schema.name, like=first.get(name),
-                                                on_item=lambda: progress.advance(task), skip_bad=dc["skip_bad"])
-        return paths[size]
 
-    def test_photos(ids: list[str]):
-        """The whole photos of the test faces ``ids``, in their order (for models that find faces themselves)."""
-        wanted = set(ids)
-        return (s.image for s in (sources[2][int(i)] for i in splits[2]) if s.id in wanted)
+def prepare_paths(source, indices, detectors: dict, size: int, schema: str, dc: dict, like: dict | None = None,
+                  status: Console | None = None) -> dict[str, Prepared]:
+    """The test faces through each other face-box path (``eval.detectors``) at ``size`` (``like``:
+    the same at another size, whose boxes are reused)."""
+    out = {}
+    with progress_bar(status or Console(stderr=True)) as progress:
+        for name, det in detectors.items():
+            task = progress.add_task(f"test split through {name} at {size}px", total=len(indices))
+            out[name] = prepare(source, indices, det, size, schema, like=(like or {}).get(name),
+                                on_item=lambda: progress.advance(task), skip_bad=dc["skip_bad"])
+    return out
 
-    train_d, val_d, test_d = data_at(dc["input_size"])
-    fingerprint = "-".join(d.fingerprint()[:8] for d in (train_d, val_d, test_d))
 
-    out = Path(rc["out"]) if rc["out"] else Path("results") / f"{time.strftime('%Y%m%d-%H%M%S')}-{rc['name']}"
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise KpbenchError(f"{out}: run directory exists and is not empty (use --resume to continue it)")
-    if resume and (out / "manifest.json").is_file():
-        old = json.loads((out / "manifest.json").read_text())
-        if old.get("config_hash") != config_hash(config):
-            before = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
-            diff = differences(before, config)
-            raise KpbenchError(f"{out}: cannot resume, its config differs from this run's: "
-                               + ("; ".join(diff[:3]) + (f" (and {len(diff) - 3} more)" if len(diff) > 3 else "")
-                                  if diff else "it was written by another kpbench version"))
-        if old.get("dataset_fingerprint") != fingerprint:
-            raise KpbenchError(f"{out}: cannot resume, its data differ from this run's (fingerprint "
-                               f"{old.get('dataset_fingerprint')} vs {fingerprint})")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+def run_manifest(plugins: Plugins, config: dict, device: str, fingerprint: str, data, metrics,
+                 status: Console) -> dict:
+    """The manifest of a run: versions and machine, then its splits, detector, crop convention,
+    skipped samples (the first five warned) and metric definitions."""
+    dc = config["data"]
+    train_d, val_d, test_d = data
     meta = manifest(config, device, fingerprint)
     meta["splits"] = {"train": len(train_d), "val": len(val_d), "test": len(test_d)}
     meta["detector"] = dc["detector"]
     meta["miss_policy"] = dc["miss_policy"]
     meta["test_misses"] = int(test_d.missed.sum())
     meta["crop_convention"] = crop_convention(plugins, dc)
-    skipped = [msg for d in (train_d, val_d, test_d) for msg in d.skipped]
+    meta["executor"] = config["run"]["executor"]
+    skipped = [msg for d in data for msg in d.skipped]
     meta["skipped_bad_samples"] = {"count": len(skipped), "first": skipped[:20]}
     for msg in skipped[:5]:
         status.print(f"[yellow]kpbench: warning: skipped bad sample: {msg}[/]")
     if len(skipped) > 5:
         status.print(f"[yellow]kpbench: warning: ... {len(skipped)} bad samples skipped in all (see manifest.json)[/]")
     meta["metrics"] = metrics_meta(metrics)
-    atomic_write_json(out / "manifest.json", meta)
-    save_test_faces(out / "test_faces.npz", test_d)
-    status.print(f"run [bold]{out}[/]  device={device}  train/val/test={len(train_d)}/{len(val_d)}/{len(test_d)}"
-                 + (f"  detector misses (test)={int(test_d.missed.sum())}" if dc["detector"] not in ("none", "gt-box")
-                    else ""))
-
-    for label, spec in model_specs:
-        size = model_settings(config, label, spec)[1]
-        for s in seeds:
-            mdir = report.model_dir(out, label, s, seeds)
-            if resume and (mdir / "result.json").is_file():
-                status.print(f"{label} (seed {s}): kept from the previous attempt")
-                continue
-            row = run_model(label, spec, config, *data_at(size), schema, metrics, sort_metric, device, mdir,
-                            status, s, resume, paths_at(size), test_photos)
-            atomic_write_json(mdir / "result.json", row)
-            (mdir / "last.pt").unlink(missing_ok=True)  # the epoch checkpoint is only for resuming
-
-    meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    atomic_write_json(out / "manifest.json", meta)
-    report.render(out, console)
-    console.print(f"results: {out}")
-    return out
+    return meta
 
 
 def model_settings(config: dict, label: str, spec) -> tuple[dict, int, dict]:
@@ -287,15 +386,6 @@ def make_detector(plugins: Plugins, name: str, options: dict):
 
     det = _call(plugins.detectors.get(name, where="data.detector").factory, f"detector {name!r}", **options)
     return CachedDetector(det, name, options) if getattr(det, "cache_boxes", False) else det
-
-
-def save_test_faces(path: Path, data: Prepared, limit: int = 64) -> None:
-    """The first test crops (uint8) and their boxes, for keypoint overlays in reports."""
-    n = min(limit, len(data))
-    images = (data.images[:n, 0].numpy() * 255).round().clip(0, 255).astype(np.uint8)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, images=images, boxes=data.boxes[:n], ids=np.array(data.ids[:n]))
-    tmp.replace(path)
 
 
 def branch_report(net: torch.nn.Module) -> dict:
@@ -396,11 +486,8 @@ def test_and_save(model, test_d: Prepared, schema, metrics, dc: dict, mdir: Path
     if dc["miss_policy"] == "exclude":  # detector misses are counted, not scored
         per_image = {k: np.where(test_d.missed, np.nan, v) for k, v in per_image.items()}
         values = {m.name: aggregate(per_image[m.name], m.aggregate) for m in metrics}
-    mdir.mkdir(parents=True, exist_ok=True)
-    tmp = mdir / ".predictions.tmp.npz"
-    np.savez_compressed(tmp, pred=pred_px, true=test_d.points, boxes=test_d.boxes, ids=np.array(test_d.ids),
-                        missed=test_d.missed, **{f"metric_{k}": v for k, v in per_image.items()})
-    tmp.replace(mdir / "predictions.npz")
+    save_npz(mdir / "predictions.npz", pred=pred_px, true=test_d.points, boxes=test_d.boxes, ids=np.array(test_d.ids),
+             missed=test_d.missed, **{f"metric_{k}": v for k, v in per_image.items()})
     out = {k: round(v, 6) for k, v in values.items()}
     if dc["detector"] not in ("none", "gt-box"):  # a detector under test: its miss rate on the test split
         out["miss_rate"] = round(float(test_d.missed.mean()), 4)

@@ -1,0 +1,151 @@
+"""Where a run's jobs run. ``local`` (the default): one after another in this process. ``ray``:
+as Ray core tasks (optional extra ``kpbench[ray]``), on a cluster at ``run.ray.address``
+(``auto`` or HOST:PORT) or, without an address, on a temporary Ray started for the run on this
+machine and listening on the loopback interface only.
+
+Either way a job that raises fails alone: the executor reports it and runs the others. On Ray, a
+job whose worker dies is retried by Ray and continues from its ``last.pt``. A Ray worker gets
+the job's inputs once through the object store, rebuilds the plugins from their names (the
+``-p`` modules, ``KPBENCH_*``, ``PYTHONPATH`` and ``HF_HUB_OFFLINE`` are passed to it), works in
+the driver's folder (a shared filesystem, same paths) and sets torch's threads to its CPU share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from typing import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kpbench.errors import KpbenchError
+
+PASSED_ENV = ("HF_HUB_OFFLINE", "PYTHONPATH")  # besides every KPBENCH_* variable
+RAY_RETRIES = 2  # a job whose worker died (node lost, out of memory) is run again this often
+
+
+class LocalExecutor:
+    """The jobs one after another, in this process."""
+
+    def __init__(self, config: dict, status: Console):
+        self.status = status
+
+    def run(self, jobs, inputs, plan, on_failure: Callable) -> None:
+        from kpbench.runner import run_job
+
+        for job in jobs:
+            try:
+                run_job(job, inputs, plan, self.status)
+            except Exception as exc:  # noqa: BLE001 - a job fails alone
+                on_failure(job, exc)
+
+    def close(self) -> None:
+        pass
+
+
+def _ray_job(job, inputs, threads: int, cwd: str) -> dict:
+    """A job in a Ray worker: the driver's folder, this worker's thread share, a quiet console."""
+    import torch
+
+    from kpbench.runner import run_job
+
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
+    torch.set_num_threads(threads)  # a reused worker may have kept another job's setting
+    return run_job(job, inputs, status=Console(file=io.StringIO()))
+
+
+class RayExecutor:
+    """The jobs as Ray tasks, ``run.ray.cpus_per_job`` CPUs and ``gpus_per_job`` GPUs each."""
+
+    def __init__(self, config: dict, status: Console):
+        rc = config["run"]
+        self.status = status
+        self.cpus, self.gpus = rc["ray"]["cpus_per_job"], rc["ray"]["gpus_per_job"]
+        self.threads = rc["threads"] or max(1, int(self.cpus))
+        self.ray = connect(rc["ray"]["address"], status)
+        self.started = not rc["ray"]["address"]
+        try:
+            resources = self.ray.cluster_resources()
+            for what, need in (("CPU", self.cpus), ("GPU", self.gpus)):
+                if need > resources.get(what, 0):
+                    raise KpbenchError(f"run.ray.{what.lower()}s_per_job {need}: the Ray cluster has "
+                                       f"{resources.get(what, 0):g} {what}s, so such a job would wait forever")
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, jobs, inputs, plan, on_failure: Callable) -> None:
+        ray = self.ray
+        task = ray.remote(_ray_job).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=RAY_RETRIES,
+                                           retry_exceptions=False)
+        shared = ray.put(inputs)
+        pending = {task.remote(job, shared, self.threads, os.getcwd()): job for job in jobs}
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        try:
+            with Progress(*columns, console=self.status, transient=True) as progress:
+                bar = progress.add_task(f"jobs on Ray ({self.cpus:g} CPU, {self.gpus:g} GPU each)", total=len(jobs))
+                while pending:
+                    done, _ = ray.wait(list(pending), num_returns=1)
+                    job = pending.pop(done[0])
+                    try:
+                        row = ray.get(done[0])
+                        self.status.print(f"{job}: done in {row.get('train_s', 0):.0f} s of training")
+                    except ray.exceptions.RayTaskError as exc:  # the job raised: its own exception
+                        on_failure(job, getattr(exc, "cause", None) or exc)
+                    except ray.exceptions.RayError as exc:  # its worker died RAY_RETRIES + 1 times
+                        on_failure(job, exc)
+                    progress.advance(bar)
+        finally:
+            for ref in pending:  # interrupted: stop what is still running
+                ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        if self.started and self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def worker_env() -> dict[str, str]:
+    """The environment a Ray worker needs to see the same plugins as the driver."""
+    return {k: v for k, v in os.environ.items() if k.startswith("KPBENCH_") or k in PASSED_ENV}
+
+
+def connect(address: str | None, status: Console):
+    """``ray``, initialized: joined to the cluster at ``address``, or a temporary local Ray on the
+    loopback interface (the CPUs torch would use, no dashboard)."""
+    try:
+        if not address:
+            # A private Ray: its services listen on 127.0.0.1 only (read when ray is imported).
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        import ray
+    except ImportError:
+        raise KpbenchError("run.executor ray needs Ray: pip install 'kpbench[ray]'") from None
+    if ray.is_initialized():
+        return ray
+    env = worker_env()
+    options = {"runtime_env": {"env_vars": env}} if env else {}
+    status.print(f"starting a local Ray on 127.0.0.1" if not address else f"joining the Ray cluster at {address}")
+    try:
+        if address:
+            ray.init(address=address, logging_level="WARNING", **options)
+        else:
+            import torch
+
+            ray.init(num_cpus=os.cpu_count() or torch.get_num_threads(), include_dashboard=False,
+                     logging_level="WARNING", **options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise KpbenchError(f"run.ray.address {address!r}: cannot join a Ray cluster there: "
+                           f"{(str(exc).strip().splitlines() or [''])[0]}") from None
+    return ray
+
+
+@contextlib.contextmanager
+def executor_for(config: dict, status: Console):
+    """The executor ``run.executor`` names, closed (a temporary Ray stopped) when the run ends."""
+    executor = (RayExecutor if config["run"]["executor"] == "ray" else LocalExecutor)(config, status)
+    try:
+        yield executor
+    finally:
+        executor.close()

@@ -1,0 +1,127 @@
+"""A run's folder, the one place that knows its layout and writes it atomically::
+
+    <run>/config.yaml          the resolved config (written by the driver)
+    <run>/manifest.json        versions, machine, data fingerprint, splits, crop convention
+    <run>/test_faces.npz       the first test crops, for overlays in reports
+    <run>/leaderboard.*        the reports (kpbench.report)
+    <run>/models/<label>[/seed<k>]/   one job's folder: best.pt, last.pt (while it trains),
+                                      history.csv, predictions.npz, paths/<detector>/, result.json,
+                                      error.txt (when the job failed)
+
+A job writes only its own model folder; the run-level files are the driver's.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from kpbench.config import config_hash, differences
+from kpbench.errors import KpbenchError
+from kpbench.io import atomic_write_json, atomic_write_text
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # -- run level (the driver) --------------------------------------------------------------
+    def is_run(self) -> bool:
+        return (self.path / "manifest.json").is_file() and (self.path / "config.yaml").is_file()
+
+    def config(self) -> dict:
+        return yaml.safe_load((self.path / "config.yaml").read_text())
+
+    def manifest(self) -> dict:
+        return json.loads((self.path / "manifest.json").read_text())
+
+    def check_can_start(self, config: dict, fingerprint: str, resume: bool) -> None:
+        """A new run needs an absent or empty folder; a resumed one the same config (where-keys
+        aside) and the same data. Each refusal is one line naming what differs."""
+        if self.path.exists() and any(self.path.iterdir()) and not resume:
+            raise KpbenchError(f"{self}: run directory exists and is not empty (use --resume to continue it)")
+        if not (resume and (self.path / "manifest.json").is_file()):
+            return
+        old = self.manifest()
+        if old.get("config_hash") != config_hash(config):
+            before = self.config() if (self.path / "config.yaml").is_file() else {}
+            diff = differences(before, config)
+            raise KpbenchError(f"{self}: cannot resume, its config differs from this run's: "
+                               + ("; ".join(diff[:3]) + (f" (and {len(diff) - 3} more)" if len(diff) > 3 else "")
+                                  if diff else "it was written by another kpbench version"))
+        if old.get("dataset_fingerprint") != fingerprint:
+            raise KpbenchError(f"{self}: cannot resume, its data differ from this run's (fingerprint "
+                               f"{old.get('dataset_fingerprint')} vs {fingerprint})")
+
+    def write_config(self, config: dict) -> None:
+        atomic_write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+    def write_manifest(self, meta: dict) -> None:
+        atomic_write_json(self.path / "manifest.json", meta)
+
+    def write_json(self, name: str, obj) -> None:
+        atomic_write_json(self.path / name, obj)
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write_text(self.path / name, text)
+
+    def save_test_faces(self, data, limit: int = 64) -> None:
+        """The first test crops (uint8) and their boxes, for keypoint overlays in reports."""
+        n = min(limit, len(data))
+        images = (data.images[:n, 0].numpy() * 255).round().clip(0, 255).astype(np.uint8)
+        save_npz(self.path / "test_faces.npz", images=images, boxes=data.boxes[:n], ids=np.array(data.ids[:n]))
+
+    # -- jobs --------------------------------------------------------------------------------
+    def model_dir(self, label: str, seed: int, seeds: list[int]) -> Path:
+        """A job's folder: ``models/<label>``, or ``models/<label>/seed<k>`` with several seeds."""
+        base = self.path / "models" / label
+        return base if len(seeds) == 1 else base / f"seed{seed}"
+
+    def results(self, config: dict) -> list[tuple[Path, dict]]:
+        """(model folder, result row) of every finished job, in the config's order."""
+        seeds = seeds_of(config)
+        found = []
+        for label in config["models"]:
+            for seed in seeds:
+                mdir = self.model_dir(label, seed, seeds)
+                if (mdir / "result.json").is_file():
+                    found.append((mdir, json.loads((mdir / "result.json").read_text())))
+        return found
+
+
+def seeds_of(config: dict) -> list[int]:
+    """The training seeds of a run: ``run.seeds``, or the one ``run.seed``."""
+    return list(config["run"].get("seeds") or [config["run"]["seed"]])
+
+
+def save_npz(path: Path, **arrays) -> None:
+    """A compressed ``.npz``, atomically (a temp file beside it, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_result(mdir: Path, row: dict) -> None:
+    """A finished job: its ``result.json`` (what marks it finished), its epoch checkpoint and any
+    earlier attempt's ``error.txt`` gone."""
+    atomic_write_json(mdir / "result.json", row)
+    (mdir / "last.pt").unlink(missing_ok=True)  # the epoch checkpoint is only for resuming
+    (mdir / "error.txt").unlink(missing_ok=True)
+
+
+def save_error(mdir: Path, exc: BaseException) -> Path:
+    """A failed job's traceback, in its folder."""
+    path = mdir / "error.txt"
+    atomic_write_text(path, "".join(traceback.format_exception(exc)))
+    return path
