@@ -116,8 +116,9 @@ def connect(address: str | None, status: Console):
     """``ray``, initialized: joined to the cluster at ``address``, or a temporary local Ray on the
     loopback interface (the CPUs torch would use, no dashboard)."""
     try:
-        if not address:
-            # A private Ray: its services listen on 127.0.0.1 only (read when ray is imported).
+        if not address or address.rpartition(":")[0] in ("127.0.0.1", "localhost"):
+            # A Ray on this machine only: its services, and this driver's, on 127.0.0.1 (read
+            # when ray is imported).
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         import ray
     except ImportError:
@@ -136,8 +137,11 @@ def connect(address: str | None, status: Console):
             ray.init(num_cpus=os.cpu_count() or torch.get_num_threads(), include_dashboard=False,
                      logging_level="WARNING", **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        hint = ("" if os.environ.get("RAY_AUTH_MODE") else " (a cluster with Ray's token authentication, the "
+                "default of `ray start`, is joined with RAY_AUTH_MODE=token and its token in ~/.ray/auth_token "
+                "or RAY_AUTH_TOKEN)")
         raise KpbenchError(f"run.ray.address {address!r}: cannot join a Ray cluster there: "
-                           f"{(str(exc).strip().splitlines() or [''])[0]}") from None
+                           f"{(str(exc).strip().splitlines() or [''])[0]}{hint}") from None
     return ray
 
 
