@@ -223,10 +223,11 @@ def cmd_predict(args, console: Console) -> None:
     results, errors = predict_photos(trained, detector, paths, Path(args.out), console, overlays=not args.no_overlay,
                                      smooth=smooth)
     photos = [r for r in results if "image" in r]
-    videos = f", {len(results) - len(photos)} video(s)" if len(photos) < len(results) else ""
-    faces = sum(len(r["faces"]) for r in photos)
-    console.print(f"{faces} face(s) in {len(photos)} photo(s) ({sum(not r['faces'] for r in photos)} without a "
-                  f"face{videos}, {len(errors)} unreadable); written to {args.out}")
+    said = [f"{len(results) - len(photos)} video(s)"] if len(photos) < len(results) else []
+    if photos or not said:
+        said.insert(0, f"{sum(len(r['faces']) for r in photos)} face(s) in {len(photos)} photo(s) "
+                       f"({sum(not r['faces'] for r in photos)} without a face)")
+    console.print(f"{', '.join(said)}, {len(errors)} unreadable; written to {args.out}")
     if paths and not results:
         raise KpbenchError(f"none of the {len(paths)} file(s) could be read")
 
