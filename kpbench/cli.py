@@ -210,8 +210,10 @@ def cmd_export(args, console: Console) -> None:
 def cmd_predict(args, console: Console) -> None:
     from kpbench.inference import check_output_dir, convention_note, expand_paths, load_trained, predict_photos
     from kpbench.runner import path_detector
+    from kpbench.video import smoothing
 
     options = _options(args.detector_options, "--detector-options")
+    smooth = smoothing(_options(args.smooth_options, "--smooth-options")) if args.smooth else None
     paths = expand_paths(args.paths)
     check_output_dir(Path(args.out), paths)
     plugins = _plugins(args)
@@ -223,12 +225,16 @@ def cmd_predict(args, console: Console) -> None:
     if getattr(detector, "margin", None) is not None:
         console.print(f"{trained.label}: faces cropped by {args.detector} at margin {detector.margin} around the face "
                       f"box{' and turned upright' if getattr(detector, 'align', False) else ''} (the model's crops)")
-    results, errors = predict_photos(trained, detector, paths, Path(args.out), console, overlays=not args.no_overlay)
-    faces = sum(len(r["faces"]) for r in results)
-    console.print(f"{faces} face(s) in {len(results)} photo(s) ({sum(not r['faces'] for r in results)} without a "
-                  f"face, {len(errors)} unreadable); written to {args.out}")
+    results, errors = predict_photos(trained, detector, paths, Path(args.out), console, overlays=not args.no_overlay,
+                                     smooth=smooth)
+    photos = [r for r in results if "image" in r]
+    said = [f"{len(results) - len(photos)} video(s)"] if len(photos) < len(results) else []
+    if photos or not said:
+        said.insert(0, f"{sum(len(r['faces']) for r in photos)} face(s) in {len(photos)} photo(s) "
+                       f"({sum(not r['faces'] for r in photos)} without a face)")
+    console.print(f"{', '.join(said)}, {len(errors)} unreadable; written to {args.out}")
     if paths and not results:
-        raise KpbenchError(f"none of the {len(paths)} photo(s) could be read")
+        raise KpbenchError(f"none of the {len(paths)} file(s) could be read")
 
 
 def cmd_calibrate(args, console: Console) -> None:
@@ -327,13 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, help="output directory (default results/<timestamp>-evaluate-<model>)")
     ev.set_defaults(func=cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="find every face in photos and predict its keypoints (JSON + PNG)")
-    pr.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories or globs")
+    pr = sub.add_parser("predict", help="find every face in photos and videos and predict its keypoints")
+    pr.add_argument("paths", nargs="+", metavar="PATH", help="image or video files, directories or globs")
     pr.add_argument("--model", required=True, help="run directory (its best model), model directory or best.pt")
     pr.add_argument("--detector", default="mtcnn", help="face detector (default mtcnn)")
     pr.add_argument("--detector-options", help="YAML mapping, e.g. '{margin: 0.2}'")
     pr.add_argument("--out", default="predictions", help="a new or empty output directory (default ./predictions)")
     pr.add_argument("--no-overlay", action="store_true", help="write only the JSON, no annotated images")
+    pr.add_argument("--smooth", action="store_true", help="videos: One-Euro filter each face's points over time")
+    pr.add_argument("--smooth-options", help="YAML mapping over the filter's defaults "
+                    "'{min_cutoff: 1.0, beta: 10.0, d_cutoff: 1.0}' (Hz; beta in Hz per face-box side per second)")
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="a trained model as ONNX for ONNX Runtime, checked against PyTorch")

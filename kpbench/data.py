@@ -30,6 +30,7 @@ class Sample:
     id: str
     schema: str
     group: str | None = None  # e.g. the person, so that splits can keep groups apart
+    frame: tuple[str, int] | None = None  # a video frame: (its clip, its index in the clip), for temporal metrics
 
 
 class Dataset(Protocol):
@@ -61,7 +62,8 @@ class Concat:
     def __getitem__(self, index: int) -> Sample:
         k = int(np.searchsorted(self.offsets, index, side="right") - 1)
         sample = self.datasets[k][index - int(self.offsets[k])]
-        return replace(sample, id=f"{self.names[k]}/{sample.id}")
+        frame = sample.frame and (f"{self.names[k]}/{sample.frame[0]}", sample.frame[1])
+        return replace(sample, id=f"{self.names[k]}/{sample.id}", frame=frame)
 
 
 def source_names(specs: list[str]) -> list[str]:
@@ -293,6 +295,7 @@ class Prepared:
     skipped: list[str] = field(default_factory=list)  # bad samples left out (data.skip_bad), one message each
     # (N, 1, Sc, Sc): the same boxes with context around them (Sc > S), for face-box jitter in training
     context: torch.Tensor | None = None
+    frames: list[tuple[str, int] | None] | None = None  # each sample's Sample.frame
 
     def __post_init__(self):
         if self.missed is None:
@@ -329,7 +332,7 @@ def prepare(
     A bad sample (see :func:`check_sample`) is an error, or with ``skip_bad`` skipped and listed
     in ``Prepared.skipped``. With ``context`` > 0 each crop is also cut with ``context`` x
     ``input_size`` more pixels on each side (``Prepared.context``), for face-box jitter."""
-    images, points, boxes, ids, missed, skipped, contexts = [], [], [], [], [], [], []
+    images, points, boxes, ids, missed, skipped, contexts, frames = [], [], [], [], [], [], [], []
     pad = int(round(context * input_size))
     for i in indices:
         try:
@@ -357,6 +360,7 @@ def prepare(
         points.append(pts)
         boxes.append(box)
         ids.append(s.id)
+        frames.append(s.frame)
         missed.append(miss)
         if on_item:
             on_item()
@@ -375,4 +379,5 @@ def prepare(
         missed=np.array(missed, dtype=bool),
         skipped=skipped,
         context=torch.from_numpy(np.stack(contexts).astype(np.float32))[:, None] if pad else None,
+        frames=frames,
     )

@@ -22,6 +22,7 @@ from kpbench.registry import MetricSpec
 class MetricContext:
     schema: Schema
     boxes: np.ndarray  # (N, 3) face boxes the predictions were made in
+    frames: list[tuple[str, int] | None] | None = None  # (clip, index) of each video frame, None for a photo
 
 
 def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 128, device="cpu") -> np.ndarray:
@@ -92,7 +93,7 @@ def aggregate(values: np.ndarray, how: str) -> float:
 def score(pred_crop: np.ndarray, data: Prepared, schema: Schema, metrics: list[MetricSpec]):
     """Returns (predictions in image pixels, {metric: aggregated value}, {metric: per-image values})."""
     pred_px = to_image_pixels(pred_crop, data.boxes)
-    ctx = MetricContext(schema=schema, boxes=data.boxes)
+    ctx = MetricContext(schema=schema, boxes=data.boxes, frames=data.frames)
     per_image = {m.name: np.asarray(m.factory()(pred_px, data.points, ctx), dtype=np.float64) for m in metrics}
     values = {m.name: aggregate(per_image[m.name], m.aggregate) for m in metrics}
     return pred_px, values, per_image

@@ -1,8 +1,10 @@
 """Trained models after the run: load one from its run directory, evaluate it on any dataset
-(``kpbench evaluate``) or find and annotate the faces in photos (``kpbench predict``)."""
+(``kpbench evaluate``) or find and annotate the faces in photos and videos (``kpbench predict``)."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import glob
 import inspect
 import json
@@ -18,13 +20,14 @@ from kpbench import report
 from kpbench.data import IMAGE_SUFFIXES, crop_resize, prepare, read_image, stack_boxes, to_gray, to_image_pixels
 from kpbench.errors import KpbenchError
 from kpbench.evaluate import predict
-from kpbench.io import atomic_write_json
+from kpbench.io import atomic_output, atomic_write_json, atomic_write_text, strict
 from kpbench.keypoints import get_schema
 from kpbench.plugins import Plugins
 from kpbench.runner import (convention_options, load_dataset, make_detector, manifest, metrics_meta, model_settings,
                             resolve_device, test_and_save, use_flip_test)
 from kpbench.rundir import RunDir, save_result
 from kpbench.train import Regressor
+from kpbench.video import VIDEO_SUFFIXES, is_video, require_av
 from kpbench.weights import read_checkpoint
 
 
@@ -136,12 +139,12 @@ def evaluate(trained: Trained, plugins: Plugins, dataset: str, out: Path, detect
 
 
 def expand_paths(patterns: list[str]) -> list[Path]:
-    """Files, directories (their images, sorted) and globs -> image paths, each once."""
+    """Files, directories (their images and videos, sorted) and globs -> paths, each once."""
     files: list[Path] = []
     for pat in patterns:
         p = Path(pat)
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
         elif p.is_file():
             files.append(p)
         else:
@@ -185,47 +188,122 @@ def check_output_dir(out: Path, inputs: list[Path]) -> None:
         raise KpbenchError(f"--out {out}: {why}; kpbench predict never writes over files, choose a new folder")
 
 
+def predict_faces(trained: Trained, detector, image: np.ndarray) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """The one predict path of a photo or a video frame: every face ``detector`` finds in ``image``,
+    cropped as the model was trained, and the model's points on it. Returns the detector's faces,
+    their boxes (F, 3|4) and the points (F, K, 2), both in the image's pixels."""
+    faces = detector.detect_all(image)
+    if not faces:
+        return [], np.zeros((0, 3), np.float32), np.zeros((0, get_schema(trained.config["data"]["schema"]).num_points, 2))
+    boxes = stack_boxes([f["box"] for f in faces])
+    gray = to_gray(image)
+    crops = np.stack([crop_resize(gray, b, trained.input_size) for b in boxes])[:, None]
+    return faces, boxes, to_image_pixels(predict(trained.model, torch.from_numpy(crops.astype(np.float32))), boxes)
+
+
+def face_entry(face: dict, points: np.ndarray, schema) -> dict:
+    """One face as ``predict`` writes it: box, score and the named keypoints, to 0.01 pixel."""
+    return {"box": [round(float(v), 2) for v in face["box"]], "score": round(float(face.get("score", 1.0)), 4),
+            "keypoints": {k: [round(float(x), 2), round(float(y), 2)] for k, (x, y) in zip(schema.points, points)}}
+
+
 def predict_photos(trained: Trained, detector, paths: list[Path], out: Path, console: Console,
-                   overlays: bool = True) -> tuple[list[dict], list[dict]]:
+                   overlays: bool = True, smooth: dict | None = None) -> tuple[list[dict], list[dict]]:
     """Every face in every photo: box, score and named keypoints in the photo's pixels, written as
     ``<name>.json`` and, with ``overlays``, ``<name>.jpg`` (boxes and points drawn) under ``out``,
-    plus ``predictions.json``. A photo that cannot be read is reported and counted; the rest go on.
-    Returns the photos' entries and the unreadable ones' errors."""
+    plus ``predictions.json``. Videos among ``paths`` go through :func:`predict_video` (``smooth``:
+    its One-Euro options, or None). A file that cannot be read is reported and counted; the rest go
+    on. Returns the photos' and videos' entries and the unreadable files' errors."""
     from kpbench import plots
 
     schema = get_schema(trained.config["data"]["schema"])
     if not hasattr(detector, "detect_all"):
         raise KpbenchError("this detector needs annotations (e.g. gt-box); use one that finds faces, e.g. mtcnn")
+    if any(is_video(p) for p in paths):
+        require_av()
     out = Path(out)
     check_output_dir(out, paths)
     results, errors = [], []
     for path, name in zip(paths, output_names(paths)):
         try:
+            if is_video(path):
+                results.append(predict_video(trained, detector, path, out, name, console, overlays, smooth))
+                continue
             image = read_image(path)
         except KpbenchError as exc:
             console.print(f"[yellow]skipped: {exc}[/]")
-            errors.append({"image": str(path), "error": str(exc)})
+            errors.append({"video" if is_video(path) else "image": str(path), "error": str(exc)})
             continue
-        faces = detector.detect_all(image)
+        faces, boxes, pts = predict_faces(trained, detector, image)
         entry = {"image": str(path), "output": name, "width": int(image.shape[1]), "height": int(image.shape[0]),
-                 "faces": []}
-        if faces:
-            boxes = stack_boxes([f["box"] for f in faces])
-            gray = to_gray(image)
-            crops = np.stack([crop_resize(gray, b, trained.input_size) for b in boxes])[:, None]
-            pts = to_image_pixels(predict(trained.model, torch.from_numpy(crops.astype(np.float32))), boxes)
-            for f, p in zip(faces, pts):
-                entry["faces"].append({
-                    "box": [round(float(v), 2) for v in f["box"]], "score": round(float(f.get("score", 1.0)), 4),
-                    "keypoints": {k: [round(float(x), 2), round(float(y), 2)] for k, (x, y) in
-                                  zip(schema.points, p)}})
-            if overlays:
-                plots.photo_keypoints(image, pts, boxes, out / f"{name}.jpg")
-        else:
+                 "faces": [face_entry(f, p, schema) for f, p in zip(faces, pts)]}
+        if not faces:
             console.print(f"{path}: no face found")
+        elif overlays:
+            plots.photo_keypoints(image, pts, boxes, out / f"{name}.jpg")
         atomic_write_json(out / f"{name}.json", entry)
         results.append(entry)
     atomic_write_json(out / "predictions.json", {"model": str(trained.model_dir), "detector": type(detector).__name__,
                                                  "margin": getattr(detector, "margin", None),
-                                                 "images": results, "errors": errors})
+                                                 "images": [r for r in results if "image" in r],
+                                                 "videos": [r for r in results if "video" in r], "errors": errors})
     return results, errors
+
+
+def predict_video(trained: Trained, detector, path: Path, out: Path, name: str, console: Console,
+                  overlays: bool = True, smooth: dict | None = None) -> dict:
+    """Every face in every frame of a video, decoded one frame at a time and predicted by
+    :func:`predict_faces`: ``<name>.csv`` (one row per frame and face: frame, time in seconds, face
+    number, box, score, the named points), ``<name>.json`` (the same as strict JSON, every frame
+    listed, also those without a face) and, with ``overlays``, ``<name>.mp4`` (boxes and points
+    drawn), each written whole or not at all. Faces keep their number across frames
+    (:class:`~kpbench.video.FaceTracks`); with ``smooth`` (:func:`~kpbench.video.smoothing`) each
+    face's points are One-Euro filtered over time. Returns the video's summary."""
+    from rich.progress import Progress
+
+    from kpbench import plots
+    from kpbench.video import FaceTracks, VideoWriter, face_filter, frame_rate, frames, open_video
+
+    schema = get_schema(trained.config["data"]["schema"])
+    tracks, filters = FaceTracks(), {}
+    with contextlib.ExitStack() as stack:
+        container, stream = stack.enter_context(open_video(path))
+        head = {"video": str(path), "model": str(trained.model_dir), "width": stream.width, "height": stream.height,
+                "fps": frame_rate(stream), "smooth": smooth}
+        summary = {**head, "output": name, "frames": 0, "faces": 0, "frames_without_face": 0}
+        table = csv.writer(stack.enter_context(open(stack.enter_context(atomic_output(out / f"{name}.csv")), "w",
+                                                    newline="")))
+        doc = stack.enter_context(open(stack.enter_context(atomic_output(out / f"{name}.json")), "w"))
+        writer = None
+        if overlays:
+            writer = VideoWriter(stack.enter_context(atomic_output(out / f"{name}.mp4")), summary["fps"],
+                                 stream.width, stream.height)
+            stack.callback(writer.close)
+        progress = stack.enter_context(Progress(console=console, transient=True))
+        task = progress.add_task(path.name, total=stream.frames or None)
+        table.writerow(["frame", "time", "face", "box_x0", "box_y0", "box_side", "box_angle", "score",
+                        *[f"{p}_{axis}" for p in schema.points for axis in "xy"]])
+        doc.write(json.dumps(strict(head), allow_nan=False)[:-1] + ', "frames": [\n')  # then one frame a line
+        for index, t, image in frames(path, container, stream):
+            faces, boxes, pts = predict_faces(trained, detector, image)
+            numbers = tracks.follow(boxes)
+            if smooth is not None and faces:
+                pts = np.stack([filters.setdefault(k, face_filter(smooth, b[2]))(p, t)
+                                for k, b, p in zip(numbers, boxes, pts)])
+            entries = [{"face": k, **face_entry(f, p, schema)} for k, f, p in zip(numbers, faces, pts)]
+            for e in entries:
+                table.writerow([index, round(t, 4), e["face"], *(e["box"] + [0.0])[:4], e["score"],
+                                *[v for xy in e["keypoints"].values() for v in xy]])
+            doc.write(("," if index else "") + json.dumps(strict({"frame": index, "time": round(t, 4),
+                                                                  "faces": entries}), allow_nan=False) + "\n")
+            if writer:
+                writer.write(np.asarray(plots.draw_faces(image, pts, boxes)))
+            summary.update(frames=index + 1, faces=summary["faces"] + len(faces),
+                           frames_without_face=summary["frames_without_face"] + (not faces))
+            progress.advance(task)
+        doc.write("]}\n")
+        if not summary["frames"]:
+            raise KpbenchError(f"{path}: no video frames")
+    console.print(f"{path}: {summary['frames']} frames, {summary['faces']} face(s) "
+                  f"({summary['frames_without_face']} frames without a face)")
+    return summary

@@ -35,18 +35,27 @@ def _signals_held():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _atomic(path: Path, write) -> None:
+@contextlib.contextmanager
+def atomic_output(path: Path):
+    """A temporary file beside ``path`` to write at length (a video, a long CSV), renamed to
+    ``path`` when the block ends without error and removed otherwise, so a reader never sees it
+    half-written. Ctrl-C is not held here: a long write stays interruptible and leaves nothing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f, _signals_held():
-            write(f)
+        yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _atomic(path: Path, write) -> None:
+    with atomic_output(path) as tmp, open(tmp, "wb") as f, _signals_held():
+        write(f)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -350,14 +350,12 @@ def accuracy_vs_cost(df: pd.DataFrame, path, x: str = "latency_ms", y: str = "nm
 
 # --------------------------------------------------------------------------- photos
 
-def photo_keypoints(image: np.ndarray, points: np.ndarray, boxes: np.ndarray, path) -> Path:
-    """A photo with every face's box and predicted keypoints drawn (``kpbench predict``), written
-    as JPEG (PNG for a ``.png`` path) with PIL: no matplotlib figure, a few milliseconds a photo.
-    ``points`` (F,K,2) and ``boxes`` (F,3|4) = x0, y0, side[, angle], in the photo's pixels."""
+def draw_faces(image: np.ndarray, points: np.ndarray, boxes: np.ndarray):
+    """A PIL RGB copy of ``image`` with every face's box and predicted keypoints drawn.
+    ``points`` (F,K,2) and ``boxes`` (F,3|4) = x0, y0, side[, angle], in the image's pixels."""
     from PIL import Image, ImageDraw
 
     from kpbench.data import to_image_pixels
-    from kpbench.io import atomic_write_bytes
 
     img = np.asarray(image)
     if img.dtype != np.uint8:
@@ -372,6 +370,16 @@ def photo_keypoints(image: np.ndarray, points: np.ndarray, boxes: np.ndarray, pa
         r = max(1.5, side / 90)
         for x, y in p[~np.isnan(p).any(axis=1)]:
             draw.ellipse((x - r, y - r, x + r, y + r), fill=PRED_COLOR, outline="white")
+    return im
+
+
+def photo_keypoints(image: np.ndarray, points: np.ndarray, boxes: np.ndarray, path) -> Path:
+    """A photo with every face's box and predicted keypoints drawn (``kpbench predict``,
+    :func:`draw_faces`), written as JPEG (PNG for a ``.png`` path) with PIL: no matplotlib figure,
+    a few milliseconds a photo."""
+    from kpbench.io import atomic_write_bytes
+
+    im = draw_faces(image, points, boxes)
     buf = io.BytesIO()
     if str(path).lower().endswith(".png"):
         im.save(buf, format="PNG", compress_level=1)

@@ -24,10 +24,11 @@ from kpbench.data import read_image as _read_image
 class _Annotated:
     schema = "ibug68"
 
-    def __init__(self, files: list[Path], points: list[np.ndarray], groups: list[str] | None):
+    def __init__(self, files: list[Path], points: list[np.ndarray], groups: list[str] | None,
+                 frames: list[tuple[str, int]] | None = None):
         if not files:
             raise kpbench.KpbenchError("dataset has no annotated images")
-        self.files, self.points, self.groups = files, points, groups
+        self.files, self.points, self.groups, self.frames = files, points, groups, frames
 
     def __len__(self) -> int:
         return len(self.files)
@@ -35,12 +36,19 @@ class _Annotated:
     def __getitem__(self, i: int) -> Sample:
         f = self.files[i]
         return Sample(image=_read_image(f), points=self.points[i], id=f.name, schema=self.schema,
-                      group=self.groups[i] if self.groups else None)
+                      group=self.groups[i] if self.groups else None, frame=self.frames[i] if self.frames else None)
 
 
 def _person(name: str) -> str:
     """YouTube Faces frame 'Luis_Fonsi_21.jpg' -> person 'Luis_Fonsi'."""
     return re.sub(r"_\d+$", "", Path(name).stem)
+
+
+def clip_frame(name: str) -> tuple[str, int]:
+    """YouTube Faces frame 'Luis_Fonsi_21.jpg' -> clip 'Luis_Fonsi_2', frame 1: the shared frames come
+    in clips of three (names ending in 0, 1, 2; one image size per clip), the last digit the frame."""
+    stem = Path(name).stem
+    return (stem[:-1], int(stem[-1])) if stem[-1:].isdigit() else (stem, 0)
 
 
 def folder68(path=None, images: str | None = None, group_by_person: bool = True):
@@ -78,7 +86,8 @@ def folder68(path=None, images: str | None = None, group_by_person: bool = True)
     if missing:
         raise kpbench.KpbenchError(f"{p}: {len(missing)} images missing from {root}, e.g. {missing[0]!r}")
     groups = [_person(n) for n, _ in rows] if group_by_person else None
-    return _Annotated([root / n for n, _ in rows], [pts for _, pts in rows], groups)
+    frames = [clip_frame(n) for n, _ in rows] if group_by_person else None  # the same YouTube Faces naming
+    return _Annotated([root / n for n, _ in rows], [pts for _, pts in rows], groups, frames)
 
 
 def read_pts(path: Path) -> np.ndarray:

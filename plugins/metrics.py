@@ -36,6 +36,9 @@ From the inter-ocular NME: ``fr10`` is the failure rate, the fraction of images 
 ``auc10`` is the area under the cumulative error distribution (CED) of NME from 0 to 0.1, divided
 by 0.1 so it lies in [0, 1] (higher is better). Per image it is ``max(0, 1 - nme / 0.1)``: the mean
 of this over images equals the normalized area under the CED exactly.
+
+Temporal: ``jitter``, the frame-to-frame change of the error on video frames (see :func:`jitter`);
+NaN on photos and on each clip's first frame.
 """
 
 from __future__ import annotations
@@ -144,6 +147,32 @@ def on_kaggle15(metric):
     return on15
 
 
+def previous_frame(frames: list) -> np.ndarray:
+    """Per sample, the index of its clip's previous frame (same clip, frame index - 1) among
+    ``frames`` (``(clip, index)`` or None per sample, in any order); -1 where there is none."""
+    at = {f: i for i, f in enumerate(frames) if f is not None}
+    return np.array([-1 if f is None else at.get((f[0], f[1] - 1), -1) for f in frames], dtype=int)
+
+
+def jitter(pred, true, ctx):
+    """Frame-to-frame jitter: per frame with a previous frame in its clip (``ctx.frames``), the mean
+    over points of ``|e_t - e_{t-1}|``, the change of the error ``e = pred - true`` since that frame,
+    divided by the two frames' mean inter-ocular distance; NaN on a clip's first frame, on photos
+    and where the eyes are missing. Averaged over frames, it is the mean over all consecutive pairs.
+
+    Why the error and not the predictions' own motion: on annotated video the face moves, and a
+    perfect model follows it, so the raw displacement ``|pred_t - pred_{t-1}|`` counts true motion
+    as jitter. The error's change is zero for a perfect model and for a steady bias (an offset that
+    does not flicker is an accuracy problem, which ``nme`` measures), and counts only what wobbles
+    from frame to frame; with annotation noise it has the annotations' own flicker as a floor.
+    Points missing in either frame's annotation are left out of that pair."""
+    prev = previous_frame(ctx.frames or [None] * len(pred))
+    err = pred - true
+    step = _nanmean(_dist(err, err[prev]), axis=1)
+    iod = inter_ocular(true, ctx.schema)
+    return np.where(prev >= 0, _ratio(step, (iod + iod[prev]) / 2), np.nan)
+
+
 def _failure(threshold: float):
     def failure(pred, true, ctx):
         e = nme(pred, true, ctx)
@@ -186,4 +215,6 @@ def kpbench_metrics():
         M("fr10", lambda: _failure(0.1), "Failure rate: fraction of images with inter-ocular NME > 0.1"),
         M("auc10", lambda: _auc(0.1), "Area under the inter-ocular NME CED from 0 to 0.1, normalized to [0, 1]",
           higher_is_better=True),
+        M("jitter", lambda: jitter, "Frame-to-frame change of the error on video frames / inter-ocular distance"
+          " (mean over consecutive frames of a clip)"),
     ]

@@ -131,7 +131,7 @@ def test_image_with_all_points_missing_is_nan_and_left_out(two_faces):
     true[1] = np.nan
     m = get_plugins().metrics
     for name in m.names():
-        if m.get(name).plugin != "kpbench-metrics":
+        if m.get(name).plugin != "kpbench-metrics" or name == "jitter":  # jitter: NaN on photos (test_video.py)
             continue
         got = compute(name, pred, true, boxes)
         assert np.isnan(got[1]) and not np.isnan(got[0]), name

@@ -1,0 +1,174 @@
+"""Videos for ``kpbench predict``: frames decoded one at a time and the annotated video written with
+PyAV (the optional ``kpbench[video]`` extra), faces numbered across frames, and the One-Euro filter
+that smooths each face's keypoints over time (``--smooth``)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from kpbench.errors import KpbenchError
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+ENCODERS = ("libx264", "mpeg4")  # H.264 where this PyAV build has it, else MPEG-4 Part 2; both play in .mp4
+DEFAULT_FPS = 25.0  # a stream that states no frame rate
+# One-Euro defaults for face keypoints, in units of the face box's side (the filter is set per face):
+# at rest the cutoff is 1 Hz (flicker smoothed hard: at 30 fps a frame moves 17 % of the way to a
+# new value); a face moving 0.5 box sides per second raises it to 6 Hz (56 %), so motion lags little.
+SMOOTH = {"min_cutoff": 1.0, "beta": 10.0, "d_cutoff": 1.0}
+
+
+def is_video(path: Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def require_av():
+    try:
+        import av
+    except ImportError:
+        raise KpbenchError("videos need PyAV, the kpbench[video] extra: pip install 'kpbench[video]'") from None
+    return av
+
+
+class OneEuro:
+    """The One-Euro filter (Casiez, Roussel and Vogel, CHI 2012): exponential smoothing whose cutoff
+    frequency rises with the signal's speed, ``cutoff = min_cutoff + beta * |speed|``, so a still
+    signal is smoothed hard (less jitter) and a moving one lightly (less lag). The speed is itself
+    smoothed at ``d_cutoff``. Frequencies in Hz, speed in the signal's units per second; each element
+    of an array is filtered on its own. The first value passes unchanged."""
+
+    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.0, d_cutoff: float = 1.0):
+        self.min_cutoff, self.beta, self.d_cutoff = float(min_cutoff), float(beta), float(d_cutoff)
+        self.x = self.dx = self.t = None
+
+    @staticmethod
+    def _alpha(dt: float, cutoff) -> np.ndarray:
+        return 1.0 / (1.0 + 1.0 / (2 * math.pi * cutoff * dt))
+
+    def __call__(self, x, t: float) -> np.ndarray:
+        """The filtered value of ``x`` sampled at time ``t`` (seconds, increasing)."""
+        x = np.asarray(x, dtype=np.float64)
+        if self.x is None:
+            self.x, self.dx, self.t = x, np.zeros_like(x), t
+            return x
+        dt = t - self.t
+        if dt <= 0:  # a repeated timestamp: nothing new to filter
+            return self.x
+        self.dx = self.dx + self._alpha(dt, self.d_cutoff) * ((x - self.x) / dt - self.dx)
+        a = self._alpha(dt, self.min_cutoff + self.beta * np.abs(self.dx))
+        self.x, self.t = self.x + a * (x - self.x), t
+        return self.x
+
+
+def smoothing(options: dict) -> dict:
+    """``--smooth-options`` over :data:`SMOOTH`; an unknown name or a value that is not a positive
+    number (``beta`` may be 0) is one error."""
+    unknown = sorted(set(options) - set(SMOOTH))
+    if unknown:
+        raise KpbenchError(f"--smooth-options: unknown option {unknown[0]!r} (known: {', '.join(SMOOTH)})")
+    merged = {**SMOOTH, **options}
+    for k, v in merged.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 or (k == "beta" and v == 0)):
+            raise KpbenchError(f"--smooth-options: {k}: {v!r} is not a positive number")
+    return {k: float(v) for k, v in merged.items()}
+
+
+def face_filter(options: dict, side: float) -> OneEuro:
+    """A One-Euro filter for one face's points in pixels, ``options`` (:func:`smoothing`) given in
+    units of the face box's ``side``: only ``beta`` depends on the unit (it multiplies a speed)."""
+    return OneEuro(options["min_cutoff"], options["beta"] / max(float(side), 1e-6), options["d_cutoff"])
+
+
+class FaceTracks:
+    """Numbers faces across frames: a face keeps the number of the previous frame's face whose box
+    centre is nearest to its own, if within half a box side; any other face gets a new number."""
+
+    def __init__(self):
+        self.last: dict[int, np.ndarray] = {}  # number -> (cx, cy) in the previous frame
+        self.count = 0
+
+    def follow(self, boxes: np.ndarray) -> list[int]:
+        """The numbers of this frame's faces, given their boxes (F, 3|4) in the frame's pixels."""
+        boxes = np.asarray(boxes, dtype=np.float64)
+        centres = boxes[:, :2] + boxes[:, 2:3] / 2
+        numbers, free = [], dict(self.last)
+        for centre, side in zip(centres, boxes[:, 2]):
+            near = min(free, key=lambda k: np.linalg.norm(free[k] - centre), default=None)
+            if near is not None and np.linalg.norm(free[near] - centre) <= side / 2:
+                del free[near]
+                numbers.append(near)
+            else:
+                numbers.append(self.count)
+                self.count += 1
+        self.last = dict(zip(numbers, centres))
+        return numbers
+
+
+@contextlib.contextmanager
+def open_video(path: Path):
+    """The first video stream of ``path`` (its PyAV stream, with ``frames`` possibly 0 when the
+    container does not say); a file PyAV cannot read is one error naming it."""
+    av = require_av()
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as exc:
+        raise KpbenchError(f"{path}: not a readable video ({exc})") from None
+    try:
+        if not container.streams.video:
+            raise KpbenchError(f"{path}: has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        yield container, stream
+    finally:
+        container.close()
+
+
+def frame_rate(stream) -> float:
+    rate = stream.average_rate or stream.guessed_rate
+    return float(rate) if rate else DEFAULT_FPS
+
+
+def frames(path: Path, container, stream) -> Iterator[tuple[int, float, np.ndarray]]:
+    """Index, time in seconds and RGB pixels (H, W, 3) uint8 of each frame, decoded one at a time."""
+    av = require_av()
+    fps, index = frame_rate(stream), 0
+    try:
+        for frame in container.decode(stream):
+            t = float(frame.time) if frame.time is not None else index / fps
+            yield index, t, frame.to_ndarray(format="rgb24")
+            index += 1
+    except av.error.FFmpegError as exc:
+        raise KpbenchError(f"{path}: frame {index} cannot be decoded ({exc})") from None
+
+
+class VideoWriter:
+    """An .mp4 written frame by frame (H.264, else MPEG-4 Part 2; see :data:`ENCODERS`), at ``fps``;
+    odd frame sizes lose their last row or column (the encoders need even ones)."""
+
+    def __init__(self, path: Path, fps: float, width: int, height: int):
+        av = require_av()
+        from fractions import Fraction
+
+        codec = next((c for c in ENCODERS if c in av.codecs_available), None)
+        if codec is None:
+            raise KpbenchError(f"{path}: this PyAV has no {' or '.join(ENCODERS)} encoder; use --no-overlay")
+        self.container = av.open(str(path), "w", format="mp4")
+        self.stream = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        self.stream.width, self.stream.height = max(2, width - width % 2), max(2, height - height % 2)
+        self.stream.pix_fmt = "yuv420p"
+        self.codec = codec
+
+    def write(self, rgb: np.ndarray) -> None:
+        av = require_av()
+        image = np.ascontiguousarray(rgb[:self.stream.height, :self.stream.width])
+        for packet in self.stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        for packet in self.stream.encode():  # flush the encoder
+            self.container.mux(packet)
+        self.container.close()

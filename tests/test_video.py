@@ -1,0 +1,185 @@
+"""Video: `kpbench predict` on a clip (one CSV row per frame, strict JSON, a playable annotated .mp4),
+the `jitter` metric by hand, and the One-Euro filter."""
+
+import csv
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+# ---- the One-Euro filter ----------------------------------------------------------------------
+
+
+def _filtered(signal, fps=30.0, **options):
+    from kpbench.video import OneEuro
+
+    f = OneEuro(**options)
+    return np.array([f(x, k / fps) for k, x in enumerate(signal)])
+
+
+def test_one_euro_keeps_a_constant_follows_a_step_with_lag_and_reduces_noise():
+    from kpbench.video import SMOOTH, OneEuro
+
+    assert np.array_equal(_filtered(np.full(40, 5.0), **SMOOTH), np.full(40, 5.0))
+
+    # beta 0 is a plain low-pass: with cutoff 1 Hz and dt = 1 / (2 pi) s, alpha = 1 / (1 + 1) = 0.5.
+    f = OneEuro(min_cutoff=1.0, beta=0.0)
+    assert f(0.0, 0.0) == 0.0 and f(1.0, 1 / (2 * math.pi)) == pytest.approx(0.5)
+
+    step = _filtered(np.r_[np.zeros(30), np.ones(60)], **SMOOTH)
+    after = step[30:]
+    assert np.all(step[:30] == 0) and 0 < after[0] < 1  # lags behind the step ...
+    assert np.all(np.diff(after) >= 0) and after[15] > 0.95  # ... and catches up within half a second
+    # a larger beta follows faster (less lag), a smaller one slower
+    assert _filtered(np.r_[0, np.ones(5)], beta=50.0)[1] > _filtered(np.r_[0, np.ones(5)], beta=1.0)[1]
+
+    noise = np.random.default_rng(0).normal(0, 0.01, 300)
+    smooth = _filtered(noise, **SMOOTH)
+    assert smooth[30:].std() < 0.5 * noise[30:].std()
+
+
+def test_smoothing_options_are_checked():
+    from kpbench.errors import KpbenchError
+    from kpbench.video import SMOOTH, smoothing
+
+    assert smoothing({}) == SMOOTH and smoothing({"beta": 0})["beta"] == 0.0
+    with pytest.raises(KpbenchError, match="unknown option 'cutoff'"):
+        smoothing({"cutoff": 1})
+    with pytest.raises(KpbenchError, match="min_cutoff: -1 is not a positive number"):
+        smoothing({"min_cutoff": -1})
+
+
+def test_face_tracks_keep_numbers_of_faces_that_stay():
+    from kpbench.video import FaceTracks
+
+    t = FaceTracks()
+    assert t.follow(np.array([[0, 0, 10], [100, 0, 10.]])) == [0, 1]
+    assert t.follow(np.array([[101, 2, 10], [3, 0, 10.]])) == [1, 0]  # moved a little, order swapped
+    assert t.follow(np.array([[50, 50, 10.]])) == [2]  # far from both: a new face
+    assert t.follow(np.zeros((0, 3))) == []
+
+
+# ---- the jitter metric, by hand ---------------------------------------------------------------
+
+
+def test_jitter_is_the_frame_to_frame_change_of_the_error_by_hand():
+    from kpbench.evaluate import MetricContext
+    from kpbench.keypoints import KAGGLE15
+    from kpbench_plugins.datasets import clip_frame
+    from kpbench_plugins.metrics import jitter
+
+    assert clip_frame("Luis_Fonsi_21.jpg") == ("Luis_Fonsi_2", 1) and clip_frame("x.png") == ("x", 0)
+    a, b = KAGGLE15.norm_pair  # the outer eye corners
+    K = KAGGLE15.num_points  # 15
+
+    def face(iod, shift):
+        """True points: all at `shift`, but the two eye corners `iod` pixels apart."""
+        p = np.zeros((K, 2)) + shift
+        p[a, 0] -= iod / 2
+        p[b, 0] += iod / 2
+        return p
+
+    # clip "a", frames 0, 1, 2 (the face moves 50 px a frame: true motion must not count), clip "b"
+    # with one frame, and a photo; given in shuffled order.
+    t0, t1, t2 = face(10, 0), face(20, 50), face(20, 100)
+    e0 = np.tile([1.0, 0.0], (K, 1))  # error pred - true of every point
+    e1 = np.tile([1.0, 3.0], (K, 1))  # changed by (0, 3): 3 px for every point
+    e2 = e1.copy()
+    e2[:10] += [3.0, 4.0]  # 10 points change by (3, 4) = 5 px, the other 5 by nothing
+    t1_missing = t1.copy()
+    t1_missing[7] = np.nan  # a point missing in a1's annotation: left out of its pairs
+    true = np.stack([t2, t0, face(10, 0), t1_missing, face(10, 0)])
+    pred = np.stack([t2 + e2, t0 + e0, face(10, 0) + 9, t1 + e1, face(10, 0) + 1])
+    frames = [("a", 2), ("a", 0), ("b", 0), ("a", 1), None]
+    ctx = MetricContext(schema=KAGGLE15, boxes=np.zeros((5, 3)), frames=frames)
+    got = jitter(pred, true, ctx)
+    # a2 after a1: mean change over the 14 points visible in both = (9 * 5 + 5 * 0) / 14 (point 7 is
+    #   one of the 10 that moved), divided by the mean inter-ocular distance (20 + 20) / 2 = 20
+    # a0, b0 (first frames) and the photo: NaN
+    # a1 after a0: every point changed by 3 px (14 visible), divided by (10 + 20) / 2 = 15: 0.2
+    want = [(9 * 5 / 14) / 20, np.nan, np.nan, 3 / 15, np.nan]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    # without frames (photos) it is undefined everywhere
+    assert np.isnan(jitter(pred, true, MetricContext(schema=KAGGLE15, boxes=np.zeros((5, 3))))).all()
+
+
+# ---- kpbench predict on a video ---------------------------------------------------------------
+
+
+def _write_clip(path, frames, fps=10):
+    import av
+
+    with av.open(str(path), "w", format="mp4") as c:
+        s = c.add_stream("mpeg4", rate=fps)
+        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        for f in frames:
+            for packet in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+
+
+def _count_frames(path) -> int:
+    import av
+
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def _strict_json(path):
+    def refuse(name):
+        raise ValueError(f"{path}: {name} is not strict JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_predict_on_a_video_writes_a_row_per_frame_and_a_playable_video(tmp_path, tiny_config):
+    pytest.importorskip("av")
+    from PIL import Image
+
+    from kpbench_plugins.synthetic import render
+
+    run = tmp_path / "run"
+    r = run_cli("run", "-c", tiny_config, "--out", run)
+    assert r.returncode == 0, r.stderr
+    n = 8  # synthetic faces as the frames of a clip, the face filling each frame (detector none)
+    frames = [np.repeat(render(7, i, 48)[0][:, :, None], 3, axis=2) for i in range(n)]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _write_clip(inputs / "clip.mp4", frames)
+    Image.fromarray(frames[0]).save(inputs / "photo.png")  # photos and videos in one call
+    (inputs / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "out"
+    r = run_cli("predict", inputs, "--model", run, "--detector", "none", "--out", out, "--smooth")
+    assert r.returncode == 0, r.stderr
+    assert "1 photo(s) (0 without a face), 1 video(s), 1 unreadable" in r.stdout and "broken.mp4" in r.stdout
+
+    with (out / "clip.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(row["frame"]) for row in rows] == list(range(n))  # one face a frame: one row a frame
+    assert {row["face"] for row in rows} == {"0"} and float(rows[1]["time"]) == pytest.approx(0.1)
+    assert float(rows[0]["box_side"]) == 48 and "left_eye_center_x" in rows[0]
+    doc = _strict_json(out / "clip.json")
+    assert len(doc["frames"]) == n and doc["smooth"]["min_cutoff"] == 1.0
+    assert doc["frames"][3]["faces"][0]["keypoints"]["nose_tip"] == [float(rows[3]["nose_tip_x"]),
+                                                                      float(rows[3]["nose_tip_y"])]
+    assert _count_frames(out / "clip.mp4") == n  # the annotated video decodes back, every frame
+    summary = _strict_json(out / "predictions.json")
+    assert [v["frames"] for v in summary["videos"]] == [n] and len(summary["images"]) == 1
+    assert summary["errors"][0]["video"].endswith("broken.mp4")
+    assert (out / "photo.json").is_file() and (out / "photo.jpg").is_file()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+    assert not (out / "broken.csv").exists()
+
+
+def test_predict_without_pyav_is_one_line_naming_the_extra(monkeypatch):
+    from kpbench.errors import KpbenchError
+    from kpbench.video import require_av
+
+    monkeypatch.setitem(sys.modules, "av", None)  # import av now fails
+    with pytest.raises(KpbenchError, match=r"kpbench\[video\]"):
+        require_av()
