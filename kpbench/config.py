@@ -60,12 +60,13 @@ SCHEMA: dict[str, Any] = {
               "channels_last": bool, "loss": str, "schedule": str, "patience": OPT_INT, "targets": str,
               "checkpoint_interval": (int, float)},
     "eval": {"metrics": list, "sort_by": str, "latency": bool, "flip_test": bool,
+             "onnx_latency": (str, bool),  # auto: ONNX Runtime's CPU latency beside latency_ms where installed
              "detectors": list},  # more face-box paths the test split is scored through, e.g. [mtcnn]
 }
 
 CHOICES = {"data.miss_policy": ("fallback", "exclude"), "train.unfreeze": ("all", "last_stage"),
            "train.schedule": ("none", "cosine", "plateau"), "train.loss": ("mse", "l1", "wing"),
-           "train.targets": ("unit", "pixels")}
+           "train.targets": ("unit", "pixels"), "eval.onnx_latency": ("auto", False)}
 
 DEFAULTS: dict[str, Any] = {
     "run": {"name": "run", "seed": 0, "seeds": None, "out": None, "device": "auto", "threads": None},
@@ -82,7 +83,7 @@ DEFAULTS: dict[str, Any] = {
               "channels_last": True, "loss": "mse", "schedule": "none", "patience": None,
               "targets": "unit", "checkpoint_interval": 60},
     "eval": {"metrics": ["nme", "fr10", "auc10", "rmse", "mae", "mse"], "sort_by": "nme", "latency": True,
-             "flip_test": False, "detectors": []},
+             "onnx_latency": "auto", "flip_test": False, "detectors": []},
 }
 
 
@@ -137,7 +138,8 @@ def validate(data: Any, source: str, lines: dict[str, int] | None = None, schema
         if not ok:
             raise KpbenchError(f"{where}: {path!r} must be {_type_name(expected)}, got {type(value).__name__} {value!r}")
         if path in CHOICES and value not in CHOICES[path]:
-            raise KpbenchError(f"{where}: {path!r} must be one of {', '.join(CHOICES[path])}, got {value!r}")
+            choices = ", ".join(str(c).lower() if isinstance(c, bool) else c for c in CHOICES[path])
+            raise KpbenchError(f"{where}: {path!r} must be one of {choices}, got {value!r}")
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -9,8 +9,12 @@ included); ``<file>.json`` beside it says how crops are made and mapped back, so
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,6 +29,15 @@ OPSET = 17
 INSTALL = "pip install 'kpbench[onnx]'"
 
 
+def available() -> bool:
+    """Whether onnx (the exporter's) and onnxruntime can be imported."""
+    try:
+        _onnxruntime()
+    except KpbenchError:
+        return False
+    return True
+
+
 def _onnxruntime(what: str = "exporting to ONNX", exporter: bool = True):
     try:
         if exporter:
@@ -36,13 +49,30 @@ def _onnxruntime(what: str = "exporting to ONNX", exporter: bool = True):
     return onnxruntime
 
 
+@contextlib.contextmanager
+def _stdout_to_devnull():
+    """File descriptor 1 to /dev/null for a while: torch's TorchScript exporter turns its C++ log on
+    and never off (torch 2.14 ``setup_onnx_logging`` tests a function, not its result, for truth),
+    so a failed export would print the whole graph on stdout (into ``--json`` output, mid-run)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def to_onnx(model: torch.nn.Module, example: torch.Tensor, label: str) -> bytes:
     """``model`` (eval mode) as an ONNX graph in memory: input ``crops`` (any batch), output
     ``points``; a model the exporter cannot take is a one-line KpbenchError."""
     _onnxruntime()
     buffer = io.BytesIO()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), _stdout_to_devnull(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's on shape tests: only the batch size varies
             torch.onnx.export(model.eval(), (example,), buffer, dynamo=False, opset_version=OPSET,
                               input_names=["crops"], output_names=["points"],
                               dynamic_axes={"crops": {0: "batch"}, "points": {0: "batch"}})
@@ -54,8 +84,8 @@ def to_onnx(model: torch.nn.Module, example: torch.Tensor, label: str) -> bytes:
 
 class OnnxModel(torch.nn.Module):
     """An exported graph under ONNX Runtime in the place of a PyTorch model: crops (N, 1, S, S)
-    in, points out, so :func:`kpbench.evaluate.predict` runs it
-    as it runs the model."""
+    in, points out, so :func:`kpbench.evaluate.predict` and :func:`kpbench.profile.latency` run
+    it as they run the model."""
 
     def __init__(self, graph: Path | bytes, threads: int | None = None):
         super().__init__()
@@ -68,6 +98,15 @@ class OnnxModel(torch.nn.Module):
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {"crops": crops.cpu().numpy()})[0])
+
+
+def onnxruntime_model(model: torch.nn.Module, input_size: int, label: str) -> OnnxModel:
+    """``model`` (on the CPU) exported in memory and loaded in ONNX Runtime (CPU, torch's thread count)."""
+    graph = to_onnx(model, torch.rand(2, 1, input_size, input_size), label)
+    try:
+        return OnnxModel(graph, torch.get_num_threads())
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime refusing a graph the exporter wrote
+        raise KpbenchError(f"model {label!r}: ONNX Runtime cannot load its graph: {str(exc).strip()[:300]}") from None
 
 
 def load_onnx(path: str | Path) -> Trained:
