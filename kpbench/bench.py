@@ -1,10 +1,12 @@
 """``kpbench bench``: the cost columns of the leaderboard (parameters, per-branch parameters,
-GMACs, batch-1 latency, throughput) for models as configured, without training."""
+GMACs, batch-1 latency in PyTorch and under ONNX Runtime, throughput) for models as configured,
+without training."""
 
 from __future__ import annotations
 
 import platform
 
+import pandas as pd
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -13,7 +15,8 @@ import kpbench
 from kpbench.html import fmt
 from kpbench.keypoints import get_schema
 from kpbench.plugins import Plugins
-from kpbench.profile import profile
+from kpbench.profile import ORT_LATENCY, profile
+from kpbench.report import onnx_latency_note
 
 
 def bench(config: dict, plugins: Plugins, console: Console, batch: int = 32) -> list[dict]:
@@ -29,9 +32,12 @@ def bench(config: dict, plugins: Plugins, console: Console, batch: int = 32) -> 
         options, size, _ = model_settings(config, label, spec)
         torch.manual_seed(0)
         net = _call(spec.factory, f"model {label!r}", schema.num_points, size, 1, **options)
-        row = {"model": label, "input_size": size, **profile(net, size, device, batch=batch), **branch_report(net)}
+        row = {"model": label, "input_size": size,
+               **profile(net, size, device, batch=batch, onnx_latency=config["eval"]["onnx_latency"]),
+               **branch_report(net)}
         rows.append(row)
-    cols = ["model", "input_size", "params", "trainable_params", "gmacs", "latency_ms", "throughput_ips"]
+    cols = ["model", "input_size", "params", "trainable_params", "gmacs", "latency_ms", ORT_LATENCY, "throughput_ips"]
+    cols = [c for c in cols if any(c in r for r in rows)]
     cols += sorted({k for r in rows for k in r if k.startswith("params_")})
     table = Table(title=f"kpbench bench — {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
                         f"kpbench {kpbench.__version__}, {platform.processor() or platform.machine()}",
@@ -42,4 +48,7 @@ def bench(config: dict, plugins: Plugins, console: Console, batch: int = 32) -> 
         table.add_row(*(fmt(r.get(c)) for c in cols))
     console.print(table)
     console.print("latency: median of 10 timed batch-1 forward passes after 3 warm-up passes, under inference mode")
+    note = onnx_latency_note(pd.DataFrame(rows))
+    if note:
+        console.print(note)
     return rows

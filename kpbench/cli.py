@@ -208,6 +208,7 @@ def cmd_export(args, console: Console) -> None:
 
 
 def cmd_predict(args, console: Console) -> None:
+    from kpbench.export import load_onnx
     from kpbench.inference import check_output_dir, convention_note, expand_paths, load_trained, predict_photos
     from kpbench.runner import path_detector
     from kpbench.video import smoothing
@@ -217,7 +218,7 @@ def cmd_predict(args, console: Console) -> None:
     paths = expand_paths(args.paths)
     check_output_dir(Path(args.out), paths)
     plugins = _plugins(args)
-    trained = load_trained(args.model, plugins)
+    trained = load_onnx(args.model) if args.model.endswith(".onnx") else load_trained(args.model, plugins)
     detector = path_detector(plugins, args.detector, trained.config["data"], options)
     note = convention_note(trained, plugins, args.detector)
     if note:
@@ -335,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="find every face in photos and videos and predict its keypoints")
     pr.add_argument("paths", nargs="+", metavar="PATH", help="image or video files, directories or globs")
-    pr.add_argument("--model", required=True, help="run directory (its best model), model directory or best.pt")
+    pr.add_argument("--model", required=True,
+                    help="run directory (its best model), model directory, best.pt, or FILE.onnx from kpbench export")
     pr.add_argument("--detector", default="mtcnn", help="face detector (default mtcnn)")
     pr.add_argument("--detector-options", help="YAML mapping, e.g. '{margin: 0.2}'")
     pr.add_argument("--out", default="predictions", help="a new or empty output directory (default ./predictions)")

@@ -62,12 +62,13 @@ SCHEMA: dict[str, Any] = {
               "channels_last": bool, "loss": str, "schedule": str, "patience": OPT_INT, "targets": str,
               "checkpoint_interval": (int, float)},
     "eval": {"metrics": list, "sort_by": str, "latency": bool, "flip_test": bool,
+             "onnx_latency": (str, bool),  # auto: ONNX Runtime's CPU latency beside latency_ms where installed
              "detectors": list},  # more face-box paths the test split is scored through, e.g. [mtcnn]
 }
 
 CHOICES = {"run.executor": ("local", "ray"), "data.miss_policy": ("fallback", "exclude"), "train.unfreeze": ("all", "last_stage"),
            "train.schedule": ("none", "cosine", "plateau"), "train.loss": ("mse", "l1", "wing"),
-           "train.targets": ("unit", "pixels")}
+           "train.targets": ("unit", "pixels"), "eval.onnx_latency": ("auto", False)}
 
 DEFAULTS: dict[str, Any] = {
     "run": {"name": "run", "seed": 0, "seeds": None, "out": None, "device": "auto", "threads": None,
@@ -85,7 +86,7 @@ DEFAULTS: dict[str, Any] = {
               "channels_last": True, "loss": "mse", "schedule": "none", "patience": None,
               "targets": "unit", "checkpoint_interval": 60},
     "eval": {"metrics": ["nme", "fr10", "auc10", "rmse", "mae", "mse"], "sort_by": "nme", "latency": True,
-             "flip_test": False, "detectors": []},
+             "onnx_latency": "auto", "flip_test": False, "detectors": []},
 }
 
 
@@ -140,14 +141,15 @@ def validate(data: Any, source: str, lines: dict[str, int] | None = None, schema
         if not ok:
             raise KpbenchError(f"{where}: {path!r} must be {_type_name(expected)}, got {type(value).__name__} {value!r}")
         if path in CHOICES and value not in CHOICES[path]:
-            raise KpbenchError(f"{where}: {path!r} must be one of {', '.join(CHOICES[path])}, got {value!r}")
+            choices = ", ".join(str(c).lower() if isinstance(c, bool) else c for c in CHOICES[path])
+            raise KpbenchError(f"{where}: {path!r} must be one of {choices}, got {value!r}")
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
     """Deep merge: mappings merge key by key, anything else (lists included) is replaced."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
 
@@ -163,7 +165,7 @@ def load(path: str | Path | None) -> dict:
     if data is None:
         return config
     validate(data, str(p), lines)
-    return _merge(config, data)
+    return merge(config, data)
 
 
 def override(config: dict, assignment: str) -> dict:
@@ -176,7 +178,7 @@ def override(config: dict, assignment: str) -> dict:
     for part in reversed(key.strip().split(".")):
         nested = {part: nested}
     validate(nested, f"--set {assignment}")
-    return _merge(config, nested)
+    return merge(config, nested)
 
 
 def _list_of(value, kind: type) -> bool:

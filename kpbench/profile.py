@@ -1,5 +1,6 @@
 """Cost of a model: parameters, GMACs (counted by torch's FLOP counter), batch-1 latency (median
-of timed runs after warm-up, under inference mode, as timm's benchmark does) and throughput."""
+of timed runs after warm-up, under inference mode, as timm's benchmark does), the same latency
+of the model exported to ONNX under ONNX Runtime on the CPU, and throughput."""
 
 from __future__ import annotations
 
@@ -51,11 +52,38 @@ def latency(model: torch.nn.Module, input_size: int, device="cpu", batch: int = 
         return median_seconds(step, warmup, runs)
 
 
-def profile(model: torch.nn.Module, input_size: int, device="cpu", timing: bool = True, batch: int = 32) -> dict:
+ORT_LATENCY = "onnxruntime_cpu_latency_ms"  # the column: batch-1 latency under ONNX Runtime on the CPU
+
+
+def onnxruntime_latency(model: torch.nn.Module, input_size: int) -> float | None:
+    """Median seconds of one batch-1 pass of ``model`` (on the CPU) exported to ONNX in memory and
+    run by ONNX Runtime on the CPU, timed as :func:`latency` times PyTorch (same input shape,
+    threads, warm-up and runs); None when the exporter cannot take the model."""
+    from kpbench.errors import KpbenchError
+    from kpbench.export import onnxruntime_model
+
+    try:
+        onnx_model = onnxruntime_model(model, input_size, type(model).__name__)
+    except KpbenchError:
+        return None
+    return latency(onnx_model, input_size)
+
+
+def profile(model: torch.nn.Module, input_size: int, device="cpu", timing: bool = True, batch: int = 32,
+            onnx_latency: str | bool = "auto") -> dict:
+    """Parameters and GMACs; with ``timing``, batch-1 latency and throughput on ``device`` and,
+    with ``onnx_latency`` "auto" where onnx and onnxruntime are installed, ONNX Runtime's CPU
+    latency (null for a model that cannot be exported)."""
+    from kpbench.export import available
+
     total, trainable = count_params(model)
     row = {"params": total, "trainable_params": trainable, "gmacs": round(gmacs(model.cpu(), input_size), 4)}
+    with_ort = timing and onnx_latency == "auto" and available()
+    ort_s = onnxruntime_latency(model, input_size) if with_ort else None  # while the model is on the CPU
     model.to(device)
     if timing:
         row["latency_ms"] = round(latency(model, input_size, device) * 1000, 3)
+        if with_ort:
+            row[ORT_LATENCY] = None if ort_s is None else round(ort_s * 1000, 3)
         row["throughput_ips"] = round(batch / latency(model, input_size, device, batch=batch, warmup=1, runs=3), 1)
     return row

@@ -18,6 +18,7 @@ from kpbench.html import fmt as _fmt
 from kpbench.errors import KpbenchError
 from kpbench.io import atomic_write_json, atomic_write_text
 from kpbench.keypoints import get_schema
+from kpbench.profile import ORT_LATENCY
 from kpbench.rundir import RunDir, seeds_of
 
 FIRST = ["rank", "model", "plugin"]
@@ -69,7 +70,21 @@ def write(df: pd.DataFrame, out: Path, meta: dict) -> None:
     atomic_write_json(out / "leaderboard.json", {"meta": meta, "rows": json.loads(df.to_json(orient="records"))})
 
 
-COSTS = ["train_loss", "val_loss", "params", "trainable_params", "gmacs", "latency_ms", "miss_rate", "train_s"]
+COSTS = ["train_loss", "val_loss", "params", "trainable_params", "gmacs", "latency_ms", ORT_LATENCY, "miss_rate",
+         "train_s"]
+
+
+def onnx_latency_note(df: pd.DataFrame) -> str | None:
+    """What the ONNX Runtime latency column is, and why a model has none."""
+    if ORT_LATENCY not in df:
+        return None
+    note = (f"{ORT_LATENCY}: batch-1 latency of the model exported to ONNX (in memory, as kpbench export does) under "
+            f"ONNX Runtime on the CPU, timed as latency_ms (same input shape and threads, median after warm-up).")
+    empty = list(df.loc[df[ORT_LATENCY].isna(), "model"])
+    if empty:
+        note += (f" Empty for {', '.join(empty)}: torch's ONNX exporter cannot take the model (kpbench export "
+                 f"prints the exporter's error).")
+    return note
 
 
 def show(df: pd.DataFrame, title: str, console: Console | None = None, metrics: list[str] | None = None) -> None:
@@ -305,6 +320,9 @@ def render(run_dir: Path, console: Console | None = None) -> pd.DataFrame:
     figs = render_plots(run_dir, df, found, per_image, config)
     notes = [f"Sorted by {sort} on the test split; {sort}_lo/{sort}_hi: bootstrap 95% confidence interval; "
              f"p_vs_best: Wilcoxon signed-rank test against the best model on the same images (* p < 0.05)."]
+    ort_note = onnx_latency_note(df)
+    if ort_note:
+        notes.append(ort_note)
     expected = len(config["models"]) * len(seeds_of(config))
     if "finished" not in meta or len(found) < expected:
         partial = (f"Partial run: {len(found)} of {expected} model runs finished (kpbench run ... --resume "

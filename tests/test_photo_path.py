@@ -222,6 +222,52 @@ def test_predict_never_overwrites_and_names_outputs_apart(tmp_path, oracle_env):
     assert r.returncode == 2 and "not empty" in r.stderr
 
 
+
+def test_predict_with_the_exported_onnx_gives_the_runs_boxes_and_points(tmp_path, oracle_env, monkeypatch):
+    """`predict --model FILE.onnx` crops by the sidecar's convention (the run's margin 0.2, not the
+    detector's own 0.33) and gives the run directory's boxes and points: within 0.011 px, the JSON's
+    0.01 px rounding (the graph itself differs from PyTorch by about 1e-7 of the crop side)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import sys
+
+    from kpbench import KpbenchError
+    from kpbench.data import points_box
+    from kpbench.export import load_onnx
+
+    plug, env, photos, known = oracle_env
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(TRAIN.replace("models: [cnn]", "models: [integral]").replace("detectors: [oracle]", "detectors: []"))
+    run = tmp_path / "run"
+    assert run_cli("run", "-c", cfg, "--out", run, pythonpath=plug, env=env).returncode == 0
+    onnx = tmp_path / "m.onnx"
+    assert run_cli("export", "--model", run, "--out", onnx, pythonpath=plug, env=env).returncode == 0
+    for model, out in ((run, tmp_path / "by_run"), (onnx, tmp_path / "by_onnx")):
+        r = run_cli("predict", photos, "--model", model, "--detector", "oracle", "--out", out, pythonpath=plug, env=env)
+        assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "by_onnx" / "predictions.json").read_text())["model"] == str(onnx)
+    worst = 0.0
+    for item in known.values():
+        name = item["file"].rsplit("/", 1)[-1][:-4]
+        (a,), (b,) = (json.loads((tmp_path / d / f"{name}.json").read_text())["faces"] for d in ("by_run", "by_onnx"))
+        assert b["box"] == a["box"] == pytest.approx(list(points_box(np.asarray(item["points"], np.float32), 0.2)),
+                                                     abs=0.02)
+        diff = np.array(list(a["keypoints"].values())) - np.array(list(b["keypoints"].values()))
+        worst = max(worst, float(np.abs(diff).max()))
+        assert (tmp_path / "by_onnx" / f"{name}.jpg").is_file()  # the overlay
+    print(f"max |run - onnx| over {len(known)} photos: {worst:.4f} px")
+    assert worst <= 0.011
+
+    # One line when the sidecar is missing or ONNX Runtime is not installed.
+    lone = tmp_path / "lone.onnx"
+    lone.write_bytes(onnx.read_bytes())
+    r = run_cli("predict", photos, "--model", lone, "--detector", "oracle", "--out", tmp_path / "x",
+                pythonpath=plug, env=env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no lone.onnx.json beside it" in r.stderr
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(KpbenchError, match=r"needs onnxruntime: pip install 'kpbench\[onnx\]'"):
+        load_onnx(onnx)
+
 def test_read_image_16_bit_and_palette(tmp_path):
     from PIL import Image
 

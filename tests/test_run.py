@@ -113,6 +113,7 @@ def test_every_shipped_config_is_valid_and_names_registered_components(path):
     (["--set", "train.lr=-1"], "train.lr must be positive, got -1"),
     (["--models", ""], "--models '': no model names"),
     (["--out", "FILE"], "is a file, not a folder"),
+    (["--set", "eval.onnx_latency=true"], "'eval.onnx_latency' must be one of auto, false, got True"),
 ])
 def test_config_mistakes_are_one_line_before_any_work(tmp_path, args, says):
     (tmp_path / "FILE").write_text("mine")

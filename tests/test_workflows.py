@@ -143,6 +143,35 @@ def test_bench_prints_costs_without_training():
     assert "cnn" in r.stdout and "gmacs" in r.stdout and "latency_ms" in r.stdout
 
 
+
+def test_onnx_runtime_latency_beside_pytorchs_and_null_where_the_model_cannot_be_exported(tmp_path, tiny_config):
+    """With onnx and onnxruntime installed, bench and the leaderboard carry ONNX Runtime's CPU
+    latency; the cnn baseline at 32 px (adaptive pooling the exporter refuses) gets null and the
+    report says why; eval.onnx_latency: false leaves the column out."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from kpbench.profile import ORT_LATENCY
+
+    r = run_cli("bench", "--models", "cnn,integral", "--input-size", "32", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {row["model"]: row for row in json.loads(r.stdout)}
+    assert rows["cnn"][ORT_LATENCY] is None and rows["integral"][ORT_LATENCY] > 0
+
+    config = cfgmod.load(tiny_config)
+    config["models"] = ["cnn", "integral"]
+    config["eval"]["latency"] = True
+    out = _run(config, tmp_path / "on")
+    cnn = json.loads((out / "models" / "cnn" / "result.json").read_text(), parse_constant=pytest.fail)  # strict
+    integral = json.loads((out / "models" / "integral" / "result.json").read_text())
+    assert cnn[ORT_LATENCY] is None and cnn["latency_ms"] > 0 and integral[ORT_LATENCY] > 0
+    board = {row["model"]: row for row in json.loads((out / "leaderboard.json").read_text())["rows"]}
+    assert board["cnn"][ORT_LATENCY] is None and board["integral"][ORT_LATENCY] == integral[ORT_LATENCY]
+    assert "Empty for cnn: torch&#x27;s ONNX exporter cannot take the model" in (out / "report.html").read_text()
+
+    config["eval"]["onnx_latency"] = False
+    off = _run(config, tmp_path / "off")
+    assert ORT_LATENCY not in pd.read_csv(off / "leaderboard.csv") and "latency_ms" in pd.read_csv(off / "leaderboard.csv")
+
 MISSING_DETECTOR = '''
 import kpbench
 
