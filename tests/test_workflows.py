@@ -289,6 +289,18 @@ def test_resume_by_another_path_or_moved_and_refusal_names_the_key(tmp_path, tin
     shutil.copytree(first, moved)
     r = run_cli("run", "-c", tiny_config, "--out", moved, "--resume")
     assert r.returncode == 0 and "kept from the previous attempt" in r.stderr, r.stderr
+    # A run written before a config key existed (here eval.onnx_latency) resumes: the key takes its
+    # default; so does one started locally and resumed on another executor.
+    import yaml
+
+    old = yaml.safe_load((moved / "config.yaml").read_text())
+    del old["eval"]["onnx_latency"]
+    (moved / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    import importlib.util
+
+    executor = "ray" if importlib.util.find_spec("ray") else "local"
+    r = run_cli("run", "-c", tiny_config, "--out", moved, "--resume", "--set", f"run.executor={executor}")
+    assert r.returncode == 0 and "kept from the previous attempt" in r.stderr, r.stderr
     # A real difference is refused, naming the key and both values.
     r = run_cli("run", "-c", tiny_config, "--out", moved, "--resume", "--epochs", "3")
     assert r.returncode == 2 and "train.epochs: 1 -> 3" in r.stderr, r.stderr
