@@ -91,7 +91,7 @@ def still_clips(run: Path, model: str, config: dict, boxes: dict, n: int, scale:
 
 def scores(pred, true, ctx) -> dict:
     metrics = get_plugins().metrics
-    return {m: aggregate(np.asarray(metrics.get(m).factory()(pred, true, ctx), float), "mean") for m in ("nme", "jitter")}
+    return {m: aggregate(np.asarray(metrics.get(m)(pred, true, ctx), float), "mean") for m in ("nme", "jitter")}
 
 
 def compare(pred, true, boxes, frames, schema, options, fps_list) -> list[dict]:

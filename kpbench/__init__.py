@@ -12,6 +12,7 @@ from kpbench.keypoints import Schema, get_schema  # noqa: E402
 from kpbench.registry import DatasetSpec, DetectorSpec, MetricSpec, ModelSpec, SchemaSpec  # noqa: E402
 from kpbench.data import Sample  # noqa: E402
 from kpbench.evaluate import MetricContext  # noqa: E402
+from kpbench import protocols  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -26,4 +27,5 @@ __all__ = [
     "SchemaSpec",
     "Sample",
     "MetricContext",
+    "protocols",
 ]

@@ -94,6 +94,6 @@ def score(pred_crop: np.ndarray, data: Prepared, schema: Schema, metrics: list[M
     """Returns (predictions in image pixels, {metric: aggregated value}, {metric: per-image values})."""
     pred_px = to_image_pixels(pred_crop, data.boxes)
     ctx = MetricContext(schema=schema, boxes=data.boxes, frames=data.frames)
-    per_image = {m.name: np.asarray(m.factory()(pred_px, data.points, ctx), dtype=np.float64) for m in metrics}
+    per_image = {m.name: np.asarray(m(pred_px, data.points, ctx), dtype=np.float64) for m in metrics}
     values = {m.name: aggregate(per_image[m.name], m.aggregate) for m in metrics}
     return pred_px, values, per_image

@@ -23,6 +23,7 @@ from kpbench.evaluate import predict
 from kpbench.io import atomic_output, atomic_write_json, atomic_write_text, strict
 from kpbench.keypoints import get_schema
 from kpbench.plugins import Plugins
+from kpbench.protocols import FindsFaces
 from kpbench.runner import (convention_options, load_dataset, make_detector, manifest, metrics_meta, model_settings,
                             resolve_device, test_and_save, use_flip_test)
 from kpbench.rundir import RunDir, save_result
@@ -217,7 +218,7 @@ def predict_photos(trained: Trained, detector, paths: list[Path], out: Path, con
     from kpbench import plots
 
     schema = get_schema(trained.config["data"]["schema"])
-    if not hasattr(detector, "detect_all"):
+    if not isinstance(detector, FindsFaces):
         raise KpbenchError("this detector needs annotations (e.g. gt-box); use one that finds faces, e.g. mtcnn")
     if any(is_video(p) for p in paths):
         require_av()

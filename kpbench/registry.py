@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from kpbench.errors import KpbenchError
+from kpbench.protocols import DatasetFactory, DetectorFactory, Metric, ModelFactory, SchemaFactory
 
 
 @dataclass
-class _Spec:
+class _Named:
     name: str
+    plugin: str = field(default="?", compare=False, kw_only=True)  # filled in by the registry
+
+
+@dataclass
+class _Spec(_Named):
     factory: Callable[..., Any]
     description: str = ""
-    plugin: str = field(default="?", compare=False)  # filled in by the registry
 
 
 @dataclass
 class ModelSpec(_Spec):
-    """``factory(num_keypoints, input_size, in_chans=1, **options) -> torch.nn.Module``.
+    """:class:`kpbench.protocols.ModelFactory`: ``factory(num_keypoints, input_size, in_chans=1, **options) -> torch.nn.Module``.
 
     The module maps a batch of grayscale crops (B, in_chans, S, S), pixels in [0, 1], to (B, 2K):
     x, y per point in crop coordinates scaled to [0, 1]. kpbench adds the training set's mean
@@ -49,6 +56,7 @@ class ModelSpec(_Spec):
       ``defaults["input_size"]`` for a model that wants its own input size.
     """
 
+    factory: ModelFactory
     defaults: dict = field(default_factory=dict)
     check: Callable[[dict], Any] | None = None
 
@@ -56,6 +64,8 @@ class ModelSpec(_Spec):
 @dataclass
 class DatasetSpec(_Spec):
     """``factory(path=None, **options) -> kpbench.data.Dataset``."""
+
+    factory: DatasetFactory
 
 
 @dataclass
@@ -66,21 +76,46 @@ class DetectorSpec(_Spec):
     or ``None`` for a miss (kpbench then uses the annotated box and marks the face missed).
     Optional: ``detect_all(image) -> [{"box", "score", "landmarks"}]`` to find every face in a
     photo (what ``kpbench predict`` needs), a ``margin`` attribute/option (the crop convention),
-    ``cache_boxes = True`` (slow detectors: boxes kept on disk per image and options)."""
+    ``cache_boxes = True`` (slow detectors: boxes kept on disk per image and options). See
+    :class:`kpbench.protocols.Detector` and :class:`~kpbench.protocols.FindsFaces`."""
+
+    factory: DetectorFactory
 
 
 @dataclass
-class MetricSpec(_Spec):
-    """``factory() -> fn``, and ``fn(pred, true, ctx) -> per-image values (N,)``, NaN where undefined.
+class MetricSpec(_Named):
+    """A metric: ``fn(pred, true, ctx) -> per-image values (N,)``, NaN where undefined
+    (:class:`kpbench.protocols.Metric`).
 
     pred/true are (N, K, 2) in the original image's pixels, NaN marks missing true points;
-    ctx is a :class:`kpbench.evaluate.MetricContext`. ``aggregate`` reduces the per-image values
+    ctx is a :class:`kpbench.MetricContext`. ``aggregate`` reduces the per-image values
     ("mean", or "sqrt_mean" for root-mean metrics); ``higher_is_better`` orders leaderboards.
+    A spec is itself callable: ``spec(pred, true, ctx)``.
+    (kpbench 0.1's ``factory() -> fn`` still works, with a DeprecationWarning.)
     """
 
+    fn: Metric
+    description: str = ""
     higher_is_better: bool = False
     aggregate: str = "mean"
     unit: str = ""
+
+    def __post_init__(self):
+        if _takes_no_arguments(self.fn):  # the 0.1 contract: a factory returning the function
+            warnings.warn(f"metric {self.name!r}: MetricSpec now takes the metric function itself, not a "
+                          f"factory returning it", DeprecationWarning, stacklevel=3)
+            self.fn = self.fn()
+
+    def __call__(self, pred, true, ctx):
+        return self.fn(pred, true, ctx)
+
+
+def _takes_no_arguments(fn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return not any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
 
 
 @dataclass
@@ -90,6 +125,7 @@ class SchemaSpec(_Spec):
     -> (..., K', 2)`` mapping points of this schema to the other (NaN stays NaN), so that a dataset
     in this layout can train a model of the other."""
 
+    factory: SchemaFactory
     mappings: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
 
 
@@ -102,9 +138,9 @@ class Registry:
 
     def __init__(self, kind: str):
         self.kind = kind
-        self._specs: dict[str, _Spec] = {}
+        self._specs: dict[str, _Named] = {}
 
-    def add(self, spec: _Spec, plugin: str) -> None:
+    def add(self, spec: _Named, plugin: str) -> None:
         if not isinstance(spec, KINDS[self.kind]):
             raise KpbenchError(
                 f"plugin {plugin!r} returned {type(spec).__name__} {getattr(spec, 'name', spec)!r}"
@@ -124,7 +160,7 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         return name in self._specs
 
-    def get(self, name: str, where: str = "") -> _Spec:
+    def get(self, name: str, where: str = "") -> Any:
         if name in self._specs:
             return self._specs[name]
         close = difflib.get_close_matches(name, self.names(), n=1, cutoff=0.5)
@@ -134,5 +170,5 @@ class Registry:
             f"{at}unknown {self.kind} {name!r}{hint} (known: {', '.join(self.names()) or 'none'})"
         )
 
-    def list(self, pattern: str = "*") -> list[_Spec]:
+    def list(self, pattern: str = "*") -> list[Any]:
         return [self._specs[n] for n in self.names() if fnmatch.fnmatchcase(n, pattern)]

@@ -34,6 +34,7 @@ from kpbench.io import atomic_write_text
 from kpbench.keypoints import get_schema
 from kpbench.plugins import Plugins
 from kpbench.profile import count_params, profile
+from kpbench.protocols import FindsOwnFaces
 from kpbench.rundir import RunDir, save_error, save_npz, save_result, seeds_of
 from kpbench.features import cached_features
 from kpbench.train import backbone_modules, box_jitter, train
@@ -447,7 +448,7 @@ def run_model(label: str, spec, config, train_d: Prepared, val_d: Prepared, test
     row.update(values)  # adds miss_rate (real detectors) after the losses
     paths = dict(paths or {})
     own = None
-    if photos is not None and hasattr(model.net, "photo_keypoints"):  # a reference that finds the faces itself
+    if photos is not None and isinstance(model.net, FindsOwnFaces):  # a reference that finds the faces itself
         with status.status(f"{label}: on the whole test photos with its own face detector"):
             own, missed = own_detector_predictions(model.net, photos(test_d.ids), test_d, pred_crop)
         paths[OWN_DETECTOR] = dataclasses.replace(test_d, missed=missed)

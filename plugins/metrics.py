@@ -190,31 +190,31 @@ def _auc(threshold: float):
 def kpbench_metrics():
     M = kpbench.MetricSpec
     return [
-        M("mse", lambda: squared_error, "Mean squared error per coordinate, pixels²", unit="px²"),
-        M("mae", lambda: absolute_error, "Mean absolute error per coordinate, pixels", unit="px"),
-        M("rmse", lambda: squared_error, "Root mean squared error per coordinate, pixels", aggregate="sqrt_mean",
+        M("mse", squared_error, "Mean squared error per coordinate, pixels²", unit="px²"),
+        M("mae", absolute_error, "Mean absolute error per coordinate, pixels", unit="px"),
+        M("rmse", squared_error, "Root mean squared error per coordinate, pixels", aggregate="sqrt_mean",
           unit="px"),
-        M("mape", lambda: _in_pixels(_mape(1.0)),
+        M("mape", _in_pixels(_mape(1.0)),
           "Mean absolute percentage error per coordinate, pixels; coordinates with |true| < 1 px excluded",
           unit="%"),
-        M("mse_norm", lambda: _in_crop(_mse), "Mean squared error per coordinate in [0, 1] crop coordinates"
+        M("mse_norm", _in_crop(_mse), "Mean squared error per coordinate in [0, 1] crop coordinates"
           " (mse / side²)"),
-        M("mae_norm", lambda: _in_crop(_mae), "Mean absolute error per coordinate in [0, 1] crop coordinates"
+        M("mae_norm", _in_crop(_mae), "Mean absolute error per coordinate in [0, 1] crop coordinates"
           " (mae / side)"),
-        M("rmse_norm", lambda: _in_crop(_mse), "Root mean squared error per coordinate in [0, 1] crop coordinates",
+        M("rmse_norm", _in_crop(_mse), "Root mean squared error per coordinate in [0, 1] crop coordinates",
           aggregate="sqrt_mean"),
-        M("mape_norm", lambda: _in_crop(_mape(0.01)),
+        M("mape_norm", _in_crop(_mape(0.01)),
           "Mean absolute percentage error per coordinate in [0, 1] crop coordinates; |true| < 0.01 excluded",
           unit="%"),
-        M("nme", lambda: nme, "Mean point-to-point error / inter-ocular (outer eye corners) distance"),
-        M("nme15", lambda: on_kaggle15(nme), "Inter-ocular NME on the 15 Kaggle points (a 68-point run's points"
+        M("nme", nme, "Mean point-to-point error / inter-ocular (outer eye corners) distance"),
+        M("nme15", on_kaggle15(nme), "Inter-ocular NME on the 15 Kaggle points (a 68-point run's points"
           " mapped to them)"),
-        M("nme_ip", lambda: _nme(inter_pupil), "Mean point-to-point error / inter-pupil (eye centers) distance"),
-        M("nme_box", lambda: _nme(box_size),
+        M("nme_ip", _nme(inter_pupil), "Mean point-to-point error / inter-pupil (eye centers) distance"),
+        M("nme_box", _nme(box_size),
           "Mean point-to-point error / sqrt(w*h) of the visible true points' bounding box"),
-        M("fr10", lambda: _failure(0.1), "Failure rate: fraction of images with inter-ocular NME > 0.1"),
-        M("auc10", lambda: _auc(0.1), "Area under the inter-ocular NME CED from 0 to 0.1, normalized to [0, 1]",
+        M("fr10", _failure(0.1), "Failure rate: fraction of images with inter-ocular NME > 0.1"),
+        M("auc10", _auc(0.1), "Area under the inter-ocular NME CED from 0 to 0.1, normalized to [0, 1]",
           higher_is_better=True),
-        M("jitter", lambda: jitter, "Frame-to-frame change of the error on video frames / inter-ocular distance"
+        M("jitter", jitter, "Frame-to-frame change of the error on video frames / inter-ocular distance"
           " (mean over consecutive frames of a clip)"),
     ]

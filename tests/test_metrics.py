@@ -23,7 +23,7 @@ FACE = np.stack([XS, YS], axis=-1)
 
 
 def metric(name):
-    return get_plugins().metrics.get(name).factory()
+    return get_plugins().metrics.get(name)
 
 
 def compute(name, pred, true, boxes=None, schema=K15):

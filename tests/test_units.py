@@ -308,10 +308,27 @@ def test_metric_plugins_per_image_values(plugins):
     pred, true, expected = _metric_example()
     ctx = MetricContext(schema=KAGGLE15, boxes=np.array([[0, 0, 64], [0, 0, 64]], dtype=float))
     for name in ("mse", "mae", "rmse", "nme"):
-        fn = plugins.metrics.get(name).factory()
+        fn = plugins.metrics.get(name)
         got = np.asarray(fn(pred, true, ctx), dtype=float)
         assert got.shape == (2,)
         np.testing.assert_allclose(got, expected[name], rtol=1e-12, err_msg=name)
+
+
+def test_a_metric_spec_holds_its_function_and_the_old_factory_form_warns(plugins):
+    pred, true, expected = _metric_example()
+    ctx = MetricContext(schema=KAGGLE15, boxes=np.array([[0, 0, 64], [0, 0, 64]], dtype=float))
+
+    def worst(p, t, c):
+        return np.nanmax(np.linalg.norm(p - t, axis=-1), axis=1)
+
+    spec = MetricSpec("worst", worst, "largest point error, px")
+    assert spec.fn is worst
+    np.testing.assert_allclose(spec(pred, true, ctx), worst(pred, true, ctx))
+    with pytest.warns(DeprecationWarning, match="takes the metric function itself"):
+        old = MetricSpec("worst", lambda: worst, "the kpbench 0.1 form")
+    assert old.fn is worst
+    nme = plugins.metrics.get("nme")
+    np.testing.assert_allclose(nme(pred, true, ctx), expected["nme"], rtol=1e-12)
 
 
 def test_metric_aggregation_and_specs(plugins):
@@ -349,7 +366,7 @@ def test_score_maps_crop_predictions_back_and_aggregates(plugins):
 def test_nme_is_undefined_without_both_outer_eye_corners(plugins):
     pred, true, _ = _metric_example()
     true[0, 5] = np.nan  # right outer corner missing: no inter-ocular distance for image 0
-    fn = plugins.metrics.get("nme").factory()
+    fn = plugins.metrics.get("nme")
     got = fn(pred, true, MetricContext(schema=KAGGLE15, boxes=np.zeros((2, 3))))
     assert math.isnan(got[0])
     assert got[1] == pytest.approx(11 / 13 / 26)
@@ -357,7 +374,7 @@ def test_nme_is_undefined_without_both_outer_eye_corners(plugins):
 
 def test_nme_normalizes_by_outer_eye_corners_not_pupils(plugins):
     pred, true, _ = _metric_example()
-    fn = plugins.metrics.get("nme").factory()
+    fn = plugins.metrics.get("nme")
     ctx = MetricContext(schema=KAGGLE15, boxes=np.zeros((2, 3)))
     base = fn(pred, true, ctx)
     # move the eye centers (pupils) in both truth and prediction: errors and the norm are unchanged
