@@ -12,6 +12,8 @@ from rich.table import Table
 
 from kpbench import __version__
 from kpbench.errors import KpbenchError
+from kpbench.log import log
+from kpbench.log import setup as setup_logging
 
 DEFAULT_CONFIG = "configs/default.yaml"
 
@@ -184,7 +186,7 @@ def cmd_evaluate(args, console: Console) -> None:
 
         note = convention_note(trained, plugins, args.detector)
         if note:
-            print(f"kpbench: {note}", file=sys.stderr)
+            log.warning(f"kpbench: {note}")
     out = args.out or Path("results") / f"{time.strftime('%Y%m%d-%H%M%S')}-evaluate-{trained.label}"
     evaluate(trained, plugins, args.dataset, out, args.detector, _options(args.detector_options, "--detector-options"),
              _options(args.dataset_options, "--dataset-options"), console)
@@ -222,7 +224,7 @@ def cmd_predict(args, console: Console) -> None:
     detector = path_detector(plugins, args.detector, trained.config["data"], options)
     note = convention_note(trained, plugins, args.detector)
     if note:
-        print(f"kpbench: {note}", file=sys.stderr)
+        log.warning(f"kpbench: {note}")
     if getattr(detector, "margin", None) is not None:
         console.print(f"{trained.label}: faces cropped by {args.detector} at margin {detector.margin} around the face "
                       f"box{' and turned upright' if getattr(detector, 'align', False) else ''} (the model's crops)")
@@ -286,6 +288,8 @@ def cmd_bench(args, console: Console) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kpbench", description="Train, evaluate and compare facial keypoint models.")
     p.add_argument("--version", action="version", version=f"kpbench {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug notes too")
     p.add_argument("-p", "--plugin", action="append", metavar="MODULE",
                    help="load this plugin module explicitly (repeatable); see also KPBENCH_PLUGINS")
     sub = p.add_subparsers(dest="command", required=True)
@@ -371,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--device", help="auto, cpu, cuda ...")
     be.add_argument("--json", action="store_true", help="print the result as strict JSON on stdout")
     be.set_defaults(func=cmd_bench)
+    for command in sub.choices.values():  # -q/-v also after the command: kpbench run -q ...
+        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="warnings and errors only, no progress bars")
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug notes too")
     return p
 
 
@@ -386,16 +394,17 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     args = build_parser().parse_args(argv)
+    setup_logging(-1 if args.quiet else 1 if args.verbose else 0)
     console = Console() if sys.stdout.isatty() else Console(width=220)  # files and CI logs get full tables
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args.func(args, console)
     except KpbenchError as exc:
-        print(f"kpbench: error: {exc}", file=sys.stderr)
+        log.error(f"kpbench: error: {exc}")
         return 2
     except KeyboardInterrupt as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        print(f"kpbench: {what} (finished models are kept; rerun with --resume)", file=sys.stderr)
+        log.error(f"kpbench: {what} (finished models are kept; rerun with --resume)")
         return 143 if isinstance(exc, Terminated) else 130
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kpbench.errors import KpbenchError
+from kpbench.log import log
 
 PASSED_ENV = ("HF_HUB_OFFLINE", "PYTHONPATH")  # besides every KPBENCH_* variable
 RAY_RETRIES = 2  # a job whose worker died (node lost, out of memory) is run again this often
@@ -83,6 +84,7 @@ class RayExecutor:
                                            retry_exceptions=False)
         shared = ray.put(inputs)
         pending = {task.remote(job, shared, self.threads, os.getcwd()): job for job in jobs}
+        log.debug(f"{len(pending)} jobs submitted to Ray, {self.threads} torch threads each")
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         try:
             with Progress(*columns, console=self.status, transient=True) as progress:
@@ -92,7 +94,7 @@ class RayExecutor:
                     job = pending.pop(done[0])
                     try:
                         row = ray.get(done[0])
-                        self.status.print(f"{job}: done in {row.get('train_s', 0):.0f} s of training")
+                        log.info(f"{job}: done in {row.get('train_s', 0):.0f} s of training")
                     except ray.exceptions.RayTaskError as exc:  # the job raised: its own exception
                         on_failure(job, getattr(exc, "cause", None) or exc)
                     except ray.exceptions.RayError as exc:  # its worker died RAY_RETRIES + 1 times
@@ -127,7 +129,7 @@ def connect(address: str | None, status: Console):
         return ray
     env = worker_env()
     options = {"runtime_env": {"env_vars": env}} if env else {}
-    status.print(f"starting a local Ray on 127.0.0.1" if not address else f"joining the Ray cluster at {address}")
+    log.info("starting a local Ray on 127.0.0.1" if not address else f"joining the Ray cluster at {address}")
     try:
         if address:
             ray.init(address=address, logging_level="WARNING", **options)

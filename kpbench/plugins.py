@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
@@ -19,6 +18,7 @@ import pluggy
 from kpbench import hookspecs
 from kpbench.errors import KpbenchError
 from kpbench.keypoints import register_schema
+from kpbench.log import log
 from kpbench.registry import KINDS, Registry
 
 GROUP = "kpbench"
@@ -54,7 +54,7 @@ class Plugins:
         for spec in self.registries["schema"].list():  # get_schema/convert know every registered layout
             register_schema(spec)
         for failure in self.failures:
-            print(f"kpbench: warning: {failure}", file=sys.stderr)
+            log.warning(f"kpbench: warning: {failure}")
 
     def _load_entry_points(self) -> None:
         disabled = os.environ.get(AUTOLOAD_SWITCH, "").strip() not in ("", "0")
@@ -70,6 +70,7 @@ class Plugins:
                 self.failures.append(PluginFailure(ep.name, ep.value, f"{type(exc).__name__}: {exc}"))
                 continue
             self.pm.register(module, name=ep.name)
+            log.debug(f"plugin {ep.name!r} loaded from {ep.value} ({dist or 'no distribution'})")
 
     def _load_module(self, modname: str) -> None:
         try:

@@ -18,6 +18,7 @@ from kpbench.html import fmt as _fmt
 from kpbench.errors import KpbenchError
 from kpbench.io import atomic_write_json, atomic_write_text
 from kpbench.keypoints import get_schema
+from kpbench.log import log
 from kpbench.profile import ORT_LATENCY
 from kpbench.rundir import RunDir, seeds_of
 
@@ -328,7 +329,7 @@ def render(run_dir: Path, console: Console | None = None) -> pd.DataFrame:
         partial = (f"Partial run: {len(found)} of {expected} model runs finished (kpbench run ... --resume "
                    f"continues it).")
         notes.insert(0, partial)
-        (console or Console()).print(f"[yellow]kpbench: {partial}[/]")
+        log.warning(f"kpbench: {partial}")
     sources = by_source(df, per_image, config, specs)
     tables = {}
     if sources is not None:

@@ -32,6 +32,7 @@ from kpbench.errors import KpbenchError
 from kpbench.evaluate import OWN_DETECTOR, aggregate, own_detector_predictions, predict, score
 from kpbench.io import atomic_write_text
 from kpbench.keypoints import get_schema
+from kpbench.log import log, status_console
 from kpbench.plugins import Plugins
 from kpbench.profile import count_params, profile
 from kpbench.protocols import FindsOwnFaces
@@ -181,7 +182,7 @@ def run_job(job: Job, inputs: JobInputs, the_plan: Plan | None = None, status: C
     try:
         device = resolve_device(inputs.config["run"]["device"])
         row = run_model(job.label, p.models[job.label], inputs.config, *inputs.data[job.size], p.schema, p.metrics,
-                        p.sort_metric, device, mdir, status or Console(stderr=True), job.seed, True,
+                        p.sort_metric, device, mdir, status or status_console(), job.seed, True,
                         inputs.paths[job.size], inputs.photos)
     except Exception as exc:
         save_error(mdir, exc)
@@ -197,7 +198,7 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
     from kpbench.executors import executor_for
 
     console = console or Console()
-    status = Console(stderr=True)
+    status = status_console()
     p = plan(config, plugins)
     rc, dc = config["run"], config["data"]
     if rc["threads"]:
@@ -221,6 +222,7 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
             paths[size] = prepare_paths(sources[2], splits[2], extra_detectors, size, p.schema.name, dc,
                                         like=next(iter(paths.values()), {}), status=status)
         train_d, val_d, test_d = data[dc["input_size"]]
+        log.debug(f"crops prepared at {', '.join(f'{s} px' for s in data)}; jobs: {', '.join(map(str, p.jobs))}")
         fingerprint = "-".join(d.fingerprint()[:8] for d in (train_d, val_d, test_d))
 
         rd = RunDir(rc["out"] or Path("results") / f"{time.strftime('%Y%m%d-%H%M%S')}-{rc['name']}")
@@ -230,14 +232,14 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
         meta = run_manifest(plugins, config, device, fingerprint, data[dc["input_size"]], p.metrics, status)
         rd.write_manifest(meta)
         rd.save_test_faces(test_d)
-        status.print(f"run [bold]{rd}[/]  device={device}  train/val/test={len(train_d)}/{len(val_d)}/{len(test_d)}"
+        log.info(f"run {rd}  device={device}  train/val/test={len(train_d)}/{len(val_d)}/{len(test_d)}"
                      + (f"  detector misses (test)={int(test_d.missed.sum())}"
                         if dc["detector"] not in ("none", "gt-box") else ""))
 
         pending = []
         for job in p.jobs:
             if resume and (rd.model_dir(job.label, job.seed, p.seeds) / "result.json").is_file():
-                status.print(f"{job}: kept from the previous attempt")
+                log.info(f"{job}: kept from the previous attempt")
             else:
                 pending.append(job)
         inputs = JobInputs(config, str(rd.path.resolve()), data, paths, PhotosById(sources[2], splits[2]),
@@ -248,8 +250,8 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
             first = (str(exc).strip().splitlines() or [""])[0]
             where = rd.model_dir(job.label, job.seed, p.seeds) / "error.txt"
             failures.append(f"{job}: {type(exc).__name__}: {first}")
-            status.print(f"[red]kpbench: {job} failed: {type(exc).__name__}: {first}[/]"
-                         + (f" (traceback: {where})" if where.is_file() else ""))
+            log.error(f"kpbench: {job} failed: {type(exc).__name__}: {first}"
+                      + (f" (traceback: {where})" if where.is_file() else ""))
 
         executor.run(pending, inputs, p, on_failure)
 
@@ -283,7 +285,7 @@ def prepare_splits(sources, splits, detect, size: int, schema: str, dc: dict, co
                    status: Console | None = None) -> tuple[Prepared, Prepared, Prepared]:
     """The train/val/test crops at ``size`` (training crops with ``context`` for box jitter);
     ``like``: the same splits at another size, whose face boxes and misses are reused."""
-    with progress_bar(status or Console(stderr=True)) as progress:
+    with progress_bar(status or status_console()) as progress:
         task = progress.add_task(f"preparing {size}px crops", total=sum(len(i) for i in splits))
         return tuple(prepare(src, idx, detect, size, schema, like=other, on_item=lambda: progress.advance(task),
                              skip_bad=dc["skip_bad"], context=context if k == 0 else 0.0)
@@ -295,7 +297,7 @@ def prepare_paths(source, indices, detectors: dict, size: int, schema: str, dc: 
     """The test faces through each other face-box path (``eval.detectors``) at ``size`` (``like``:
     the same at another size, whose boxes are reused)."""
     out = {}
-    with progress_bar(status or Console(stderr=True)) as progress:
+    with progress_bar(status or status_console()) as progress:
         for name, det in detectors.items():
             task = progress.add_task(f"test split through {name} at {size}px", total=len(indices))
             out[name] = prepare(source, indices, det, size, schema, like=(like or {}).get(name),
@@ -319,9 +321,9 @@ def run_manifest(plugins: Plugins, config: dict, device: str, fingerprint: str, 
     skipped = [msg for d in data for msg in d.skipped]
     meta["skipped_bad_samples"] = {"count": len(skipped), "first": skipped[:20]}
     for msg in skipped[:5]:
-        status.print(f"[yellow]kpbench: warning: skipped bad sample: {msg}[/]")
+        log.warning(f"kpbench: warning: skipped bad sample: {msg}")
     if len(skipped) > 5:
-        status.print(f"[yellow]kpbench: warning: ... {len(skipped)} bad samples skipped in all (see manifest.json)[/]")
+        log.warning(f"kpbench: warning: ... {len(skipped)} bad samples skipped in all (see manifest.json)")
     meta["metrics"] = metrics_meta(metrics)
     return meta
 

@@ -329,3 +329,16 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path, tiny_config):
     r = run_cli("run", "-c", path, "--out", out, "--resume")
     assert r.returncode == 0, r.stderr
     assert (out / "models" / "cnn" / "result.json").is_file() and "Partial run" not in r.stdout
+
+
+def test_quiet_shows_only_warnings_and_verbose_adds_debug_notes(tmp_path, tiny_config):
+    r = run_cli("-q", "run", "-c", tiny_config, "--models", "mean-shape", "--out", tmp_path / "q")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "" and "mean-shape" in r.stdout  # no notes, no progress bars; the results stay
+    r = run_cli("run", "-v", "-c", tiny_config, "--models", "mean-shape", "--out", tmp_path / "v")
+    assert r.returncode == 0, r.stderr
+    assert f"run {tmp_path / 'v'}" in r.stderr  # a note
+    assert "plugin 'kpbench-models' loaded from kpbench_plugins.models" in r.stderr  # a debug note
+    assert "jobs: mean-shape (seed 0)" in r.stderr
+    r = run_cli("run", "-q", "-c", tiny_config, "--models", "nope", "--out", tmp_path / "e")
+    assert r.returncode == 2 and r.stderr.startswith("kpbench: error: models: unknown model 'nope'")
