@@ -81,7 +81,7 @@ def test_grid_on_ray_equals_local_a_failing_job_fails_alone_and_resume_reruns_it
     assert "1 of 6 jobs failed" in r.stderr.splitlines()[-1] and "--resume" in r.stderr.splitlines()[-1]
     assert "boom on seed 1" in (on_ray / "models/boom/seed1/error.txt").read_text()
     assert not (on_ray / "models/boom/seed1/result.json").exists()
-    assert "Partial run: 5 of 6" in (on_ray / "leaderboard.md").read_text() or "Partial run" in r.stdout + r.stderr
+    assert "Partial run: 5 of 6" in r.stderr and "Partial run: 5 of 6" in (on_ray / "report.html").read_text()
     manifest = json.loads((on_ray / "manifest.json").read_text())
     assert "finished" not in manifest and manifest["executor"] == "ray"
 
