@@ -42,9 +42,32 @@ class Boom(nn.Module):
         return self.head(x)
 
 
+class Dies(nn.Module):
+    """A model whose process dies once, at its 8th training batch (the third epoch's second: the
+    checkpoints of epochs 1 and 2 are written), while KPBENCH_TEST_DIE names a file that does not
+    exist yet; every training batch appends a line to that file + ".batches"."""
+
+    def __init__(self, num_keypoints, input_size, in_chans=1):
+        super().__init__()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * in_chans, num_keypoints * 2))
+
+    def forward(self, x):
+        marker = os.environ.get("KPBENCH_TEST_DIE")
+        if marker and self.training:
+            with open(marker + ".batches", "a") as f:
+                f.write("batch\\n")
+            with open(marker + ".batches") as f:
+                seen = len(f.readlines())
+            if seen == 8 and not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(1)  # the worker process dies, as on a lost node
+        return self.head(x)
+
+
 @kpbench.hookimpl
 def kpbench_models():
-    return [kpbench.ModelSpec("boom", Boom, "fails on seed 1 (test plugin)")]
+    return [kpbench.ModelSpec("boom", Boom, "fails on seed 1 (test plugin)"),
+            kpbench.ModelSpec("dies", Dies, "its worker dies once (test plugin)")]
 '''
 
 GRID = ["--models", "cnn,integral,boom", "--seeds", "0,1", "--epochs", "2", "--set", "run.threads=1"]
@@ -118,6 +141,22 @@ def test_a_failing_job_fails_alone_in_this_process_too(tmp_path, tiny_config, ra
     assert "1 of 4 jobs failed" in r.stderr
     assert sorted(p.parent.relative_to(out).as_posix() for p in out.glob("models/*/*/result.json")) == [
         "models/boom/seed2", "models/cnn/seed1", "models/cnn/seed2"]
+
+
+def test_a_job_whose_worker_dies_is_retried_by_ray_and_continues_from_its_checkpoint(tmp_path, tiny_config,
+                                                                                   ray_env):
+    marker = tmp_path / "died"
+    args = ["--models", "dies", "--epochs", "4", "--set", "train.checkpoint_interval=0", "--set", "run.threads=1"]
+    r = run_cli("run", "--config", tiny_config, *args, "--executor", "ray", "--out", tmp_path / "ray",
+                env={**ray_env, "KPBENCH_TEST_DIE": str(marker)})
+    assert r.returncode == 0, r.stderr
+    assert marker.exists()  # it did die once
+    # 42 training faces in batches of 16: 3 batches an epoch. Died at the 8th batch, after epoch 2's
+    # checkpoint: a resume trains epochs 3 and 4 again (6 batches), a restart all four (12).
+    assert len(Path(str(marker) + ".batches").read_text().splitlines()) == 8 + 6
+    local = run_cli("run", "--config", tiny_config, *args, "--out", tmp_path / "local", env=ray_env)
+    assert local.returncode == 0, local.stderr
+    assert rows(tmp_path / "ray") == rows(tmp_path / "local")  # the same model as an uninterrupted run
 
 
 def _free_port() -> int:
