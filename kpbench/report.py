@@ -16,7 +16,6 @@ from rich.table import Table
 from kpbench import stats
 from kpbench.html import fmt as _fmt
 from kpbench.errors import KpbenchError
-from kpbench.io import atomic_write_json, atomic_write_text
 from kpbench.keypoints import get_schema
 from kpbench.log import log
 from kpbench.profile import ORT_LATENCY
@@ -64,11 +63,17 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_table(rd: RunDir, name: str, df: pd.DataFrame) -> None:
+    """A leaderboard table as ``<name>.csv`` and ``<name>.md`` in the run folder."""
+    rd.write_text(f"{name}.csv", df.to_csv(index=False, float_format="%.6g"))
+    rd.write_text(f"{name}.md", to_markdown(df))
+
+
 def write(df: pd.DataFrame, out: Path, meta: dict) -> None:
-    out = Path(out)
-    atomic_write_text(out / "leaderboard.csv", df.to_csv(index=False, float_format="%.6g"))
-    atomic_write_text(out / "leaderboard.md", to_markdown(df))
-    atomic_write_json(out / "leaderboard.json", {"meta": meta, "rows": json.loads(df.to_json(orient="records"))})
+    """The leaderboard as CSV, Markdown and JSON (with the manifest)."""
+    rd = RunDir(out)
+    write_table(rd, "leaderboard", df)
+    rd.write_json("leaderboard.json", {"meta": meta, "rows": json.loads(df.to_json(orient="records"))})
 
 
 COSTS = ["train_loss", "val_loss", "params", "trainable_params", "gmacs", "latency_ms", ORT_LATENCY, "miss_rate",
@@ -333,13 +338,11 @@ def render(run_dir: Path, console: Console | None = None) -> pd.DataFrame:
     sources = by_source(df, per_image, config, specs)
     tables = {}
     if sources is not None:
-        atomic_write_text(run_dir / "leaderboard_by_source.csv", sources.to_csv(index=False, float_format="%.6g"))
-        atomic_write_text(run_dir / "leaderboard_by_source.md", to_markdown(sources))
+        write_table(RunDir(run_dir), "leaderboard_by_source", sources)
         tables["By test source"] = sources
     paths = by_path(df, found, per_image, config, specs)
     if paths is not None:
-        atomic_write_text(run_dir / "leaderboard_by_path.csv", paths.to_csv(index=False, float_format="%.6g"))
-        atomic_write_text(run_dir / "leaderboard_by_path.md", to_markdown(paths))
+        write_table(RunDir(run_dir), "leaderboard_by_path", paths)
         tables["By face-box path (the run's detector, then eval.detectors, then own-detector)"] = paths
         notes.append(f"By face-box path: the same test faces cropped by each detector (a miss falls back to the "
                      f"annotated box); own-detector: a reference model run on the whole photo with its own face "
