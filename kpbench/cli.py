@@ -71,6 +71,9 @@ def cmd_run(args, console: Console) -> None:
             config["run"]["ray"][key] = getattr(args, key)
     for assignment in args.set or ():
         config = cfgmod.override(config, assignment)
+    given = [f"--{k.replace('_', '-')}" for k in ("address", "cpus_per_job", "gpus_per_job") if getattr(args, k) is not None]
+    if given and config["run"]["executor"] != "ray":
+        raise KpbenchError(f"{', '.join(given)}: for the Ray executor only; add --executor ray")
     run(config, _plugins(args), console, resume=args.resume)
 
 

@@ -114,6 +114,9 @@ def test_every_shipped_config_is_valid_and_names_registered_components(path):
     (["--models", ""], "--models '': no model names"),
     (["--out", "FILE"], "is a file, not a folder"),
     (["--set", "eval.onnx_latency=true"], "'eval.onnx_latency' must be one of auto, false, got True"),
+    (["--set", "run.executor=slurm"], "'run.executor' must be one of local, ray, got 'slurm'"),
+    (["--address", "auto"], "--address: for the Ray executor only; add --executor ray"),
+    (["--executor", "ray", "--gpus-per-job", "-1"], "gpus_per_job non-negative, got 1 and -1.0"),
 ])
 def test_config_mistakes_are_one_line_before_any_work(tmp_path, args, says):
     (tmp_path / "FILE").write_text("mine")
