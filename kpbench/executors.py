@@ -33,9 +33,8 @@ class LocalExecutor:
     def __init__(self, config: dict, status: Console):
         self.status = status
 
-    def run(self, jobs, inputs, plan, on_failure: Callable) -> None:
-        from kpbench.runner import run_job
-
+    def run(self, run_job: Callable, jobs, inputs, plan, on_failure: Callable) -> None:
+        """``run_job(job, inputs, plan, status)`` for each job; ``on_failure(job, exc)`` where it raises."""
         for job in jobs:
             try:
                 run_job(job, inputs, plan, self.status)
@@ -46,11 +45,9 @@ class LocalExecutor:
         pass
 
 
-def _ray_job(job, inputs, threads: int, cwd: str) -> dict:
+def _ray_job(run_job: Callable, job, inputs, threads: int, cwd: str) -> dict:
     """A job in a Ray worker: the driver's folder, this worker's thread share, a quiet console."""
     import torch
-
-    from kpbench.runner import run_job
 
     if os.path.isdir(cwd):
         os.chdir(cwd)
@@ -78,12 +75,14 @@ class RayExecutor:
             self.close()
             raise
 
-    def run(self, jobs, inputs, plan, on_failure: Callable) -> None:
+    def run(self, run_job: Callable, jobs, inputs, plan, on_failure: Callable) -> None:
+        """``run_job(job, inputs)`` as a Ray task per job (the worker rebuilds the plan);
+        ``on_failure(job, exc)`` where one raises or its worker dies for good."""
         ray = self.ray
         task = ray.remote(_ray_job).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=RAY_RETRIES,
                                            retry_exceptions=False)
         shared = ray.put(inputs)
-        pending = {task.remote(job, shared, self.threads, os.getcwd()): job for job in jobs}
+        pending = {task.remote(run_job, job, shared, self.threads, os.getcwd()): job for job in jobs}
         log.debug(f"{len(pending)} jobs submitted to Ray, {self.threads} torch threads each")
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         try:

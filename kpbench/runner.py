@@ -253,7 +253,7 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
             log.error(f"kpbench: {job} failed: {type(exc).__name__}: {first}"
                       + (f" (traceback: {where})" if where.is_file() else ""))
 
-        executor.run(pending, inputs, p, on_failure)
+        executor.run(run_job, pending, inputs, p, on_failure)
 
     if not failures:
         meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
