@@ -389,7 +389,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (a job scheduler, ``kill``): stops a run the way Ctrl-C does."""
 
 
+_SIGTERM_SEEN: list[int] = []  # a library may turn the exception into a plain KeyboardInterrupt (Ray does)
+
+
 def _on_sigterm(signum, frame):
+    _SIGTERM_SEEN.append(signum)
     raise Terminated()
 
 
@@ -406,9 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error(f"kpbench: error: {exc}")
         return 2
     except KeyboardInterrupt as exc:
-        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        log.error(f"kpbench: {what} (finished models are kept; rerun with --resume)")
-        return 143 if isinstance(exc, Terminated) else 130
+        terminated = isinstance(exc, Terminated) or bool(_SIGTERM_SEEN)
+        log.error(f"kpbench: {'terminated' if terminated else 'interrupted'} (finished models are kept; rerun with "
+                  f"--resume)")
+        return 143 if terminated else 130
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
+import threading
 from typing import Callable
 
 from rich.console import Console
@@ -126,9 +128,12 @@ def connect(address: str | None, status: Console):
         raise KpbenchError("run.executor ray needs Ray: pip install 'kpbench[ray]'") from None
     if ray.is_initialized():
         return ray
+    if address and address != "auto":
+        check_listening(address)
     env = worker_env()
     options = {"runtime_env": {"env_vars": env}} if env else {}
     log.info("starting a local Ray on 127.0.0.1" if not address else f"joining the Ray cluster at {address}")
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address:
             ray.init(address=address, logging_level="WARNING", **options)
@@ -143,7 +148,23 @@ def connect(address: str | None, status: Console):
                 "or RAY_AUTH_TOKEN)")
         raise KpbenchError(f"run.ray.address {address!r}: cannot join a Ray cluster there: "
                            f"{(str(exc).strip().splitlines() or [''])[0]}{hint}") from None
+    finally:
+        if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)  # Ray's core worker installs its own: keep kpbench's
     return ray
+
+
+def check_listening(address: str, timeout: float = 5.0) -> None:
+    """A one-line error at once when nothing listens at HOST:PORT (Ray itself retries for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise KpbenchError(f"run.ray.address {address!r}: no Ray cluster answers there ({exc}); start one with "
+                           f"`ray start --head`, or leave the address out for a temporary local Ray") from None
 
 
 @contextlib.contextmanager

@@ -363,6 +363,8 @@ def draw_faces(image: np.ndarray, points: np.ndarray, boxes: np.ndarray):
     im = Image.fromarray(img).convert("RGB")
     draw = ImageDraw.Draw(im)
     boxes = np.asarray(boxes, dtype=np.float64)
+    if not len(boxes):  # a photo or video frame without a face: drawn as it is
+        return im
     corners = to_image_pixels(np.array([[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]] * len(boxes), float), boxes)
     for box, corner, p in zip(boxes, corners, points):
         side = float(box[2])

@@ -159,6 +159,22 @@ def test_a_job_whose_worker_dies_is_retried_by_ray_and_continues_from_its_checkp
     assert rows(tmp_path / "ray") == rows(tmp_path / "local")  # the same model as an uninterrupted run
 
 
+def test_sigterm_stops_a_ray_run_like_a_local_one(tmp_path, tiny_config, ray_env):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "kpbench", "run", "-c", str(tiny_config), "--models", "cnn",
+                             "--epochs", "200", "--set", "train.checkpoint_interval=0", "--executor", "ray",
+                             "--out", str(out)], env={**os.environ, **ray_env, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (out / "models" / "cnn" / "last.pt").is_file():
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)  # Ray's driver installs its own handler; kpbench's must still answer
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "kpbench: terminated" in err and "--resume" in err, err[-3000:]
+    assert not (out / "models" / "cnn" / "result.json").exists()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
