@@ -279,7 +279,9 @@ def cmd_bench(args, console: Console) -> None:
     config = cfgmod.load(args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None))
     if args.models:
         config["models"] = _csv(args.models)
-    if args.input_size:
+    if args.input_size is not None:
+        if args.input_size < 16:
+            raise KpbenchError(f"--input-size must be at least 16, got {args.input_size}")
         config["data"]["input_size"] = args.input_size
     if args.device:
         config["run"]["device"] = args.device

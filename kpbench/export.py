@@ -119,14 +119,24 @@ def load_onnx(path: str | Path) -> Trained:
     if not sidecar_path.is_file():
         raise KpbenchError(f"--model {path}: no {sidecar_path.name} beside it (kpbench export writes it: the crop "
                            f"convention and schema predict needs)")
-    sidecar = json.loads(sidecar_path.read_text())
-    convention = sidecar.get("crop_convention")
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KpbenchError(f"{sidecar_path}: not the JSON kpbench export writes ({exc})") from None
+    convention = sidecar.get("crop_convention") if isinstance(sidecar, dict) else None
     if not convention:
         raise KpbenchError(f"{sidecar_path}: no crop_convention (its run predates it); train and export it again")
     options = {**convention["detector_options"],
                **{k: convention[k] for k in ("margin", "align") if convention.get(k) is not None}}
     config = {"data": {"schema": sidecar["schema"], "detector": convention["detector"], "detector_options": options}}
-    return Trained(OnnxModel(path), sidecar["model"], int(sidecar["input"]["shape"][-1]), config,
+    try:
+        graph = OnnxModel(path)
+    except KpbenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors: not a graph it can read
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise KpbenchError(f"--model {path}: ONNX Runtime cannot load it: {first[:300]}") from None
+    return Trained(graph, sidecar["model"], int(sidecar["input"]["shape"][-1]), config,
                    Path(sidecar["run"]), path)
 
 

@@ -264,6 +264,14 @@ def test_predict_with_the_exported_onnx_gives_the_runs_boxes_and_points(tmp_path
     r = run_cli("predict", photos, "--model", lone, "--detector", "oracle", "--out", tmp_path / "x",
                 pythonpath=plug, env=env)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no lone.onnx.json beside it" in r.stderr
+    # ... when the file is not ONNX, or its sidecar not JSON.
+    (tmp_path / "lone.onnx.json").write_text((tmp_path / f"{onnx.name}.json").read_text())
+    lone.write_text("not a graph")
+    with pytest.raises(KpbenchError, match="ONNX Runtime cannot load it: .*INVALID_PROTOBUF"):
+        load_onnx(lone)
+    (tmp_path / "lone.onnx.json").write_text("{bad")
+    with pytest.raises(KpbenchError, match="lone.onnx.json: not the JSON kpbench export writes"):
+        load_onnx(lone)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(KpbenchError, match=r"needs onnxruntime: pip install 'kpbench\[onnx\]'"):
         load_onnx(onnx)
