@@ -125,7 +125,7 @@ def cmd_list(args, console: Console) -> None:
                             **dict(zip(("params", "trainable_params"), counts))})
         _quiet(args, console).print(table)
     for failure in plugins.failures:
-        console.print(f"[red]failed:[/] {failure}")
+        log.warning(f"kpbench: failed: {failure}")
     if not found:
         raise KpbenchError(f"nothing matches {args.pattern!r} in {', '.join(k + 's' for k in kinds)}")
     if args.json:
@@ -228,9 +228,9 @@ def cmd_predict(args, console: Console) -> None:
     note = convention_note(trained, plugins, args.detector)
     if note:
         log.warning(f"kpbench: {note}")
-    if getattr(detector, "margin", None) is not None:
-        console.print(f"{trained.label}: faces cropped by {args.detector} at margin {detector.margin} around the face "
-                      f"box{' and turned upright' if getattr(detector, 'align', False) else ''} (the model's crops)")
+    elif getattr(detector, "margin", None) is not None:
+        log.info(f"{trained.label}: faces cropped by {args.detector} at margin {detector.margin} around the face "
+                 f"box{' and turned upright' if getattr(detector, 'align', False) else ''} (the model's crops)")
     results, errors = predict_photos(trained, detector, paths, Path(args.out), console, overlays=not args.no_overlay,
                                      smooth=smooth)
     photos = [r for r in results if "image" in r]

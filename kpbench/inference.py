@@ -22,6 +22,7 @@ from kpbench.errors import KpbenchError
 from kpbench.evaluate import predict
 from kpbench.io import atomic_output, atomic_write_json, atomic_write_text, strict
 from kpbench.keypoints import get_schema
+from kpbench.log import log, status_console
 from kpbench.plugins import Plugins
 from kpbench.protocols import FindsFaces
 from kpbench.runner import (convention_options, load_dataset, make_detector, manifest, metrics_meta, model_settings,
@@ -219,7 +220,8 @@ def predict_photos(trained: Trained, detector, paths: list[Path], out: Path, con
 
     schema = get_schema(trained.config["data"]["schema"])
     if not isinstance(detector, FindsFaces):
-        raise KpbenchError("this detector needs annotations (e.g. gt-box); use one that finds faces, e.g. mtcnn")
+        raise KpbenchError("this detector needs each photo's annotated points (as gt-box does); use one that finds "
+                           "faces, e.g. mtcnn")
     if any(is_video(p) for p in paths):
         require_av()
     out = Path(out)
@@ -232,14 +234,14 @@ def predict_photos(trained: Trained, detector, paths: list[Path], out: Path, con
                 continue
             image = read_image(path)
         except KpbenchError as exc:
-            console.print(f"[yellow]skipped: {exc}[/]")
+            log.warning(f"kpbench: skipped: {exc}")
             errors.append({"video" if is_video(path) else "image": str(path), "error": str(exc)})
             continue
         faces, boxes, pts = predict_faces(trained, detector, image)
         entry = {"image": str(path), "output": name, "width": int(image.shape[1]), "height": int(image.shape[0]),
                  "faces": [face_entry(f, p, schema) for f, p in zip(faces, pts)]}
         if not faces:
-            console.print(f"{path}: no face found")
+            log.info(f"{path}: no face found")
         elif overlays:
             plots.photo_keypoints(image, pts, boxes, out / f"{name}.jpg")
         atomic_write_json(out / f"{name}.json", entry)
@@ -280,7 +282,7 @@ def predict_video(trained: Trained, detector, path: Path, out: Path, name: str, 
             writer = VideoWriter(stack.enter_context(atomic_output(out / f"{name}.mp4")), summary["fps"],
                                  stream.width, stream.height)
             stack.callback(writer.close)
-        progress = stack.enter_context(Progress(console=console, transient=True))
+        progress = stack.enter_context(Progress(console=status_console(), transient=True))
         task = progress.add_task(path.name, total=stream.frames or None)
         table.writerow(["frame", "time", "face", "box_x0", "box_y0", "box_side", "box_angle", "score",
                         *[f"{p}_{axis}" for p in schema.points for axis in "xy"]])
@@ -305,6 +307,6 @@ def predict_video(trained: Trained, detector, path: Path, out: Path, name: str, 
         doc.write("]}\n")
         if not summary["frames"]:
             raise KpbenchError(f"{path}: no video frames")
-    console.print(f"{path}: {summary['frames']} frames, {summary['faces']} face(s) "
-                  f"({summary['frames_without_face']} frames without a face)")
+    log.info(f"{path}: {summary['frames']} frames, {summary['faces']} face(s) "
+             f"({summary['frames_without_face']} frames without a face)")
     return summary

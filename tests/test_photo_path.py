@@ -208,11 +208,11 @@ def test_predict_never_overwrites_and_names_outputs_apart(tmp_path, oracle_env):
     out = tmp_path / "out"
     r = run_cli("predict", more / "x", more / "y" / "a.png", "--model", run, "--detector", "gt-box",
                 "--out", out, pythonpath=plug, env=env)
-    assert r.returncode == 2 and "needs annotations" in r.stderr  # gt-box cannot find faces in photos
+    assert r.returncode == 2 and "needs each photo's annotated points" in r.stderr  # gt-box cannot find faces
     r = run_cli("predict", more / "x", more / "y" / "a.png", "--model", run, "--detector", "none", "--out", out,
                 "--no-overlay", pythonpath=plug, env=env)
     assert r.returncode == 0, r.stderr
-    assert "broken.jpg" in r.stdout and "1 unreadable" in r.stdout
+    assert "broken.jpg" in r.stderr and "1 unreadable" in r.stdout
     summary = json.loads((out / "predictions.json").read_text())
     assert len(summary["images"]) == 3 and len(summary["errors"]) == 1
     assert len({e["output"] for e in summary["images"]}) == 3

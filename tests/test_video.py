@@ -156,7 +156,7 @@ def test_predict_on_a_video_writes_a_row_per_frame_and_a_playable_video(tmp_path
     out = tmp_path / "out"
     r = run_cli("predict", inputs, "--model", run, "--detector", "none", "--out", out, "--smooth")
     assert r.returncode == 0, r.stderr
-    assert "1 photo(s) (0 without a face), 1 video(s), 1 unreadable" in r.stdout and "broken.mp4" in r.stdout
+    assert "1 photo(s) (0 without a face), 1 video(s), 1 unreadable" in r.stdout and "broken.mp4" in r.stderr
 
     with (out / "clip.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
