@@ -230,9 +230,11 @@ def check(config: dict) -> None:
             raise KpbenchError(f"run.out {rc['out']!r}: {parent} is not writable")
 
 
-# Where a run is written and where its jobs run, not what it computes: not part of its identity
-# (a run moved, or started locally and resumed on Ray, still resumes).
-WHERE_KEYS = ("run.out", "run.executor", "run.ray.address", "run.ray.cpus_per_job", "run.ray.gpus_per_job")
+# Where a run is written, where its jobs run and how often they checkpoint, not what it computes:
+# not part of its identity (a run moved, started locally and resumed on Ray, or resumed with another
+# checkpoint interval still resumes).
+WHERE_KEYS = ("run.out", "run.executor", "run.ray.address", "run.ray.cpus_per_job", "run.ray.gpus_per_job",
+              "train.checkpoint_interval")
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:

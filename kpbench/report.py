@@ -69,11 +69,14 @@ def write_table(rd: RunDir, name: str, df: pd.DataFrame) -> None:
     rd.write_text(f"{name}.md", to_markdown(df))
 
 
-def write(df: pd.DataFrame, out: Path, meta: dict) -> None:
-    """The leaderboard as CSV, Markdown and JSON (with the manifest)."""
+def write(df: pd.DataFrame, out: Path, meta: dict, partial: str | None = None) -> None:
+    """The leaderboard as CSV, Markdown and JSON (with the manifest); ``partial``: the notice of an
+    unfinished run, the Markdown's first line and the JSON's ``partial``."""
     rd = RunDir(out)
-    write_table(rd, "leaderboard", df)
-    rd.write_json("leaderboard.json", {"meta": meta, "rows": json.loads(df.to_json(orient="records"))})
+    rd.write_text("leaderboard.csv", df.to_csv(index=False, float_format="%.6g"))
+    rd.write_text("leaderboard.md", (f"**{partial}**\n\n" if partial else "") + to_markdown(df))
+    rd.write_json("leaderboard.json", {"meta": meta, "partial": partial,
+                                       "rows": json.loads(df.to_json(orient="records"))})
 
 
 COSTS = ["train_loss", "val_loss", "params", "trainable_params", "gmacs", "latency_ms", ORT_LATENCY, "miss_rate",
@@ -319,7 +322,13 @@ def render(run_dir: Path, console: Console | None = None) -> pd.DataFrame:
     df = leaderboard(rows, sort, higher, spread=tuple(ec["metrics"]) + LOSSES)
     per_image = _per_image(found)
     df = add_statistics(df, per_image, sort, specs.get(sort, {}).get("aggregate", "mean"), higher)
-    write(df, run_dir, meta)
+    expected = len(config["models"]) * len(seeds_of(config))
+    partial = None
+    if "finished" not in meta or len(found) < expected:
+        partial = (f"Partial run: {len(found)} of {expected} model runs finished (kpbench run ... --resume "
+                   f"continues it).")
+        log.warning(f"kpbench: {partial}")
+    write(df, run_dir, meta, partial)
     splits = meta.get("splits", {})
     title = (f"kpbench leaderboard — {meta.get('dataset')} test split ({splits.get('test', '?')} faces), "
              f"{meta.get('device')}")
@@ -329,12 +338,8 @@ def render(run_dir: Path, console: Console | None = None) -> pd.DataFrame:
     ort_note = onnx_latency_note(df)
     if ort_note:
         notes.append(ort_note)
-    expected = len(config["models"]) * len(seeds_of(config))
-    if "finished" not in meta or len(found) < expected:
-        partial = (f"Partial run: {len(found)} of {expected} model runs finished (kpbench run ... --resume "
-                   f"continues it).")
+    if partial:
         notes.insert(0, partial)
-        log.warning(f"kpbench: {partial}")
     sources = by_source(df, per_image, config, specs)
     tables = {}
     if sources is not None:

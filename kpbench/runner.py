@@ -204,6 +204,9 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
     if rc["threads"]:
         torch.set_num_threads(rc["threads"])
     local = rc["executor"] == "local"
+    if local and rc["ray"] != DEFAULTS["run"]["ray"]:
+        log.warning("kpbench: warning: run.ray is set but run.executor is local: the jobs run in this process "
+                    "(--executor ray uses them)")
     device = resolve_device(rc["device"]) if local else f"{rc['device']} on Ray workers"
     with executor_for(config, status) as executor:  # joins Ray now: a wrong address fails before any work
         detect = make_detector(plugins, dc["detector"], dc["detector_options"])

@@ -105,6 +105,8 @@ def test_grid_on_ray_equals_local_a_failing_job_fails_alone_and_resume_reruns_it
     assert "boom on seed 1" in (on_ray / "models/boom/seed1/error.txt").read_text()
     assert not (on_ray / "models/boom/seed1/result.json").exists()
     assert "Partial run: 5 of 6" in r.stderr and "Partial run: 5 of 6" in (on_ray / "report.html").read_text()
+    assert json.loads((on_ray / "leaderboard.json").read_text())["partial"].startswith("Partial run: 5 of 6")
+    assert (on_ray / "leaderboard.md").read_text().startswith("**Partial run: 5 of 6")
     manifest = json.loads((on_ray / "manifest.json").read_text())
     assert "finished" not in manifest and manifest["executor"] == "ray"
 
@@ -128,6 +130,7 @@ def test_grid_on_ray_equals_local_a_failing_job_fails_alone_and_resume_reruns_it
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert not (on_ray / "models/boom/seed1/error.txt").exists()
     assert "finished" in json.loads((on_ray / "manifest.json").read_text())
+    assert json.loads((on_ray / "leaderboard.json").read_text())["partial"] is None
     assert set(rows(on_ray)) == {"cnn", "integral", "boom"}
 
 
