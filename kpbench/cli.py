@@ -219,6 +219,8 @@ def cmd_predict(args, console: Console) -> None:
     from kpbench.video import smoothing
 
     options = _options(args.detector_options, "--detector-options")
+    if args.smooth_options and not args.smooth:
+        raise KpbenchError("--smooth-options needs --smooth (the One-Euro filter is off without it)")
     smooth = smoothing(_options(args.smooth_options, "--smooth-options")) if args.smooth else None
     paths = expand_paths(args.paths)
     check_output_dir(Path(args.out), paths)
@@ -231,7 +233,8 @@ def cmd_predict(args, console: Console) -> None:
     elif getattr(detector, "margin", None) is not None:
         log.info(f"{trained.label}: faces cropped by {args.detector} at margin {detector.margin} around the face "
                  f"box{' and turned upright' if getattr(detector, 'align', False) else ''} (the model's crops)")
-    results, errors = predict_photos(trained, detector, paths, Path(args.out), console, overlays=not args.no_overlay,
+    results, errors = predict_photos(trained, detector, paths, Path(args.out), console, detector_name=args.detector,
+                                     overlays=not args.no_overlay,
                                      smooth=smooth)
     photos = [r for r in results if "image" in r]
     said = [f"{len(results) - len(photos)} video(s)"] if len(photos) < len(results) else []
@@ -403,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     args = build_parser().parse_args(argv)
+    if args.quiet and args.verbose:
+        print("kpbench: error: -q and -v contradict each other; choose one", file=sys.stderr)
+        return 2
     setup_logging(-1 if args.quiet else 1 if args.verbose else 0)
     console = Console() if sys.stdout.isatty() else Console(width=220)  # files and CI logs get full tables
     previous = signal.signal(signal.SIGTERM, _on_sigterm)

@@ -210,7 +210,8 @@ def face_entry(face: dict, points: np.ndarray, schema) -> dict:
 
 
 def predict_photos(trained: Trained, detector, paths: list[Path], out: Path, console: Console,
-                   overlays: bool = True, smooth: dict | None = None) -> tuple[list[dict], list[dict]]:
+                   overlays: bool = True, smooth: dict | None = None,
+                   detector_name: str | None = None) -> tuple[list[dict], list[dict]]:
     """Every face in every photo: box, score and named keypoints in the photo's pixels, written as
     ``<name>.json`` and, with ``overlays``, ``<name>.jpg`` (boxes and points drawn) under ``out``,
     plus ``predictions.json``. Videos among ``paths`` go through :func:`predict_video` (``smooth``:
@@ -246,7 +247,7 @@ def predict_photos(trained: Trained, detector, paths: list[Path], out: Path, con
             plots.photo_keypoints(image, pts, boxes, out / f"{name}.jpg")
         atomic_write_json(out / f"{name}.json", entry)
         results.append(entry)
-    atomic_write_json(out / "predictions.json", {"model": str(trained.model_dir), "detector": type(detector).__name__,
+    atomic_write_json(out / "predictions.json", {"model": str(trained.model_dir), "detector": detector_name or type(detector).__name__,
                                                  "margin": getattr(detector, "margin", None),
                                                  "images": [r for r in results if "image" in r],
                                                  "videos": [r for r in results if "video" in r], "errors": errors})

@@ -170,6 +170,10 @@ def test_predict_on_a_video_writes_a_row_per_frame_and_a_playable_video(tmp_path
     assert _count_frames(out / "clip.mp4") == n  # the annotated video decodes back, every frame
     summary = _strict_json(out / "predictions.json")
     assert [v["frames"] for v in summary["videos"]] == [n] and len(summary["images"]) == 1
+    assert summary["detector"] == "none"  # the detector's name, as the command line gave it
+    r = run_cli("predict", inputs, "--model", run, "--detector", "none", "--out", tmp_path / "o2",
+                "--smooth-options", "{beta: 1}")
+    assert r.returncode == 2 and "--smooth-options needs --smooth" in r.stderr
     assert summary["errors"][0]["video"].endswith("broken.mp4")
     assert (out / "photo.json").is_file() and (out / "photo.jpg").is_file()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind

@@ -340,5 +340,7 @@ def test_quiet_shows_only_warnings_and_verbose_adds_debug_notes(tmp_path, tiny_c
     assert f"run {tmp_path / 'v'}" in r.stderr  # a note
     assert "plugin 'kpbench-models' loaded from kpbench_plugins.models" in r.stderr  # a debug note
     assert "jobs: mean-shape (seed 0)" in r.stderr
+    r = run_cli("-q", "run", "-v", "-c", tiny_config, "--out", tmp_path / "qv")
+    assert r.returncode == 2 and "-q and -v contradict" in r.stderr and not (tmp_path / "qv").exists()
     r = run_cli("run", "-q", "-c", tiny_config, "--models", "nope", "--out", tmp_path / "e")
     assert r.returncode == 2 and r.stderr.startswith("kpbench: error: models: unknown model 'nope'")
