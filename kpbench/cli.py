@@ -125,7 +125,7 @@ def cmd_list(args, console: Console) -> None:
                             **dict(zip(("params", "trainable_params"), counts))})
         _quiet(args, console).print(table)
     for failure in plugins.failures:
-        log.warning(f"kpbench: failed: {failure}")
+        _quiet(args, console).print(f"[red]failed:[/] {failure}")  # part of the listing (stderr had the warning)
     if not found:
         raise KpbenchError(f"nothing matches {args.pattern!r} in {', '.join(k + 's' for k in kinds)}")
     if args.json:
