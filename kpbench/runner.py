@@ -236,8 +236,8 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
         rd.write_manifest(meta)
         rd.save_test_faces(test_d)
         log.info(f"run {rd}  device={device}  train/val/test={len(train_d)}/{len(val_d)}/{len(test_d)}"
-                     + (f"  detector misses (test)={int(test_d.missed.sum())}"
-                        if dc["detector"] not in ("none", "gt-box") else ""))
+                 + (f"  detector misses (test)={int(test_d.missed.sum())}"
+                    if dc["detector"] not in ("none", "gt-box") else ""))
 
         pending = []
         for job in p.jobs:
