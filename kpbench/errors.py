@@ -7,3 +7,8 @@ message must name the file, key, value or plugin at fault.
 
 class KpbenchError(Exception):
     """A problem with the user's input, config, data or plugins (not a kpbench bug)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for a one-line report."""
+    return (str(exc).strip().splitlines() or [""])[0]

@@ -22,7 +22,7 @@ from typing import Callable
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from kpbench.errors import KpbenchError
+from kpbench.errors import KpbenchError, first_line
 from kpbench.log import log
 
 PASSED_ENV = ("HF_HUB_OFFLINE", "PYTHONPATH")  # besides every KPBENCH_* variable
@@ -65,7 +65,7 @@ class RayExecutor:
         self.status = status
         self.cpus, self.gpus = rc["ray"]["cpus_per_job"], rc["ray"]["gpus_per_job"]
         self.threads = rc["threads"] or max(1, int(self.cpus))
-        self.ray = connect(rc["ray"]["address"], status)
+        self.ray = connect(rc["ray"]["address"])
         self.started = not rc["ray"]["address"]
         try:
             resources = self.ray.cluster_resources()
@@ -115,7 +115,7 @@ def worker_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("KPBENCH_") or k in PASSED_ENV}
 
 
-def connect(address: str | None, status: Console):
+def connect(address: str | None):
     """``ray``, initialized: joined to the cluster at ``address``, or a temporary local Ray on the
     loopback interface (the CPUs torch would use, no dashboard)."""
     try:
@@ -147,7 +147,7 @@ def connect(address: str | None, status: Console):
                 "default of `ray start`, is joined with RAY_AUTH_MODE=token and its token in ~/.ray/auth_token "
                 "or RAY_AUTH_TOKEN)")
         raise KpbenchError(f"run.ray.address {address!r}: cannot join a Ray cluster there: "
-                           f"{(str(exc).strip().splitlines() or [''])[0]}{hint}") from None
+                           f"{first_line(exc)}{hint}") from None
     finally:
         if on_sigterm is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_sigterm)  # Ray's core worker installs its own: keep kpbench's

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from kpbench.errors import KpbenchError
+from kpbench.errors import KpbenchError, first_line
 from kpbench.inference import Trained
 from kpbench.io import atomic_write_bytes, atomic_write_json
 from kpbench.keypoints import get_schema
@@ -134,8 +134,7 @@ def load_onnx(path: str | Path) -> Trained:
     except KpbenchError:
         raise
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors: not a graph it can read
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise KpbenchError(f"--model {path}: ONNX Runtime cannot load it: {first[:300]}") from None
+        raise KpbenchError(f"--model {path}: ONNX Runtime cannot load it: {first_line(exc)[:300]}") from None
     return Trained(graph, sidecar["model"], int(sidecar["input"]["shape"][-1]), config,
                    Path(sidecar["run"]), path)
 

@@ -82,6 +82,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _atomic(path, lambda f: f.write(data))
 
 
+def atomic_save_npz(path: Path, **arrays) -> None:
+    """A compressed ``.npz``, atomically."""
+    _atomic(path, lambda f: np.savez_compressed(f, **arrays))
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     import torch
 

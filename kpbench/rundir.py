@@ -22,7 +22,7 @@ import yaml
 
 from kpbench.config import DEFAULTS, merge, config_hash, differences
 from kpbench.errors import KpbenchError
-from kpbench.io import atomic_write_json, atomic_write_text
+from kpbench.io import atomic_save_npz, atomic_write_json, atomic_write_text
 
 
 class RunDir:
@@ -77,7 +77,7 @@ class RunDir:
         """The first test crops (uint8) and their boxes, for keypoint overlays in reports."""
         n = min(limit, len(data))
         images = (data.images[:n, 0].numpy() * 255).round().clip(0, 255).astype(np.uint8)
-        save_npz(self.path / "test_faces.npz", images=images, boxes=data.boxes[:n], ids=np.array(data.ids[:n]))
+        atomic_save_npz(self.path / "test_faces.npz", images=images, boxes=data.boxes[:n], ids=np.array(data.ids[:n]))
 
     # -- jobs --------------------------------------------------------------------------------
     def model_dir(self, label: str, seed: int, seeds: list[int]) -> Path:
@@ -100,17 +100,6 @@ class RunDir:
 def seeds_of(config: dict) -> list[int]:
     """The training seeds of a run: ``run.seeds``, or the one ``run.seed``."""
     return list(config["run"].get("seeds") or [config["run"]["seed"]])
-
-
-def save_npz(path: Path, **arrays) -> None:
-    """A compressed ``.npz``, atomically (a temp file beside it, then a rename)."""
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        np.savez_compressed(tmp, **arrays)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_result(mdir: Path, row: dict) -> None:

@@ -28,15 +28,15 @@ import kpbench
 from kpbench import report
 from kpbench.config import DEFAULTS, check, config_hash
 from kpbench.data import Concat, Prepared, Subset, prepare, source_names, split_dataset
-from kpbench.errors import KpbenchError
+from kpbench.errors import KpbenchError, first_line
 from kpbench.evaluate import OWN_DETECTOR, aggregate, own_detector_predictions, predict, score
-from kpbench.io import atomic_write_text
+from kpbench.io import atomic_save_npz, atomic_write_text
 from kpbench.keypoints import get_schema
 from kpbench.log import log, status_console
 from kpbench.plugins import Plugins
 from kpbench.profile import count_params, profile
 from kpbench.protocols import FindsOwnFaces
-from kpbench.rundir import RunDir, save_error, save_npz, save_result, seeds_of
+from kpbench.rundir import RunDir, save_error, save_result, seeds_of
 from kpbench.features import cached_features
 from kpbench.train import backbone_modules, box_jitter, train
 
@@ -250,7 +250,7 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
         failures: list[str] = []
 
         def on_failure(job: Job, exc: BaseException) -> None:
-            first = (str(exc).strip().splitlines() or [""])[0]
+            first = first_line(exc)
             where = rd.model_dir(job.label, job.seed, p.seeds) / "error.txt"
             failures.append(f"{job}: {type(exc).__name__}: {first}")
             log.error(f"kpbench: {job} failed: {type(exc).__name__}: {first}"
@@ -493,7 +493,7 @@ def test_and_save(model, test_d: Prepared, schema, metrics, dc: dict, mdir: Path
     if dc["miss_policy"] == "exclude":  # detector misses are counted, not scored
         per_image = {k: np.where(test_d.missed, np.nan, v) for k, v in per_image.items()}
         values = {m.name: aggregate(per_image[m.name], m.aggregate) for m in metrics}
-    save_npz(mdir / "predictions.npz", pred=pred_px, true=test_d.points, boxes=test_d.boxes, ids=np.array(test_d.ids),
+    atomic_save_npz(mdir / "predictions.npz", pred=pred_px, true=test_d.points, boxes=test_d.boxes, ids=np.array(test_d.ids),
              missed=test_d.missed, **{f"metric_{k}": v for k, v in per_image.items()})
     out = {k: round(v, 6) for k, v in values.items()}
     if dc["detector"] not in ("none", "gt-box"):  # a detector under test: its miss rate on the test split
