@@ -108,8 +108,47 @@ def read_pts(path: Path) -> np.ndarray:
     return np.asarray(pts, dtype=np.float32)
 
 
-def ibug(path=None):
-    """``ibug:DIR`` (images with .pts files beside them) or ``ibug:LIST.txt`` (one image path a line)."""
+def _photo_hash(path: Path) -> np.ndarray:
+    """A 256-bit difference hash of a photo (16x17 gray thumbnail, each bit: brighter than its left
+    neighbour), so that re-uploads of one photograph (rescaled, recompressed, cut a little
+    differently) land a few tens of bits apart while different faces differ in about 60-100."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.draft("L", (128, 128))  # JPEG: decode at a fraction of the size
+        small = np.asarray(im.convert("L").resize((17, 16), Image.BILINEAR), dtype=np.float32)
+    return (small[:, 1:] > small[:, :-1]).ravel()
+
+
+def photo_groups(files: list[Path], max_bits: int = 40) -> list[str]:
+    """One group per photograph: faces cut from one photo (300-W's ``NAME_K`` files) and
+    near-duplicate re-uploads (difference hashes at most ``max_bits`` of 256 apart: LFPW's re-uploads
+    measured 11-35 apart) share a group, so a split
+    never puts one photo on both sides."""
+    parent = list(range(len(files)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, f in enumerate(files):
+        m = re.fullmatch(r"(\d+)_\d+", f.stem)
+        j = first.setdefault(m.group(1) if m else f.stem, i)
+        parent[root(i)] = root(j)
+    hashes = np.array([_photo_hash(f) for f in files]).reshape(len(files), -1)
+    for i in range(len(files)):
+        near = (hashes[i + 1:] != hashes[i]).sum(axis=1) <= max_bits
+        for j in np.flatnonzero(near) + i + 1:
+            parent[root(int(j))] = root(i)
+    return [files[root(i)].stem for i in range(len(files))]
+
+
+def ibug(path=None, group_photos: bool = True):
+    """``ibug:DIR`` (images with .pts files beside them) or ``ibug:LIST.txt`` (one image path a line).
+    ``group_photos``: splits keep each photograph together (:func:`photo_groups`)."""
     if not path:
         raise kpbench.KpbenchError("ibug needs a path: ibug:/path/to/dir-or-list")
     p = Path(path)
@@ -122,7 +161,8 @@ def ibug(path=None):
                 raise kpbench.KpbenchError(f"{p}: {f} or its .pts file is missing")
     else:
         raise kpbench.KpbenchError(f"ibug: no such file or folder: {path}")
-    return _Annotated(files, [read_pts(f.with_suffix(".pts")) for f in files], None)
+    points = [read_pts(f.with_suffix(".pts")) for f in files]
+    return _Annotated(files, points, photo_groups(files) if group_photos else None)
 
 
 class _Arrays:
@@ -296,7 +336,7 @@ def kpbench_datasets():
     return [
         kpbench.DatasetSpec("folder68", folder68,
                             "Images + CSV of 68 points per file (YouTube Faces style); splits keep each person together"),
-        kpbench.DatasetSpec("ibug", ibug, "Images with iBUG .pts files beside them (300-W style), or a list file"),
+        kpbench.DatasetSpec("ibug", ibug, "Images with iBUG .pts files beside them (300-W style), or a list file; splits keep each photo together"),
         kpbench.DatasetSpec("kaggle", kaggle, "Kaggle Facial Keypoints training.csv / test.csv (96x96, 15 points)"),
         kpbench.DatasetSpec("kaggle-npz", kaggle_npz, "CC0 face_images.npz + facial_keypoints.csv (96x96, 15 points)"),
     ]
