@@ -12,6 +12,7 @@ from kpbench.keypoints import Schema, get_schema  # noqa: E402
 from kpbench.registry import DatasetSpec, DetectorSpec, MetricSpec, ModelSpec, SchemaSpec  # noqa: E402
 from kpbench.data import Sample  # noqa: E402
 from kpbench.evaluate import MetricContext  # noqa: E402
+from kpbench.faces import FaceDetector, RawFace  # noqa: E402
 from kpbench import protocols  # noqa: E402
 
 __all__ = [
@@ -28,4 +29,16 @@ __all__ = [
     "Sample",
     "MetricContext",
     "protocols",
+    "FaceDetector",
+    "RawFace",
+    "Predictor",
+    "Face",
 ]
+
+
+def __getattr__(name):  # the photo path's API loads the model stack only when asked for
+    if name in ("Predictor", "Face"):
+        from kpbench import predictor
+
+        return getattr(predictor, name)
+    raise AttributeError(f"module 'kpbench' has no attribute {name!r}")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from kpbench.errors import KpbenchError
+from kpbench.geometry import rgb_uint8  # noqa: F401  (a sample's image as RGB; re-exported)
 from kpbench.keypoints import convert
 
 
@@ -150,16 +151,6 @@ def read_image(path) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise KpbenchError(f"{path}: cannot read image: {exc}") from None
-
-
-def rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """A sample's image (gray or RGB, uint8 or float in [0, 1]) as a C-contiguous (H, W, 3) uint8 array."""
-    img = np.asarray(image)
-    if img.dtype != np.uint8:
-        img = np.clip(np.rint(img.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    return np.ascontiguousarray(img[..., :3])
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

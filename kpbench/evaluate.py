@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kpbench.data import Prepared, rgb_uint8, to_crop, to_image_pixels
+from kpbench.data import Prepared, to_crop, to_image_pixels
+from kpbench.geometry import best_overlap, points_rect, rgb_uint8
 from kpbench.keypoints import Schema
 from kpbench.registry import MetricSpec
 
@@ -39,26 +40,13 @@ OWN_DETECTOR = "own-detector"  # the face-box path of a model that finds the fac
 MIN_IOU = 0.3  # a face found on the photo is the annotated one when their point boxes overlap this much
 
 
-def _point_box(points: np.ndarray) -> np.ndarray:
-    """x0, y0, x1, y1 of the finite points."""
-    p = points[np.isfinite(points).all(1)]
-    return np.concatenate([p.min(0), p.max(0)]) if len(p) else np.full(4, np.nan)
-
-
 def match_face(faces: list[np.ndarray], true: np.ndarray) -> int | None:
     """Which of the faces found on a photo is the annotated one: the largest overlap (IoU) of the
-    boxes around their points, if at least MIN_IOU; None when no face matches."""
-    t = _point_box(true)
-    best, best_iou = None, MIN_IOU
-    for k, face in enumerate(faces):
-        f = _point_box(np.asarray(face, dtype=np.float64))
-        w, h = np.minimum(f[2:], t[2:]) - np.maximum(f[:2], t[:2])
-        inter = max(w, 0.0) * max(h, 0.0)
-        union = np.prod(f[2:] - f[:2]) + np.prod(t[2:] - t[:2]) - inter
-        iou = inter / union if union > 0 else 0.0
-        if iou >= best_iou:
-            best, best_iou = k, iou
-    return best
+    rectangles around their points, if at least MIN_IOU; None when no face matches."""
+    ref = points_rect(true)
+    if ref is None:
+        return None
+    return best_overlap([points_rect(np.asarray(f, dtype=np.float64)) for f in faces], ref, MIN_IOU)
 
 
 def own_detector_predictions(net, images, data: Prepared, fallback_crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

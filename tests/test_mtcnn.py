@@ -11,15 +11,10 @@ import pytest
 pytest.importorskip("facenet_pytorch")
 
 from kpbench_plugins import mtcnn  # noqa: E402
-from kpbench_plugins.mtcnn import (  # noqa: E402
-    MTCNNDetector,
-    as_float_array,
-    iou,
-    match_face,
-    points_rect,
-    square_box,
-    to_rgb_uint8,
-)
+from kpbench.faces import match_face  # noqa: E402
+from kpbench.geometry import iou, points_rect, square_box  # noqa: E402
+from kpbench.geometry import rgb_uint8 as to_rgb_uint8  # noqa: E402
+from kpbench_plugins.mtcnn import MTCNNDetector, as_float_array  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NAN = float("nan")
