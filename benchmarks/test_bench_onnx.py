@@ -10,7 +10,7 @@ from kpbench import config as cfgmod
 from kpbench.keypoints import get_schema
 from kpbench.plugins import get_plugins
 from kpbench.profile import ORT_LATENCY, profile
-from kpbench.runner import model_settings
+from kpbench.components import model_settings
 
 
 @pytest.mark.parametrize("onnx_latency", ["auto", False])

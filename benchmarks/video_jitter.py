@@ -36,7 +36,7 @@ from kpbench.inference import load_trained, predict_faces
 from kpbench.io import atomic_write_json
 from kpbench.keypoints import get_schema
 from kpbench.plugins import get_plugins
-from kpbench.runner import load_dataset
+from kpbench.components import load_dataset
 from kpbench.video import SMOOTH, face_filter, smoothing
 from kpbench_plugins.datasets import clip_frame
 

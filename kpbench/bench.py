@@ -20,7 +20,8 @@ from kpbench.report import onnx_latency_note
 
 
 def bench(config: dict, plugins: Plugins, console: Console, batch: int = 32) -> list[dict]:
-    from kpbench.runner import _call, branch_report, model_settings, resolve_device
+    from kpbench.components import call_factory, model_settings, resolve_device
+    from kpbench.runner import branch_report
 
     device = resolve_device(config["run"]["device"])
     if config["run"]["threads"]:
@@ -31,7 +32,7 @@ def bench(config: dict, plugins: Plugins, console: Console, batch: int = 32) -> 
     for label, spec in specs:
         options, size, _ = model_settings(config, label, spec)
         torch.manual_seed(0)
-        net = _call(spec.factory, f"model {label!r}", schema.num_points, size, 1, **options)
+        net = call_factory(spec.factory, f"model {label!r}", schema.num_points, size, 1, **options)
         row = {"model": label, "input_size": size,
                **profile(net, size, device, batch=batch, onnx_latency=config["eval"]["onnx_latency"]),
                **branch_report(net)}

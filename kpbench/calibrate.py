@@ -91,7 +91,8 @@ def calibrate(plugins, detector: str, dataset: str, dataset_options: dict | None
               detector_options: dict | None = None, limit: int | None = 400, seed: int = 0,
               console=None) -> dict:
     """``kpbench calibrate``: measure ``detector`` on (a seeded subset of) ``dataset``."""
-    from kpbench.runner import load_dataset, make_detector, progress_bar
+    from kpbench.components import load_dataset, make_detector
+    from kpbench.log import progress_bar
 
     factory = plugins.detectors.get(detector, where="--detector").factory
     options = dict(detector_options or {})

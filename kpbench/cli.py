@@ -180,13 +180,13 @@ def _options(text: str | None, what: str) -> dict:
 def cmd_evaluate(args, console: Console) -> None:
     import time
 
-    from kpbench.inference import evaluate, load_trained
+    from kpbench.components import convention_note
+    from kpbench.inference import evaluate
+    from kpbench.trained import load_trained
 
     plugins = _plugins(args)
-    trained = load_trained(args.model, plugins)
+    trained = load_trained(args.model or shipped_model(), plugins)
     if args.detector:
-        from kpbench.inference import convention_note
-
         note = convention_note(trained, plugins, args.detector)
         if note:
             log.warning(f"kpbench: {note}")
@@ -196,15 +196,21 @@ def cmd_evaluate(args, console: Console) -> None:
     console.print(f"results: {out}")
 
 
+def shipped_model() -> Path:
+    from kpbench.predictor import SHIPPED
+
+    return SHIPPED
+
+
 def cmd_export(args, console: Console) -> None:
     from kpbench.export import export_onnx
-    from kpbench.inference import load_trained
+    from kpbench.trained import load_trained
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    sidecar = export_onnx(load_trained(args.model, _plugins(args)), Path(args.out))
+    sidecar = export_onnx(load_trained(args.model or shipped_model(), _plugins(args)), Path(args.out))
     check = sidecar["check"]
     console.print(f"{args.out}: {sidecar['model']} ({sidecar['schema']}, {sidecar['input']['shape'][-1]} px crops); "
                   f"ONNX Runtime vs PyTorch on {check['crops']} crops: max abs difference {check['max_abs_diff_vs_torch']:.2e}; "
@@ -213,9 +219,9 @@ def cmd_export(args, console: Console) -> None:
 
 
 def cmd_predict(args, console: Console) -> None:
-    from kpbench.export import load_onnx
-    from kpbench.inference import check_output_dir, convention_note, expand_paths, load_trained, predict_photos
-    from kpbench.runner import path_detector
+    from kpbench.components import convention_note
+    from kpbench.photos import check_output_dir, expand_paths, predict_photos
+    from kpbench.predictor import Predictor
     from kpbench.video import smoothing
 
     options = _options(args.detector_options, "--detector-options")
@@ -223,19 +229,20 @@ def cmd_predict(args, console: Console) -> None:
         raise KpbenchError("--smooth-options needs --smooth (the One-Euro filter is off without it)")
     smooth = smoothing(_options(args.smooth_options, "--smooth-options")) if args.smooth else None
     paths = expand_paths(args.paths)
+    if not paths:
+        raise KpbenchError(f"no photos or videos in {', '.join(args.paths)}")
     check_output_dir(Path(args.out), paths)
     plugins = _plugins(args)
-    trained = load_onnx(args.model) if args.model.endswith(".onnx") else load_trained(args.model, plugins)
-    detector = path_detector(plugins, args.detector, trained.config["data"], options)
-    note = convention_note(trained, plugins, args.detector)
+    predictor = Predictor(args.model, detector=args.detector, detector_options=options, runtime=args.runtime,
+                          plugins=plugins)
+    note = convention_note(predictor.trained, plugins, predictor.detector_name)
     if note:
         log.warning(f"kpbench: {note}")
-    elif getattr(detector, "margin", None) is not None:
-        log.info(f"{trained.label}: faces cropped by {args.detector} at margin {detector.margin} around the face "
-                 f"box{' and turned upright' if getattr(detector, 'align', False) else ''} (the model's crops)")
-    results, errors = predict_photos(trained, detector, paths, Path(args.out), console, detector_name=args.detector,
-                                     overlays=not args.no_overlay,
-                                     smooth=smooth)
+    elif predictor.margin is not None:
+        log.info(f"{predictor.label}: faces found by {predictor.detector_name}, cropped at margin {predictor.margin} "
+                 f"around the face box{' and turned upright' if getattr(predictor.detector, 'align', False) else ''} "
+                 f"(the model's crops); model under {predictor.runtime}")
+    results, errors = predict_photos(predictor, paths, Path(args.out), overlays=not args.no_overlay, smooth=smooth)
     photos = [r for r in results if "image" in r]
     said = [f"{len(results) - len(photos)} video(s)"] if len(photos) < len(results) else []
     if photos or not said:
@@ -338,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
 
     ev = sub.add_parser("evaluate", help="evaluate a trained model on any dataset, with the same reports")
-    ev.add_argument("--model", required=True, help="run directory (its best model), model directory or best.pt")
+    ev.add_argument("--model", help="run directory (its best model), model directory or best.pt "
+                    "(default: the model kpbench ships)")
     ev.add_argument("--dataset", required=True, help="kind:path, e.g. ibug:../shared/data/300w-helen-train")
     ev.add_argument("--dataset-options", help="YAML mapping for the dataset plugin")
     ev.add_argument("--detector", help="face boxes: gt-box, mtcnn, none (default: the run's)")
@@ -348,9 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="find every face in photos and videos and predict its keypoints")
     pr.add_argument("paths", nargs="+", metavar="PATH", help="image or video files, directories or globs")
-    pr.add_argument("--model", required=True,
-                    help="run directory (its best model), model directory, best.pt, or FILE.onnx from kpbench export")
-    pr.add_argument("--detector", default="mtcnn", help="face detector (default mtcnn)")
+    pr.add_argument("--model", help="run directory (its best model), model directory, best.pt, or FILE.onnx from "
+                    "kpbench export (default: the model kpbench ships)")
+    pr.add_argument("--detector", help="face detector (default blazeface where LiteRT is installed, else mtcnn)")
+    pr.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "torch"],
+                    help="where the model runs (default auto: ONNX Runtime when installed, else PyTorch)")
     pr.add_argument("--detector-options", help="YAML mapping, e.g. '{margin: 0.2}'")
     pr.add_argument("--out", default="predictions", help="a new or empty output directory (default ./predictions)")
     pr.add_argument("--no-overlay", action="store_true", help="write only the JSON, no annotated images")
@@ -360,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="a trained model as ONNX for ONNX Runtime, checked against PyTorch")
-    ex.add_argument("--model", required=True, help="run directory (its best model) or models/<name>")
+    ex.add_argument("--model", help="run directory (its best model) or models/<name> (default: the model kpbench ships)")
     ex.add_argument("--out", required=True, help="new FILE.onnx (FILE.onnx.json is written beside it)")
     ex.add_argument("--threads", type=int, help="CPU threads for the check's latencies")
     ex.set_defaults(func=cmd_export)

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from kpbench.errors import KpbenchError
-from kpbench.geometry import rgb_uint8  # noqa: F401  (a sample's image as RGB; re-exported)
 from kpbench.keypoints import convert
 
 

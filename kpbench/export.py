@@ -3,140 +3,22 @@
 The graph takes the model's crops and returns keypoints in crop coordinates, exactly as kpbench's
 evaluation path sees them (mean-shape offset, output scale and test-time flip averaging
 included); ``<file>.json`` beside it says how crops are made and mapped back, so ``kpbench predict
---model <file>.onnx`` (:func:`load_onnx`) cuts the same crops. Needs the optional extra
-``kpbench[onnx]`` (``onnx`` 1.17, which still accepts the protobuf 4 that ``mediapipe`` pins, and
-``onnxruntime``)."""
+--model <file>.onnx`` (:func:`kpbench.trained.load_onnx`) cuts the same crops. Needs the optional
+extra ``kpbench[onnx]`` (see :mod:`kpbench.runtime`)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
-import sys
-import warnings
 from pathlib import Path
 
 import torch
 
-from kpbench.errors import KpbenchError, first_line
-from kpbench.inference import Trained
+from kpbench.errors import KpbenchError
 from kpbench.io import atomic_write_bytes, atomic_write_json
 from kpbench.keypoints import get_schema
 from kpbench.profile import median_seconds
-
-OPSET = 17
-INSTALL = "pip install 'kpbench[onnx]'"
-
-
-def available() -> bool:
-    """Whether onnx (the exporter's) and onnxruntime can be imported."""
-    try:
-        _onnxruntime()
-    except KpbenchError:
-        return False
-    return True
-
-
-def _onnxruntime(what: str = "exporting to ONNX", exporter: bool = True):
-    try:
-        if exporter:
-            import onnx  # noqa: F401  (torch's exporter needs it)
-        import onnxruntime
-    except ImportError:
-        needs = "onnx and onnxruntime" if exporter else "onnxruntime"
-        raise KpbenchError(f"{what} needs {needs}: {INSTALL}") from None
-    return onnxruntime
-
-
-@contextlib.contextmanager
-def _stdout_to_devnull():
-    """File descriptor 1 to /dev/null for a while: torch's TorchScript exporter turns its C++ log on
-    and never off (torch 2.14 ``setup_onnx_logging`` tests a function, not its result, for truth),
-    so a failed export would print the whole graph on stdout (into ``--json`` output, mid-run)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def to_onnx(model: torch.nn.Module, example: torch.Tensor, label: str) -> bytes:
-    """``model`` (eval mode) as an ONNX graph in memory: input ``crops`` (any batch), output
-    ``points``; a model the exporter cannot take is a one-line KpbenchError."""
-    _onnxruntime()
-    buffer = io.BytesIO()
-    try:
-        with torch.inference_mode(), _stdout_to_devnull(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer's on shape tests: only the batch size varies
-            torch.onnx.export(model.eval(), (example,), buffer, dynamo=False, opset_version=OPSET,
-                              input_names=["crops"], output_names=["points"],
-                              dynamic_axes={"crops": {0: "batch"}, "points": {0: "batch"}})
-    except Exception as exc:  # noqa: BLE001 - the exporter's own errors run to many lines
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise KpbenchError(f"model {label!r} cannot be exported to ONNX (opset {OPSET}): {first}") from None
-    return buffer.getvalue()
-
-
-class OnnxModel(torch.nn.Module):
-    """An exported graph under ONNX Runtime in the place of a PyTorch model: crops (N, 1, S, S)
-    in, points out, so :func:`kpbench.evaluate.predict` and :func:`kpbench.profile.latency` run
-    it as they run the model."""
-
-    def __init__(self, graph: Path | bytes, threads: int | None = None):
-        super().__init__()
-        ort = _onnxruntime("running an ONNX model", exporter=False)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
-                                            providers=["CPUExecutionProvider"])
-
-    def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {"crops": crops.cpu().numpy()})[0])
-
-
-def onnxruntime_model(model: torch.nn.Module, input_size: int, label: str) -> OnnxModel:
-    """``model`` (on the CPU) exported in memory and loaded in ONNX Runtime (CPU, torch's thread count)."""
-    graph = to_onnx(model, torch.rand(2, 1, input_size, input_size), label)
-    try:
-        return OnnxModel(graph, torch.get_num_threads())
-    except Exception as exc:  # noqa: BLE001 - ONNX Runtime refusing a graph the exporter wrote
-        raise KpbenchError(f"model {label!r}: ONNX Runtime cannot load its graph: {str(exc).strip()[:300]}") from None
-
-
-def load_onnx(path: str | Path) -> Trained:
-    """An exported model with its sidecar's crop convention and schema, in the shape of a run's
-    trained model for ``kpbench predict`` (``model_dir`` is the .onnx file)."""
-    path = Path(path)
-    sidecar_path = path.with_name(path.name + ".json")
-    if not path.is_file():
-        raise KpbenchError(f"--model {path}: no such file")
-    if not sidecar_path.is_file():
-        raise KpbenchError(f"--model {path}: no {sidecar_path.name} beside it (kpbench export writes it: the crop "
-                           f"convention and schema predict needs)")
-    try:
-        sidecar = json.loads(sidecar_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise KpbenchError(f"{sidecar_path}: not the JSON kpbench export writes ({exc})") from None
-    convention = sidecar.get("crop_convention") if isinstance(sidecar, dict) else None
-    if not convention:
-        raise KpbenchError(f"{sidecar_path}: no crop_convention (its run predates it); train and export it again")
-    options = {**convention["detector_options"],
-               **{k: convention[k] for k in ("margin", "align") if convention.get(k) is not None}}
-    config = {"data": {"schema": sidecar["schema"], "detector": convention["detector"], "detector_options": options}}
-    try:
-        graph = OnnxModel(path)
-    except KpbenchError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors: not a graph it can read
-        raise KpbenchError(f"--model {path}: ONNX Runtime cannot load it: {first_line(exc)[:300]}") from None
-    return Trained(graph, sidecar["model"], int(sidecar["input"]["shape"][-1]), config,
-                   Path(sidecar["run"]), path)
+from kpbench.runtime import OPSET, OnnxModel, to_onnx
+from kpbench.trained import Trained
 
 
 def export_onnx(trained: Trained, out: Path) -> dict:

@@ -51,3 +51,12 @@ def status_console() -> Console:
 
 if not log.handlers:  # kpbench used as a library: notes on stderr, as the CLI shows them
     setup(0)
+
+
+def progress_bar(console, transient: bool = True):
+    """kpbench's progress bar (data preparation, calibration, training): description, bar,
+    n/total, time; ``transient``: gone when done."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=transient)

@@ -60,7 +60,7 @@ def onnxruntime_latency(model: torch.nn.Module, input_size: int) -> float | None
     run by ONNX Runtime on the CPU, timed as :func:`latency` times PyTorch (same input shape,
     threads, warm-up and runs); None when the exporter cannot take the model."""
     from kpbench.errors import KpbenchError
-    from kpbench.export import onnxruntime_model
+    from kpbench.runtime import onnxruntime_model
 
     try:
         onnx_model = onnxruntime_model(model, input_size, type(model).__name__)
@@ -74,7 +74,7 @@ def profile(model: torch.nn.Module, input_size: int, device="cpu", timing: bool 
     """Parameters and GMACs; with ``timing``, batch-1 latency and throughput on ``device`` and,
     with ``onnx_latency`` "auto" where onnx and onnxruntime are installed, ONNX Runtime's CPU
     latency (null for a model that cannot be exported)."""
-    from kpbench.export import available
+    from kpbench.runtime import available
 
     total, trainable = count_params(model)
     row = {"params": total, "trainable_params": trainable, "gmacs": round(gmacs(model.cpu(), input_size), 4)}

@@ -10,7 +10,6 @@ With ``resume``, jobs whose results are already in the run directory are kept, n
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import platform
 import subprocess
 import time
@@ -22,59 +21,26 @@ import numpy as np
 import pandas as pd
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import kpbench
 from kpbench import report
 from kpbench.config import DEFAULTS, check, config_hash
-from kpbench.data import Concat, Prepared, Subset, prepare, source_names, split_dataset
+from kpbench.data import Prepared, Subset, prepare, split_dataset
 from kpbench.errors import KpbenchError, first_line
 from kpbench.evaluate import OWN_DETECTOR, aggregate, own_detector_predictions, predict, score
 from kpbench.io import atomic_save_npz, atomic_write_text
 from kpbench.keypoints import get_schema
-from kpbench.log import log, status_console
+from kpbench.log import log, progress_bar, status_console
 from kpbench.plugins import Plugins
 from kpbench.profile import count_params, profile
 from kpbench.protocols import FindsOwnFaces
 from kpbench.rundir import RunDir, save_error, save_result, seeds_of
 from kpbench.features import cached_features
+from kpbench.components import (call_factory, crop_convention, load_dataset, make_detector, model_settings,
+                                path_detector, resolve_device, use_flip_test)
 from kpbench.train import backbone_modules, box_jitter, train
 
 JITTER_CONTEXT = 0.25  # context around training crops for train.box_jitter, a fraction of the side each way
-
-
-def progress_bar(console: Console) -> Progress:
-    """The transient bar of data preparation and calibration: description, bar, n/total, time."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise KpbenchError(f"run.device {name!r}: CUDA is not available on this machine")
-    return name
-
-
-def _call(factory, what: str, *args, **options):
-    """Call a plugin factory; a wrong option becomes a one-line error naming the component."""
-    try:
-        return factory(*args, **options)
-    except TypeError as exc:
-        raise KpbenchError(f"{what}: bad options {options}: {exc}") from None
-
-
-def load_dataset(plugins: Plugins, spec, options):
-    """``kind:path`` with its options, or a list of them (a list of options, or one for all) as one."""
-    if isinstance(spec, list):
-        opts = options if isinstance(options, list) else [options] * len(spec)
-        if len(opts) != len(spec):
-            raise KpbenchError(f"data.options: {len(opts)} option mappings for {len(spec)} datasets")
-        return Concat([load_dataset(plugins, s, o) for s, o in zip(spec, opts)], source_names(spec))
-    kind, _, path = spec.partition(":")
-    ds_spec = plugins.datasets.get(kind, where="data.dataset")
-    return _call(ds_spec.factory, f"dataset {kind!r}", path or None, **options)
 
 
 def _git_commit() -> str | None:
@@ -331,69 +297,6 @@ def run_manifest(plugins: Plugins, config: dict, device: str, fingerprint: str, 
     return meta
 
 
-def model_settings(config: dict, label: str, spec) -> tuple[dict, int, dict]:
-    """A model's factory options, input size and training settings: ``model_options[label]`` may
-    hold ``input_size`` and ``train`` (overrides of the train section for this model) besides the
-    factory's own options; the model's spec defaults apply where the config kept the default."""
-    from kpbench.config import validate
-
-    options = dict(config["model_options"].get(label, {}))
-    size = int(options.pop("input_size", None) or spec.defaults.get("input_size") or config["data"]["input_size"])
-    overrides = options.pop("train", None) or {}
-    validate({"train": overrides}, f"model_options.{label}.train")
-    tc = {**config["train"]}
-    for key, value in spec.defaults.items():
-        if key in tc and tc.get(key) == DEFAULTS["train"].get(key):
-            tc[key] = value
-    tc.update(overrides)
-    return options, size, tc
-
-
-CONVENTION_OPTIONS = ("margin", "align")  # what another detector takes over from a run's
-
-
-def run_option(plugins: Plugins, dc: dict, key: str):
-    """A crop-convention option of a run's detector (``margin``, ``align``): set in its options, or
-    that option's default; None for a detector without it (``none`` has no margin: whole images)."""
-    if key in dc["detector_options"]:
-        return dc["detector_options"][key]
-    param = inspect.signature(plugins.detectors.get(dc["detector"], where="data.detector").factory).parameters.get(key)
-    return None if param is None or param.default is inspect.Parameter.empty else param.default
-
-
-def crop_convention(plugins: Plugins, dc: dict) -> dict:
-    """What a run's crops are, for the manifest and for ``evaluate``/``predict`` to reproduce."""
-    return {"face_box": "square around the annotated points (all of the source schema's)",
-            "detector": dc["detector"], "detector_options": dc["detector_options"],
-            **{k: run_option(plugins, dc, k) for k in CONVENTION_OPTIONS}}
-
-
-def convention_options(plugins: Plugins, name: str, dc: dict, options: dict | None = None) -> dict:
-    """Options for detector ``name`` that follow a run's crop convention: the run's own detector
-    keeps the run's options; another one gets the run's ``margin`` and ``align`` where it takes
-    them (a model trained on gt-box(0.15) crops gets mtcnn(0.15) crops); ``options`` override."""
-    opts = {**(dc["detector_options"] if name == dc["detector"] else {}), **(options or {})}
-    params = inspect.signature(plugins.detectors.get(name, where="detector").factory).parameters
-    for key in CONVENTION_OPTIONS:
-        value = run_option(plugins, dc, key)
-        if key in params and key not in opts and value is not None:
-            opts[key] = value
-    return opts
-
-
-def path_detector(plugins: Plugins, name: str, dc: dict, options: dict | None = None):
-    """Detector ``name`` set to a run's crop convention (see :func:`convention_options`)."""
-    return make_detector(plugins, name, convention_options(plugins, name, dc, options))
-
-
-def make_detector(plugins: Plugins, name: str, options: dict):
-    """The detector ``name`` with ``options``; a slow one (``cache_boxes``) keeps its boxes on disk."""
-    from kpbench.boxcache import CachedDetector
-
-    det = _call(plugins.detectors.get(name, where="data.detector").factory, f"detector {name!r}", **options)
-    return CachedDetector(det, name, options) if getattr(det, "cache_boxes", False) else det
-
-
 def branch_report(net: torch.nn.Module) -> dict:
     """Per-branch parameter counts and learned fusion weights of multi-backbone models (``backbones``
     ModuleDict, optional ``alpha``), e.g. the hybrid's ``params_vgg16`` and ``alpha_vgg16``."""
@@ -413,15 +316,14 @@ def run_model(label: str, spec, config, train_d: Prepared, val_d: Prepared, test
     dc = config["data"]
     options, size, tc = model_settings(config, label, spec)
     torch.manual_seed(seed)
-    net = _call(spec.factory, f"model {label!r}", schema.num_points, size, 1, **options)
+    net = call_factory(spec.factory, f"model {label!r}", schema.num_points, size, 1, **options)
     sign = -1.0 if sort_metric.higher_is_better else 1.0
 
     def evaluate(pred_crop):
         values = score(pred_crop, val_d, schema, metrics)[1]
         return {"score": sign * values[sort_metric.name], **{f"val_{k}": v for k, v in values.items()}}
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=status, transient=False) as progress:
+    with progress_bar(status, transient=False) as progress:  # a model's bar stays, with its time
         task = progress.add_task(f"{label:>12}", total=None)
 
         def on_batch(epoch, done, total):
@@ -473,12 +375,6 @@ def metrics_meta(metrics) -> dict:
     """What the report path needs to know of each metric, kept in the manifest."""
     return {m.name: {"aggregate": m.aggregate, "higher_is_better": m.higher_is_better, "unit": m.unit}
             for m in metrics}
-
-
-def use_flip_test(model, config: dict, schema) -> None:
-    """Test-time flip averaging where the config asks for it and the model does not opt out."""
-    if config["eval"]["flip_test"] and getattr(model.net, "flip_test", True):
-        model.flip_test = list(schema.flip_permutation)
 
 
 def test_and_save(model, test_d: Prepared, schema, metrics, dc: dict, mdir: Path, device,

@@ -73,10 +73,11 @@ class Regressor(nn.Module):
     def forward(self, x):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self.finish(self.net(x))
         if self.flip_test is None or self.training:
-            return out
-        mirrored = self.finish(self.net(x.flip(-1)))[:, self.flip_test]  # test-time flip averaging
+            return self.finish(self.net(x))
+        # Test-time flip averaging: the image and its mirror as one batch of two.
+        out, mirrored = self.finish(self.net(torch.cat([x, x.flip(-1)]))).chunk(2)
+        mirrored = mirrored[:, self.flip_test]
         return (out + torch.stack([1 - mirrored[..., 0], mirrored[..., 1]], -1)) / 2
 
     def from_features(self, z):

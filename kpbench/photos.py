@@ -1,0 +1,180 @@
+"""``kpbench predict``'s files: photos and videos found by name, each image through the
+:class:`~kpbench.Predictor`, and per photo ``<name>.json`` (+ ``<name>.jpg``), per video
+``<name>.csv``, ``<name>.json`` (+ ``<name>.mp4``), and ``predictions.json`` for the batch.
+Nothing is written over: ``--out`` must be new or empty."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kpbench.data import IMAGE_SUFFIXES, read_image, stack_boxes
+from kpbench.errors import KpbenchError
+from kpbench.io import atomic_output, atomic_write_json, strict
+from kpbench.log import log, status_console
+from kpbench.predictor import Face, Predictor
+from kpbench.video import VIDEO_SUFFIXES, is_video, require_av
+
+
+def expand_paths(patterns: list[str]) -> list[Path]:
+    """Files, directories (their images and videos, sorted) and globs -> paths, each once."""
+    files: list[Path] = []
+    for pat in patterns:
+        p = Path(pat)
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            hits = sorted(Path(h) for h in glob.glob(pat, recursive=True))
+            if not hits:
+                raise KpbenchError(f"{pat}: no such file, directory or matching glob")
+            files += [h for h in hits if h.is_file()]
+    files = [f for f in files if f.is_file()]  # a FIFO or device named like a photo would block a read
+    unique: dict[Path, Path] = {}  # a photo named twice (a file and its folder, two globs) once
+    for f in files:
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values())
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """A distinct output name per photo: its stem; where stems collide (``a.jpg``, ``a.png``) its
+    file name; where those collide too (the same name in two folders), the parent folder's name
+    before it; then a counter."""
+    names = [p.stem for p in paths]
+    names = [n if names.count(n) == 1 else p.name for n, p in zip(names, paths)]
+    names = [n if names.count(n) == 1 else f"{p.parent.name}_{n}" for n, p in zip(names, paths)]
+    used: set[str] = {"predictions"}  # the batch's own predictions.json
+    out = []
+    for n in names:
+        name, k = n, 1
+        while name in used:
+            k += 1
+            name = f"{n}-{k}"
+        used.add(name)
+        out.append(name)
+    return out
+
+
+def check_output_dir(out: Path, inputs: list[Path]) -> None:
+    """``predict`` writes only into a new or empty folder, so no photo or earlier result is ever
+    written over; refused before any work."""
+    if out.exists() and not out.is_dir():
+        raise KpbenchError(f"--out {out}: is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        inside = any(p.resolve().parent == out.resolve() for p in inputs)
+        why = "it holds the input photos" if inside else "it is not empty"
+        raise KpbenchError(f"--out {out}: {why}; kpbench predict never writes over files, choose a new folder")
+
+
+def predict_photos(predictor: Predictor, paths: list[Path], out: Path, overlays: bool = True,
+                   smooth: dict | None = None) -> tuple[list[dict], list[dict]]:
+    """Every face in every photo: box, score and named keypoints in the photo's pixels, written as
+    ``<name>.json`` and, with ``overlays``, ``<name>.jpg`` (boxes and points drawn) under ``out``,
+    plus ``predictions.json`` (also when interrupted: then marked ``partial``). Videos among
+    ``paths`` go through :func:`predict_video` (``smooth``: its One-Euro options, or None). A file
+    that cannot be read is reported and counted; the rest go on. Returns the photos' and videos'
+    entries and the unreadable files' errors."""
+    from kpbench import plots
+
+    if any(is_video(p) for p in paths):
+        require_av()
+    out = Path(out)
+    check_output_dir(out, paths)
+    results, errors, finished = [], [], False
+    try:
+        for path, name in zip(paths, output_names(paths)):
+            try:
+                if is_video(path):
+                    results.append(predict_video(predictor, path, out, name, overlays, smooth))
+                    continue
+                image = read_image(path)
+            except KpbenchError as exc:
+                log.warning(f"kpbench: skipped: {exc}")
+                errors.append({"video" if is_video(path) else "image": str(path), "error": str(exc)})
+                continue
+            faces = predictor.faces(image)
+            entry = {"image": str(path), "output": name, "width": int(image.shape[1]), "height": int(image.shape[0]),
+                     "faces": [f.to_json() for f in faces]}
+            if not faces:
+                log.info(f"{path}: no face found")
+            elif overlays:
+                plots.photo_keypoints(image, np.stack([f.points for f in faces]), stack_boxes([f.box for f in faces]),
+                                      out / f"{name}.jpg")
+            atomic_write_json(out / f"{name}.json", entry)
+            results.append(entry)
+        finished = True
+    finally:
+        if out.is_dir():
+            atomic_write_json(out / "predictions.json", {
+                "model": str(predictor.trained.model_dir), "detector": predictor.detector_name,
+                "margin": predictor.margin, "runtime": predictor.runtime, "partial": not finished,
+                "images": [r for r in results if "image" in r], "videos": [r for r in results if "video" in r],
+                "errors": errors})
+    return results, errors
+
+
+def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overlays: bool = True,
+                  smooth: dict | None = None) -> dict:
+    """Every face in every frame of a video, decoded one frame at a time and predicted by
+    :class:`~kpbench.Predictor`: ``<name>.csv`` (one row per frame and face: frame, time in seconds, face
+    number, box, score, the named points), ``<name>.json`` (the same as strict JSON, every frame
+    listed, also those without a face) and, with ``overlays``, ``<name>.mp4`` (boxes and points
+    drawn), each written whole or not at all. Faces keep their number across frames
+    (:class:`~kpbench.video.FaceTracks`); with ``smooth`` (:func:`~kpbench.video.smoothing`) each
+    face's points are One-Euro filtered over time. Returns the video's summary."""
+    from rich.progress import Progress
+
+    from kpbench import plots
+    from kpbench.video import FaceTracks, VideoWriter, face_filter, frame_rate, frames, open_video
+
+    schema = predictor.schema
+    tracks, filters = FaceTracks(), {}
+    with contextlib.ExitStack() as stack:
+        container, stream = stack.enter_context(open_video(path))
+        head = {"video": str(path), "model": str(predictor.trained.model_dir), "width": stream.width, "height": stream.height,
+                "fps": frame_rate(stream), "smooth": smooth}
+        summary = {**head, "output": name, "frames": 0, "faces": 0, "frames_without_face": 0}
+        table = csv.writer(stack.enter_context(open(stack.enter_context(atomic_output(out / f"{name}.csv")), "w",
+                                                    newline="")))
+        doc = stack.enter_context(open(stack.enter_context(atomic_output(out / f"{name}.json")), "w"))
+        writer = None
+        if overlays:
+            writer = VideoWriter(stack.enter_context(atomic_output(out / f"{name}.mp4")), summary["fps"],
+                                 stream.width, stream.height)
+            stack.callback(writer.close)
+        progress = stack.enter_context(Progress(console=status_console(), transient=True))
+        task = progress.add_task(path.name, total=stream.frames or None)
+        table.writerow(["frame", "time", "face", "box_x0", "box_y0", "box_side", "box_angle", "score",
+                        *[f"{p}_{axis}" for p in schema.points for axis in "xy"]])
+        doc.write(json.dumps(strict(head), allow_nan=False)[:-1] + ', "frames": [\n')  # then one frame a line
+        for index, t, image in frames(path, container, stream):
+            faces, boxes, pts, conf = predictor.predict_arrays(image)
+            numbers = tracks.follow(boxes)
+            if smooth is not None and faces:
+                pts = np.stack([filters.setdefault(k, face_filter(smooth, b[2]))(p, t)
+                                for k, b, p in zip(numbers, boxes, pts)])
+            entries = [{"face": k, **Face(tuple(f["box"]), float(f.get("score", 1.0)), p, schema.points,
+                                          None if conf is None else conf[i]).to_json()}
+                       for i, (k, f, p) in enumerate(zip(numbers, faces, pts))]
+            for e in entries:
+                table.writerow([index, round(t, 4), e["face"], *(e["box"] + [0.0])[:4], e["score"],
+                                *[v for xy in e["keypoints"].values() for v in xy]])
+            doc.write(("," if index else "") + json.dumps(strict({"frame": index, "time": round(t, 4),
+                                                                  "faces": entries}), allow_nan=False) + "\n")
+            if writer:
+                writer.write(np.asarray(plots.draw_faces(image, pts, boxes)))
+            summary.update(frames=index + 1, faces=summary["faces"] + len(faces),
+                           frames_without_face=summary["frames_without_face"] + (not faces))
+            progress.advance(task)
+        doc.write("]}\n")
+        if not summary["frames"]:
+            raise KpbenchError(f"{path}: no video frames")
+    log.info(f"{path}: {summary['frames']} frames, {summary['faces']} face(s) "
+             f"({summary['frames_without_face']} frames without a face)")
+    return summary

@@ -1,0 +1,243 @@
+"""The photo path as one object: an image in, every face's box, score and named keypoints out, in
+the image's own pixels. ``kpbench predict`` (photos and videos) runs it; so can any program::
+
+    from kpbench import Predictor
+
+    predictor = Predictor()                          # the model kpbench ships
+    predictor = Predictor.from_run("results/...")    # a model you trained (a run folder)
+    predictor = Predictor.from_onnx("model.onnx")    # a model you exported
+    for face in predictor("photo.jpg"):              # a path, a PIL image or an (H, W[, 3]) array
+        print(face.box, face.score, face.keypoints["nose_tip"])
+
+A Predictor holds the model, its keypoint schema, its crop convention (the face box and margin it
+was trained on) and a face detector set to that convention. The model runs under ONNX Runtime
+when it is installed (exported once and cached, checked against PyTorch), else in PyTorch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kpbench.components import path_detector
+from kpbench.data import crop_resize, read_image, stack_boxes, to_gray, to_image_pixels
+from kpbench.errors import KpbenchError
+from kpbench.evaluate import predict
+from kpbench.keypoints import Schema, get_schema
+from kpbench.log import log
+from kpbench.protocols import FindsFaces
+from kpbench.runtime import OnnxModel
+from kpbench.trained import Trained, load_onnx, load_trained
+
+SHIPPED = Path(__file__).resolve().parent / "shipped" / "wild"  # the recommended model, as its run left it
+RUNTIMES = ("auto", "onnxruntime", "torch")
+ONNX_TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| on seeded crops, in crop fractions (0.013 px of a 128 px crop)
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face found in an image: the crop ``box`` (x0, y0, side[, angle]) and every point in the
+    image's pixels, the detector's ``score``, and per point the model's ``confidence`` in [0, 1]
+    (None for models that give none)."""
+
+    box: tuple[float, ...]
+    score: float
+    points: np.ndarray  # (K, 2)
+    names: tuple[str, ...]
+    confidence: np.ndarray | None = None  # (K,)
+
+    @property
+    def keypoints(self) -> dict[str, tuple[float, float]]:
+        """The points by name: ``{"left_eye_center": (x, y), ...}``."""
+        return {n: (float(x), float(y)) for n, (x, y) in zip(self.names, self.points)}
+
+    @property
+    def face_confidence(self) -> float | None:
+        """The mean of the points' confidences (None without them)."""
+        return None if self.confidence is None else float(np.mean(self.confidence))
+
+    def to_json(self) -> dict:
+        """The face as ``kpbench predict`` writes it: box, score, named points to 0.01 pixel, and the
+        confidences (null without them)."""
+        conf = None if self.confidence is None else [round(float(c), 4) for c in self.confidence]
+        return {"box": [round(float(v), 2) for v in self.box], "score": round(float(self.score), 4),
+                "keypoints": {k: [round(x, 2), round(y, 2)] for k, (x, y) in self.keypoints.items()},
+                "confidence": None if conf is None else dict(zip(self.names, conf)),
+                "face_confidence": None if conf is None else round(float(np.mean(conf)), 4)}
+
+
+def default_detector(plugins) -> str:
+    """The detector ``predict`` uses unless told: ``blazeface`` where its runtime (LiteRT) imports,
+    else ``mtcnn``."""
+    if "blazeface" in plugins.detectors.names():
+        try:
+            import ai_edge_litert.interpreter  # noqa: F401
+        except ImportError:
+            return "mtcnn"
+        return "blazeface"
+    return "mtcnn"
+
+
+def as_image(image: Any) -> np.ndarray:
+    """A file path, a PIL image or an array -> an (H, W) or (H, W, 3) array."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+        return np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)) or min(arr.shape[:2]) < 1:
+        raise KpbenchError(f"expected an image: a path, a PIL image or an (H, W[, 3]) array, got shape {arr.shape}")
+    return arr
+
+
+def _graph_cache(trained: Trained) -> Path:
+    """Where a run's checkpoint's ONNX graph is kept: keyed by the checkpoint's bytes and torch."""
+    from kpbench.features import cache_root
+
+    digest = hashlib.sha256((trained.model_dir / "best.pt").read_bytes()).hexdigest()[:16]
+    return cache_root() / "onnx" / f"{digest}-torch{torch.__version__}.onnx"
+
+
+def onnx_in_place(trained: Trained) -> bool:
+    """Run ``trained``'s PyTorch model under ONNX Runtime from now on, if the graph (exported once,
+    cached) gives the same points within ONNX_TOLERANCE; True when it does."""
+    from kpbench import runtime
+    from kpbench.io import atomic_write_bytes
+
+    if not runtime.available():
+        return False
+    model, size = trained.model.eval(), trained.input_size
+    cache = _graph_cache(trained)
+    try:
+        if cache.is_file():
+            graph = runtime.OnnxModel(cache, torch.get_num_threads())
+        else:
+            data = runtime.to_onnx(model, torch.rand(2, 1, size, size), trained.label)
+            atomic_write_bytes(cache, data)
+            graph = runtime.OnnxModel(data, torch.get_num_threads())
+        crops = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            diff = float((graph(crops).reshape(-1) - model(crops).reshape(-1)).abs().max())
+    except (KpbenchError, OSError) as exc:
+        log.info(f"{trained.label}: runs in PyTorch ({exc})")
+        return False
+    if not diff <= ONNX_TOLERANCE:
+        log.warning(f"kpbench: {trained.label}: ONNX Runtime differs from PyTorch by {diff:.1e}; runs in PyTorch")
+        return False
+    trained.model = graph
+    return True
+
+
+class Predictor:
+    """A trained model behind a face detector: ``predictor(image) -> list[Face]``.
+
+    ``model``: a run folder, a model folder or ``best.pt`` in one, or an ``.onnx`` file from
+    ``kpbench export``; None: the model kpbench ships. ``detector``: any detector plugin that finds
+    faces (default :func:`default_detector`), set to the model's crop convention;
+    ``detector_options`` override. ``runtime``: ``auto`` (ONNX Runtime when installed),
+    ``onnxruntime`` or ``torch``."""
+
+    def __init__(self, model: str | Path | None = None, *, detector: str | None = None,
+                 detector_options: dict | None = None, runtime: str = "auto", plugins=None):
+        from kpbench.plugins import get_plugins
+
+        plugins = plugins or get_plugins()
+        source = SHIPPED if model is None else Path(model)
+        if source.suffix == ".onnx" and runtime == "torch":
+            raise KpbenchError(f"{source}: an ONNX graph runs under ONNX Runtime, not runtime 'torch'")
+        trained = load_onnx(source) if source.suffix == ".onnx" else load_trained(source, plugins)
+        self._setup(trained, detector, detector_options, runtime, plugins)
+
+    @classmethod
+    def from_trained(cls, trained: Trained, *, detector: str | None = None, detector_options: dict | None = None,
+                     runtime: str = "auto", plugins=None) -> "Predictor":
+        """A Predictor around a model already loaded (or built in a test)."""
+        from kpbench.plugins import get_plugins
+
+        self = cls.__new__(cls)
+        self._setup(trained, detector, detector_options, runtime, plugins or get_plugins())
+        return self
+
+    def _setup(self, trained: Trained, detector, detector_options, runtime: str, plugins) -> None:
+        if runtime not in RUNTIMES:
+            raise KpbenchError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+        self.trained = trained
+        onnx_file = isinstance(trained.model, OnnxModel)
+        self.schema: Schema = get_schema(self.trained.config["data"]["schema"])
+        self.detector_name = detector or default_detector(plugins)
+        self.detector = path_detector(plugins, self.detector_name, self.trained.config["data"], detector_options)
+        if not isinstance(self.detector, FindsFaces):
+            raise KpbenchError(f"detector {self.detector_name!r} needs each photo's annotated points (as gt-box "
+                               f"does); use one that finds faces, e.g. blazeface or mtcnn")
+        if onnx_file:
+            self.runtime = "onnxruntime"
+        elif runtime == "torch":
+            self.runtime = "torch"
+        else:
+            self.runtime = "onnxruntime" if onnx_in_place(self.trained) else "torch"
+            if runtime == "onnxruntime" and self.runtime != "onnxruntime":
+                raise KpbenchError(f"{self.label}: cannot run under ONNX Runtime here: pip install 'kpbench[onnx]'")
+
+    @classmethod
+    def from_run(cls, path: str | Path, **options) -> "Predictor":
+        """The best model of a run folder (or the model of a model folder or ``best.pt``)."""
+        return cls(Path(path), **options)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, **options) -> "Predictor":
+        """A model exported by ``kpbench export`` (the ``.onnx`` and its ``.json`` sidecar)."""
+        if Path(path).suffix != ".onnx":
+            raise KpbenchError(f"{path}: not an .onnx file")
+        return cls(Path(path), **options)
+
+    @property
+    def label(self) -> str:
+        return self.trained.label
+
+    @property
+    def margin(self) -> float | None:
+        """The margin of the crops the model gets (its training crops')."""
+        return getattr(self.detector, "margin", None)
+
+    def __repr__(self) -> str:
+        return (f"Predictor({self.label}, {self.schema.name}, {self.trained.input_size} px crops, "
+                f"detector {self.detector_name}, {self.runtime})")
+
+    def __call__(self, image: Any) -> list[Face] | list[list[Face]]:
+        """The faces of one image (a path, PIL image or array), or of each image of a list."""
+        if isinstance(image, (list, tuple)):
+            return [self(i) for i in image]
+        return self.faces(as_image(image))
+
+    def faces(self, image: np.ndarray) -> list[Face]:
+        """The faces of a decoded image, best detector score first."""
+        found, boxes, points, conf = self.predict_arrays(image)
+        return [Face(tuple(float(v) for v in f["box"]), float(f.get("score", 1.0)), p, self.schema.points,
+                     None if conf is None else c) for f, p, c in zip(found, points, conf if conf is not None
+                                                                   else [None] * len(found))]
+
+    def detect(self, image: np.ndarray) -> list[dict]:
+        """The detector's faces (each ``{"box", "score", ...}``) of a decoded image."""
+        return self.detector.detect_all(image)
+
+    def predict_arrays(self, image: np.ndarray, found: list[dict] | None = None):
+        """The model on every face of a decoded image (``found``: boxes known already, e.g. from a
+        track). Returns the faces, their boxes (F, 3|4), points (F, K, 2) in the image's pixels and
+        per-point confidences (F, K) or None."""
+        found = self.detect(image) if found is None else found
+        if not found:
+            return [], np.zeros((0, 3), np.float32), np.zeros((0, self.schema.num_points, 2)), None
+        boxes = stack_boxes([f["box"] for f in found])
+        crops = self.crops(image, boxes)
+        return found, boxes, to_image_pixels(predict(self.trained.model, torch.from_numpy(crops)), boxes), None
+
+    def crops(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """The model's input for each box: (F, 1, S, S) gray float32, cut as in training."""
+        gray = to_gray(image)
+        size = self.trained.input_size
+        return np.stack([crop_resize(gray, b, size) for b in boxes])[:, None].astype(np.float32)

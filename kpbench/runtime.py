@@ -1,0 +1,100 @@
+"""ONNX Runtime as kpbench's second runtime: a model exported in memory or read from a file, run
+in the place of the PyTorch model (crops in, crop coordinates out). Needs the optional extra
+``kpbench[onnx]`` (``onnx`` 1.17, which still accepts the protobuf 4 that ``mediapipe`` pins, and
+``onnxruntime``); :func:`available` tells."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from kpbench.errors import KpbenchError
+
+OPSET = 17
+INSTALL = "pip install 'kpbench[onnx]'"
+
+
+def available() -> bool:
+    """Whether onnx (the exporter's) and onnxruntime can be imported."""
+    try:
+        _onnxruntime()
+    except KpbenchError:
+        return False
+    return True
+
+
+def _onnxruntime(what: str = "exporting to ONNX", exporter: bool = True):
+    try:
+        if exporter:
+            import onnx  # noqa: F401  (torch's exporter needs it)
+        import onnxruntime
+    except ImportError:
+        needs = "onnx and onnxruntime" if exporter else "onnxruntime"
+        raise KpbenchError(f"{what} needs {needs}: {INSTALL}") from None
+    return onnxruntime
+
+
+@contextlib.contextmanager
+def _stdout_to_devnull():
+    """File descriptor 1 to /dev/null for a while: torch's TorchScript exporter turns its C++ log on
+    and never off (torch 2.14 ``setup_onnx_logging`` tests a function, not its result, for truth),
+    so a failed export would print the whole graph on stdout (into ``--json`` output, mid-run)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def to_onnx(model: torch.nn.Module, example: torch.Tensor, label: str) -> bytes:
+    """``model`` (eval mode) as an ONNX graph in memory: input ``crops`` (any batch), output
+    ``points``; a model the exporter cannot take is a one-line KpbenchError."""
+    _onnxruntime()
+    buffer = io.BytesIO()
+    try:
+        with torch.inference_mode(), _stdout_to_devnull(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's on shape tests: only the batch size varies
+            torch.onnx.export(model.eval(), (example,), buffer, dynamo=False, opset_version=OPSET,
+                              input_names=["crops"], output_names=["points"],
+                              dynamic_axes={"crops": {0: "batch"}, "points": {0: "batch"}})
+    except Exception as exc:  # noqa: BLE001 - the exporter's own errors run to many lines
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise KpbenchError(f"model {label!r} cannot be exported to ONNX (opset {OPSET}): {first}") from None
+    return buffer.getvalue()
+
+
+class OnnxModel(torch.nn.Module):
+    """An exported graph under ONNX Runtime in the place of a PyTorch model: crops (N, 1, S, S)
+    in, points out, so :func:`kpbench.evaluate.predict` and :func:`kpbench.profile.latency` run
+    it as they run the model."""
+
+    def __init__(self, graph: Path | bytes, threads: int | None = None):
+        super().__init__()
+        ort = _onnxruntime("running an ONNX model", exporter=False)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
+                                            providers=["CPUExecutionProvider"])
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"crops": crops.cpu().numpy()})[0])
+
+
+def onnxruntime_model(model: torch.nn.Module, input_size: int, label: str) -> OnnxModel:
+    """``model`` (on the CPU) exported in memory and loaded in ONNX Runtime (CPU, torch's thread count)."""
+    graph = to_onnx(model, torch.rand(2, 1, input_size, input_size), label)
+    try:
+        return OnnxModel(graph, torch.get_num_threads())
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime refusing a graph the exporter wrote
+        raise KpbenchError(f"model {label!r}: ONNX Runtime cannot load its graph: {str(exc).strip()[:300]}") from None

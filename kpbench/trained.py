@@ -1,0 +1,120 @@
+"""A trained model, loaded for use after its run: from a run folder (its best checkpoint, with the
+run's config and crop convention) or from an ``.onnx`` file with the sidecar ``kpbench export``
+wrote. :class:`kpbench.Predictor` and ``evaluate`` and ``export`` get their model here."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kpbench.components import model_settings, use_flip_test
+from kpbench.errors import KpbenchError, first_line
+from kpbench.keypoints import get_schema
+from kpbench.plugins import Plugins
+from kpbench.rundir import RunDir
+from kpbench.runtime import OnnxModel
+from kpbench.train import Regressor
+from kpbench.weights import read_checkpoint
+
+
+@dataclass
+class Trained:
+    model: torch.nn.Module  # a Regressor, or an OnnxModel in its place
+    label: str
+    input_size: int
+    config: dict
+    run_dir: Path
+    model_dir: Path
+
+
+def _run_dir_of(path: Path) -> Path:
+    for p in [path, *path.parents]:
+        if (p / "config.yaml").is_file() and (p / "manifest.json").is_file():
+            return p
+    raise KpbenchError(f"{path}: not inside a kpbench run directory (no config.yaml and manifest.json above it)")
+
+
+def _leaderboard_rows(run_dir: Path) -> list[dict]:
+    """The rows of a run's leaderboard.json, best first; none where it is missing or unreadable."""
+    try:
+        rows = json.loads((run_dir / "leaderboard.json").read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [r for r in rows if isinstance(r, dict) and "model" in r] if isinstance(rows, list) else []
+
+
+def load_trained(path: str | Path, plugins: Plugins) -> Trained:
+    """A trained model from a run directory (its best model), a model directory
+    (``models/<label>[/seed<k>]``) or a ``best.pt`` inside one."""
+    path = Path(path)
+    if not path.exists():
+        raise KpbenchError(f"--model {path}: no such file or directory")
+    run_dir = _run_dir_of(path.resolve())
+    rd = RunDir(run_dir)
+    config = rd.config()
+    found = rd.results(config)
+    if not found:
+        raise KpbenchError(f"{rd}: no finished model in this run yet")
+    path = path.resolve()
+    if path == run_dir:  # the leaderboard's best trainable model (the config's first without one)
+        trainable = [r for _, r in found if r.get("params", 0)] or [r for _, r in found]
+        ranked = [r["model"] for r in _leaderboard_rows(run_dir)]
+        trainable.sort(key=lambda r: ranked.index(r["model"]) if r["model"] in ranked else len(ranked))
+        mdir, row = next((d, r) for d, r in found if r is trainable[0])
+    else:
+        mdir = path.parent if path.is_file() else path
+        match = [(d, r) for d, r in found if d.resolve() == mdir or d.resolve().parent == mdir]
+        if not match:
+            raise KpbenchError(f"{path}: not a finished model of run {run_dir}")
+        mdir, row = match[0]
+    label = row["model"]
+    spec = plugins.models.get(label.split("@")[0], where="--model")
+    options, _, train_cfg = model_settings(config, label, spec)
+    if "weights" in inspect.signature(spec.factory).parameters or "weights" in options:
+        options["weights"] = "none"  # the checkpoint holds every weight; do not look for the start
+    size = int(row.get("input_size") or config["data"]["input_size"])
+    schema = get_schema(config["data"]["schema"])
+    net = spec.factory(schema.num_points, size, 1, **options)
+    model = Regressor(net, torch.zeros(schema.num_points, 2), size if train_cfg.get("targets") == "pixels" else 1)
+    state = read_checkpoint(mdir / "best.pt")["state_dict"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise KpbenchError(f"{mdir / 'best.pt'}: does not fit model {label!r}: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
+    model.eval()
+    use_flip_test(model, config, schema)
+    return Trained(model, label, size, config, run_dir, mdir)
+
+
+def load_onnx(path: str | Path) -> Trained:
+    """An exported model with its sidecar's crop convention and schema, in the shape of a run's
+    trained model for ``kpbench predict`` (``model_dir`` is the .onnx file)."""
+    path = Path(path)
+    sidecar_path = path.with_name(path.name + ".json")
+    if not path.is_file():
+        raise KpbenchError(f"--model {path}: no such file")
+    if not sidecar_path.is_file():
+        raise KpbenchError(f"--model {path}: no {sidecar_path.name} beside it (kpbench export writes it: the crop "
+                           f"convention and schema predict needs)")
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KpbenchError(f"{sidecar_path}: not the JSON kpbench export writes ({exc})") from None
+    convention = sidecar.get("crop_convention") if isinstance(sidecar, dict) else None
+    if not convention:
+        raise KpbenchError(f"{sidecar_path}: no crop_convention (its run predates it); train and export it again")
+    options = {**convention["detector_options"],
+               **{k: convention[k] for k in ("margin", "align") if convention.get(k) is not None}}
+    config = {"data": {"schema": sidecar["schema"], "detector": convention["detector"], "detector_options": options}}
+    try:
+        graph = OnnxModel(path)
+    except KpbenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors: not a graph it can read
+        raise KpbenchError(f"--model {path}: ONNX Runtime cannot load it: {first_line(exc)[:300]}") from None
+    return Trained(graph, sidecar["model"], int(sidecar["input"]["shape"][-1]), config,
+                   Path(sidecar["run"]), path)
