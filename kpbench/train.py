@@ -233,7 +233,9 @@ class Batches:
     side: float
 
     def __post_init__(self):
-        self.aug = {k: float((self.cfg.get("augment") or {}).get(k) or 0.0) for k in AUGMENT_KEYS}
+        aug = self.cfg.get("augment") or {}
+        self.aug = {k: float(aug.get(k) or 0.0) for k in AUGMENT_KEYS}
+        self.prob = float(aug.get("prob", 1.0))
         self.jitter = box_jitter(self.cfg)
         if self.jitter and self.data.context is None:
             raise ValueError("train.box_jitter needs training crops prepared with context (prepare(context=...))")
@@ -256,7 +258,7 @@ class Batches:
         if which is not None:
             x, y = flip_batch(x, y, which, self.perm)
         if any(self.aug.values()):
-            x, y = affine_batch(x, y, gen, **self.aug)
+            x, y = affine_batch(x, y, gen, **self.aug, prob=self.prob)
         if self.cfg.get("erase"):
             x = erase_batch(x, float(self.cfg["erase"]), gen)
         return model(x.to(device)), y.to(device)

@@ -213,3 +213,26 @@ def test_box_jitter_off_is_the_nominal_crop():
     x, ny = jitter_crops(ctx, y, S, torch.Generator().manual_seed(0))
     assert torch.allclose(ny, y, atol=1e-6)
     assert torch.allclose(x, ctx[:, :, 16:16 + S, 16:16 + S], atol=1e-5)
+
+
+def test_train_augment_prob_reaches_the_augmentation():
+    """``train.augment.prob`` is what the training batches augment with: prob 0 leaves every
+    training image as prepared (before the fix, every run augmented with probability 1)."""
+    from kpbench.data import Prepared
+    from kpbench.train import Batches, Regressor
+
+    n, size = 6, 16
+    data = Prepared(images=torch.rand(n, 1, size, size), targets=torch.rand(n, 15, 2) * 0.5 + 0.25,
+                    points=torch.zeros(n, 15, 2).numpy(), boxes=torch.zeros(n, 3).numpy(), ids=[str(i) for i in range(n)])
+    model = Regressor(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(size * size, 30)), torch.zeros(15, 2))
+    idx = torch.arange(n)
+    seen = {}
+    for prob in (0.0, 1.0):
+        cfg = {"flip": False, "augment": {"rotate": 30.0, "brightness": 0.3, "prob": prob}}
+        batches = Batches(data, cfg, list(range(15)), 1.0)
+        captured = []
+        model.forward = lambda x, captured=captured: (captured.append(x), torch.zeros(len(x), 15, 2))[1]
+        batches.inputs(model, idx, torch.Generator().manual_seed(0), None, "cpu")
+        seen[prob] = captured[0]
+    assert torch.equal(seen[0.0], data.images)
+    assert not torch.allclose(seen[1.0], data.images)
