@@ -30,7 +30,7 @@ from kpbench.errors import KpbenchError
 from kpbench.evaluate import predict
 from kpbench.keypoints import Schema, get_schema
 from kpbench.log import log
-from kpbench.protocols import FindsFaces
+from kpbench.protocols import FindsFaces, GivesConfidence
 from kpbench.runtime import OnnxModel
 from kpbench.trained import Trained, load_onnx, load_trained
 
@@ -95,12 +95,27 @@ def as_image(image: Any) -> np.ndarray:
     return arr
 
 
+class PointsAndConfidence(torch.nn.Module):
+    """A model that gives confidences (:class:`kpbench.protocols.GivesConfidence`) as one module:
+    crops in, (B, 3K) out (x, y per point in crop fractions, then a confidence per point), the
+    form the Predictor runs and exports."""
+
+    def __init__(self, regressor: torch.nn.Module):
+        super().__init__()
+        self.regressor = regressor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.regressor.with_confidence(x)
+
+
 def _graph_cache(trained: Trained) -> Path:
-    """Where a run's checkpoint's ONNX graph is kept: keyed by the checkpoint's bytes and torch."""
+    """Where a run's checkpoint's ONNX graph is kept: keyed by the checkpoint's bytes, the form of
+    the model (with confidences or not) and torch."""
     from kpbench.features import cache_root
 
     digest = hashlib.sha256((trained.model_dir / "best.pt").read_bytes()).hexdigest()[:16]
-    return cache_root() / "onnx" / f"{digest}-torch{torch.__version__}.onnx"
+    form = "conf" if isinstance(trained.model, PointsAndConfidence) else "points"
+    return cache_root() / "onnx" / f"{digest}-{form}-torch{torch.__version__}.onnx"
 
 
 def onnx_in_place(trained: Trained) -> bool:
@@ -168,6 +183,9 @@ class Predictor:
             raise KpbenchError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
         self.trained = trained
         onnx_file = isinstance(trained.model, OnnxModel)
+        net = getattr(trained.model, "net", None)
+        if not onnx_file and isinstance(net, GivesConfidence):
+            trained.model = PointsAndConfidence(trained.model).eval()
         self.schema: Schema = get_schema(self.trained.config["data"]["schema"])
         self.detector_name = detector or default_detector(plugins)
         self.detector = path_detector(plugins, self.detector_name, self.trained.config["data"], detector_options)
@@ -233,8 +251,10 @@ class Predictor:
         if not found:
             return [], np.zeros((0, 3), np.float32), np.zeros((0, self.schema.num_points, 2)), None
         boxes = stack_boxes([f["box"] for f in found])
-        crops = self.crops(image, boxes)
-        return found, boxes, to_image_pixels(predict(self.trained.model, torch.from_numpy(crops)), boxes), None
+        out = predict(self.trained.model, torch.from_numpy(self.crops(image, boxes))).reshape(len(found), -1)
+        k = self.schema.num_points
+        conf = out[:, 2 * k:] if out.shape[1] == 3 * k else None
+        return found, boxes, to_image_pixels(out[:, :2 * k].reshape(-1, k, 2), boxes), conf
 
     def crops(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """The model's input for each box: (F, 1, S, S) gray float32, cut as in training."""

@@ -64,6 +64,16 @@ class FindsOwnFaces(Protocol):
     def photo_keypoints(self, image: np.ndarray) -> list[np.ndarray]: ...
 
 
+@runtime_checkable
+class GivesConfidence(Protocol):
+    """A network that can say how sure it is of each point (heatmap heads: ``integral``,
+    ``effnet-heatmap``): for crops (B, C, S, S), its usual output (B, 2K) and a confidence per
+    point (B, K) in [0, 1], higher meaning surer. ``kpbench predict`` and the Predictor write it;
+    models without it give ``null``."""
+
+    def with_confidence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 class SchemaFactory(Protocol):
     def __call__(self) -> Schema: ...
 

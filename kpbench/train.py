@@ -80,6 +80,22 @@ class Regressor(nn.Module):
         mirrored = mirrored[:, self.flip_test]
         return (out + torch.stack([1 - mirrored[..., 0], mirrored[..., 1]], -1)) / 2
 
+    def with_confidence(self, x) -> torch.Tensor:
+        """Points and per-point confidence as one (B, 3K) tensor (x, y per point, then one
+        confidence per point), for a network that gives confidences (``net.with_confidence``,
+        :class:`kpbench.protocols.GivesConfidence`); flip averaging as in ``forward``."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        flip = self.flip_test is not None and not self.training
+        out, conf = self.net.with_confidence(torch.cat([x, x.flip(-1)]) if flip else x)
+        points = self.finish(out)
+        if flip:
+            (points, mirrored), (conf, conf_m) = points.chunk(2), conf.chunk(2)
+            mirrored = mirrored[:, self.flip_test]
+            points = (points + torch.stack([1 - mirrored[..., 0], mirrored[..., 1]], -1)) / 2
+            conf = (conf + conf_m[:, self.flip_test]) / 2
+        return torch.cat([points.flatten(1), conf], 1)
+
     def from_features(self, z):
         """The prediction from cached ``net.frozen_features`` (models that split in two)."""
         return self.finish(self.net.head_forward(z))

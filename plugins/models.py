@@ -123,16 +123,31 @@ class IntegralCNN(nn.Module):
     def forward(self, x):
         return soft_argmax(self.body(x))
 
+    def with_confidence(self, x):
+        """Points (B, 2K) and per-point confidence (B, K): :func:`heatmap_confidence`."""
+        return soft_argmax(self.body(x), confidence=True)
 
-def soft_argmax(h: torch.Tensor) -> torch.Tensor:
-    """Heatmaps (B, K, H, W) -> each one's expected position under its softmax, (B, 2K) in [0, 1]."""
+
+PEAK_RADIUS = 0.05  # confidence: the heatmap's mass within this much of the crop side of its point
+
+
+def soft_argmax(h: torch.Tensor, confidence: bool = False):
+    """Heatmaps (B, K, H, W) -> each one's expected position under its softmax, (B, 2K) in [0, 1];
+    with ``confidence``, also each point's confidence (B, K) in [0, 1]: the share of the softmax's
+    mass within ``PEAK_RADIUS`` of the crop side (x and y) of the point: near 1 for a sharp,
+    single peak, low for a broad or split one (an occluded or ambiguous point)."""
     b, k, hh, ww = h.shape
     prob = h.flatten(2).softmax(-1).view(b, k, hh, ww)
     xs = (torch.arange(ww, device=h.device, dtype=h.dtype) + 0.5) / ww
     ys = (torch.arange(hh, device=h.device, dtype=h.dtype) + 0.5) / hh
     cx = (prob.sum(2) * xs).sum(-1)
     cy = (prob.sum(3) * ys).sum(-1)
-    return torch.stack([cx, cy], -1).flatten(1)
+    points = torch.stack([cx, cy], -1).flatten(1)
+    if not confidence:
+        return points
+    near_x = ((xs - cx[..., None]).abs() <= PEAK_RADIUS).to(h.dtype)  # (B, K, W)
+    near_y = ((ys - cy[..., None]).abs() <= PEAK_RADIUS).to(h.dtype)  # (B, K, H)
+    return points, ((prob * near_x[:, :, None, :]).sum(-1) * near_y).sum(-1)
 
 
 class Cascade(nn.Module):
@@ -202,6 +217,14 @@ class EffnetHeatmap(nn.Module):
                                     nn.ReLU(inplace=True), nn.Conv2d(width, num_keypoints, 1))
 
     def forward(self, x):
+        return soft_argmax(self.heatmaps(x))
+
+    def with_confidence(self, x):
+        """Points (B, 2K) and per-point confidence (B, K), from the heatmaps' spread (:func:`soft_argmax`)."""
+        return soft_argmax(self.heatmaps(x), confidence=True)
+
+    def heatmaps(self, x):
+        """(B, K, S/4, S/4) logits, one map per point."""
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         bb = self.backbone
@@ -214,7 +237,7 @@ class EffnetHeatmap(nn.Module):
         top = self.lateral[2](feats[2])
         for lat, f in ((self.lateral[1], feats[1]), (self.lateral[0], feats[0])):
             top = F.interpolate(top, size=f.shape[-2:], mode="bilinear", align_corners=False) + lat(f)
-        return soft_argmax(self.smooth(top))
+        return self.smooth(top)
 
 
 class TimmRegressor(nn.Module):
