@@ -78,12 +78,11 @@ def test_predict_per_photo_vs_detector_plus_model(tmp_path):
     import time
 
     import numpy as np
-    from rich.console import Console
-
     from kpbench.data import crop_resize, read_image, to_gray
-    from kpbench.inference import Trained, predict_photos
+    from kpbench.photos import predict_photos
+    from kpbench.predictor import Predictor
     from kpbench.train import Regressor
-    from kpbench_plugins.mtcnn import MTCNNDetector
+    from kpbench.trained import Trained
 
     torch.manual_seed(0)
     net = get_plugins().models.get("integral").factory(15, 96, 1)
@@ -91,7 +90,8 @@ def test_predict_per_photo_vs_detector_plus_model(tmp_path):
     model.flip_test = list(range(15))
     trained = Trained(model, "integral", 96, {"data": {"schema": "kaggle15", "detector_options": {}}}, tmp_path,
                       tmp_path)
-    det = MTCNNDetector(threads=torch.get_num_threads())
+    predictor = Predictor.from_trained(trained, detector="mtcnn", runtime="torch")
+    det = predictor.detector
     photos = _helen_photos()
     images = [read_image(p) for p in photos]
     det.detect_all(images[0])  # build MTCNN outside the timings
@@ -106,7 +106,7 @@ def test_predict_per_photo_vs_detector_plus_model(tmp_path):
                     model(torch.from_numpy(crops.astype(np.float32)))
 
     def full(k):
-        predict_photos(trained, det, photos, tmp_path / f"out{k}", Console(quiet=True))
+        predict_photos(predictor, photos, tmp_path / f"out{k}")
 
     floor_s, full_s = [], []
     for k in range(3):

@@ -18,7 +18,7 @@ smoothing is for: each test face held still for N frames (``--fps`` apart), its 
 every frame as a detector's box wobbles (side x exp(scale z), centre + shift z x side, z standard
 normal, as ``train.box_jitter`` draws it; by default MTCNN's measured spread against the annotated
 box, ``wild.yaml``'s box_jitter, an upper bound on frame-to-frame wobble), predicted through
-``kpbench predict``'s per-image path (:func:`kpbench.inference.predict_faces`)."""
+``kpbench predict``'s per-image path (:meth:`kpbench.Predictor.predict_arrays`)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ import yaml
 
 from kpbench.data import split_dataset
 from kpbench.evaluate import MetricContext, aggregate
-from kpbench.inference import load_trained, predict_faces
+from kpbench.predictor import Predictor
+from kpbench.trained import load_trained
 from kpbench.io import atomic_write_json
 from kpbench.keypoints import get_schema
 from kpbench.plugins import get_plugins
@@ -75,7 +76,8 @@ def still_clips(run: Path, model: str, config: dict, boxes: dict, n: int, scale:
     """Each test face (``boxes``: id -> the run's face box) held still for ``n`` frames under a
     :class:`WobblyBox`: predictions, annotations, boxes and (clip, frame) of every frame."""
     plugins = get_plugins()
-    trained = load_trained(run / "models" / model, plugins)
+    predictor = Predictor.from_trained(load_trained(run / "models" / model, plugins), detector="none",
+                                       runtime="torch", plugins=plugins)
     dc = config["data"]
     data = load_dataset(plugins, dc["dataset"], dc["options"])
     rng = np.random.default_rng(0)
@@ -84,7 +86,7 @@ def still_clips(run: Path, model: str, config: dict, boxes: dict, n: int, scale:
         s = data[int(i)]
         detector = WobblyBox(boxes[s.id], rng, scale, shift)
         for k in range(n):
-            _, b, p = predict_faces(trained, detector, s.image)
+            _, b, p, _ = predictor.predict_arrays(s.image, detector.detect_all(s.image))
             pred.append(p[0]), true.append(s.points), used.append(b[0]), frames.append((s.id, k))
     return np.stack(pred), np.stack(true).astype(np.float64), np.stack(used), frames
 

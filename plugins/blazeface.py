@@ -1,5 +1,6 @@
 """``blazeface``: MediaPipe's BlazeFace face detector (its two TFLite models, shipped in
-``kpbench_plugins/data``, see the README there), run by LiteRT: about a millisecond a photo on a CPU.
+``kpbench_plugins/data``, see the README there), run by LiteRT: 2-2.5 ms a photo on a busy 2-core
+CPU with the default short-range model (6 ms with the full-range one; mtcnn: 50-100 ms).
 
 ``det.detect_all(image)`` lists every face found, best score first, each a dict::
 
@@ -84,8 +85,12 @@ def decode(regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray, size
     half = r[:, 2:4] / 2
     boxes = np.concatenate([centre - half, centre + half], axis=1)
     keypoints = r[:, 4:].reshape(-1, 6, 2) + anchors[:, None, :]
-    scores = 1.0 / (1.0 + np.exp(-np.clip(logits.reshape(-1).astype(np.float64), -100.0, 100.0)))
-    return boxes, keypoints, scores
+    return boxes, keypoints, score(logits.reshape(-1))
+
+
+def score(logits: np.ndarray) -> np.ndarray:
+    """MediaPipe's detection score of a logit: sigmoid(clip(logit, -100, 100)), in float64."""
+    return 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100.0, 100.0)))
 
 
 def _iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -120,9 +125,10 @@ def weighted_nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, t
 
 def letterbox(rgb: np.ndarray, size: int):
     """(H, W, 3) uint8 -> ((1, size, size, 3) float32 in [-1, 1], (ox, oy, fx, fy)): the image
-    resized (aspect ratio kept; PIL's box reduction by the whole factor, then bilinear) to fit the square, centred, black padding around. A
-    point at (u, v) of the square scaled to [0, 1] is at ``((u * size - ox) * fx, (v * size - oy)
-    * fy)`` in the image's pixels (pixel-edge coordinates)."""
+    resized to fit the square (aspect ratio kept; PIL's box reduction by the whole factor, then
+    bilinear), centred, black padding around. A point at (u, v) of the square scaled to [0, 1] is
+    at ``((u * size - ox) * fx, (v * size - oy) * fy)`` in the image's pixels (pixel-edge
+    coordinates)."""
     from PIL import Image
 
     h, w = rgb.shape[:2]
@@ -159,8 +165,8 @@ class BlazeFaceDetector(FaceDetector):
       model: "short" (default) or "full": MediaPipe's short-range model (128 px input, faces
         within about 2 m of the camera) or its full-range one (192 px, smaller faces in wider
         shots). On 2809 annotated 300-W and YouTube faces (a face about a third of the photo's
-        side) "short" finds every face, with the tighter box, in a third of the time; "full"
-        scores them lower (1 % below 0.48) and misses 43 at its min_score.
+        side) "short" finds every face, with the tighter box, in less than half the time; "full"
+        scores them lower (1 % below 0.48) and misses 43 (1.5 %) at its min_score.
       scale, shift_x, shift_y: default the model's CALIBRATION, measured by ``kpbench calibrate
         --detector blazeface`` (``--detector-options '{model: full}'``).
       min_iou: default 0.4: correct faces scored IoU 0.52-0.98 (median 0.80; full: 0.46, 0.67),
@@ -169,13 +175,13 @@ class BlazeFaceDetector(FaceDetector):
         MediaPipe's min_score_thresh): short 0.6 (MediaPipe's 0.5 keeps 62 % more extra faces;
         the lowest true face scored 0.67), full 0.5 (0.6 would miss 6 % of the faces).
       threads: LiteRT's num_threads, a whole number >= 1; default 1 (faster than 2 on a busy
-        2-core CPU: 2.9 against 3.9 ms a photo).
+        2-core CPU: 2.5 against 3.9 ms a 480 px photo).
       align: the crop turns with the line between BlazeFace's two eye keypoints.
     Needs ``ai-edge-litert``; the model loads on first use, once."""
 
     calibration = CALIBRATION["short"]
     min_score = MIN_SCORE["short"]
-    cache_boxes = False  # a few milliseconds a photo: no disk cache of boxes
+    cache_boxes = False  # a few milliseconds a photo: boxes need no disk cache
 
     def __init__(
         self,
@@ -228,7 +234,7 @@ class BlazeFaceDetector(FaceDetector):
         net.set_tensor(inp, x)
         net.invoke()
         logits = net.get_tensor(cls).reshape(-1)
-        keep = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100.0, 100.0))) >= self.min_score  # before the NMS
+        keep = score(logits) >= self.min_score  # before the suppression, as MediaPipe's min_score_thresh
         if not keep.any():
             return []
         boxes, marks, scores = decode(net.get_tensor(reg).reshape(-1, 16)[keep], logits[keep],

@@ -1,0 +1,125 @@
+"""The model kpbench ships, and its card.
+
+``python -m kpbench.card RUN [CONFIG]`` copies the best model of a finished run of ``CONFIG``
+(default ``configs/wild.yaml``) into ``kpbench/shipped/<run name>/``, laid out as a run folder so
+that everything that reads runs reads it (``predict``, ``evaluate``, ``export``, the Predictor),
+with ``card.json`` and ``MODEL_CARD.md``: the config and commit that produced it, the training
+data and their licences, its accuracy on each face-box path and its latency, as the run measured
+them, and the SHA-256 of every file (:func:`verify` checks them)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from kpbench.errors import KpbenchError
+from kpbench.io import atomic_write_json, atomic_write_text
+
+SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped"
+LICENCES = {
+    "youtube-faces-68": "YouTube Faces frames with 68 landmarks: research use",
+    "300w-helen-train": "300-W (HELEN training part): annotations for research, non-commercial use; photos from Flickr",
+    "300w-lfpw-train": "300-W (LFPW training part): annotations for research, non-commercial use",
+    "300w-afw": "300-W (AFW): annotations for research, non-commercial use",
+}
+PATH_COLUMNS = ("path", "source", "faces", "miss_rate", "nme", "fr10", "auc10", "nme_ip")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _path_rows(run: Path, label: str) -> list[dict]:
+    """The model's rows of the run's leaderboard by face-box path (annotated box, each detector)."""
+    table = run / "leaderboard_by_path.csv"
+    if not table.is_file():
+        return []
+    with table.open(newline="") as fh:
+        return [{k: r[k] for k in PATH_COLUMNS if k in r} for r in csv.DictReader(fh) if r["model"] == label]
+
+
+def ship(run: str | Path, config_file: str = "configs/wild.yaml", root: Path = SHIPPED_ROOT) -> Path:
+    """Copy ``run``'s best model and write its card; refuses to write over an earlier one."""
+    from kpbench.config import differences, load
+    from kpbench.plugins import get_plugins
+    from kpbench.trained import load_trained
+
+    run = Path(run)
+    trained = load_trained(run, get_plugins())
+    changed = differences(load(config_file), trained.config)
+    if changed:
+        raise KpbenchError(f"{run}: not a run of {config_file} as written ({changed[0]})")
+    dest = root / trained.config["run"]["name"]
+    if dest.exists():
+        raise KpbenchError(f"{dest} exists; remove it first to ship another model")
+    manifest = json.loads((trained.run_dir / "manifest.json").read_text())
+    result = json.loads((trained.model_dir / "result.json").read_text())
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model_dir = tmp / "models" / trained.label
+    model_dir.mkdir(parents=True)
+    for name in ("config.yaml", "manifest.json"):
+        shutil.copyfile(trained.run_dir / name, tmp / name)
+    for name in ("best.pt", "result.json"):
+        shutil.copyfile(trained.model_dir / name, model_dir / name)
+    files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+    datasets = trained.config["data"]["dataset"]
+    card = {
+        "model": trained.label, "config_file": config_file, "config_hash": manifest.get("config_hash"),
+        "git_commit": manifest.get("git_commit"), "trained": manifest.get("started"),
+        "machine": {k: manifest.get(k) for k in ("device", "cpu", "threads", "torch", "platform")},
+        "schema": trained.config["data"]["schema"], "input_size": trained.input_size,
+        "training_data": [{"dataset": d, "licence": next((v for k, v in LICENCES.items() if k in d), "see its source")}
+                          for d in (datasets if isinstance(datasets, list) else [datasets])],
+        "licence_note": "trained on data for research, non-commercial use (as dlib's own 68-point model): "
+                        "use these weights under the same terms",
+        "test_split": manifest.get("splits"),
+        "accuracy_by_path": _path_rows(trained.run_dir, trained.label),
+        "result": {k: result[k] for k in sorted(result) if not isinstance(result[k], (dict, list))},
+        "sha256": {f: sha256(tmp / f) for f in files},
+    }
+    atomic_write_json(tmp / "card.json", card)
+    atomic_write_text(tmp / "MODEL_CARD.md", card_markdown(card))
+    tmp.rename(dest)
+    return dest
+
+
+def card_markdown(card: dict) -> str:
+    """The card as a page a reader takes in at a glance."""
+    r = card["result"]
+    lines = [f"# {card['model']}: the model kpbench ships", "",
+             f"Trained by `bin/kpbench run --config {card['config_file']}` (config hash {card['config_hash']}, "
+             f"commit {card['git_commit']}, started {card['trained']}) on {card['machine']['device']} "
+             f"({card['machine']['cpu']}, {card['machine']['threads']} threads, torch {card['machine']['torch']}).",
+             "", f"{card['schema']} points from {card['input_size']} px gray face crops.", "", "## Training data", ""]
+    lines += [f"- `{d['dataset']}`: {d['licence']}" for d in card["training_data"]]
+    lines += ["", f"**Licence**: {card['licence_note']}.", "", "## Accuracy on the run's test split", "",
+              "Inter-ocular NME on the test faces of each source (people and photos not seen in training), "
+              "through each face-box path: `gt-box` the annotated box, a detector's name its own boxes.", "",
+              "| path | source | faces | missed | NME | FR@0.1 | AUC@0.1 |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {p.get('path')} | {p.get('source', 'all')} | {p.get('faces')} | {p.get('miss_rate')} | "
+              f"{p.get('nme')} | {p.get('fr10')} | {p.get('auc10')} |" for p in card["accuracy_by_path"]]
+    lines += ["", "## Cost", "",
+              f"{r.get('params')} parameters, {r.get('gmacs')} GMACs; batch-1 latency per face "
+              f"{r.get('latency_ms')} ms in PyTorch, {r.get('onnxruntime_cpu_latency_ms', '–')} ms under ONNX Runtime "
+              f"(with flip averaging, measured at the end of the training run on the machine above).", "",
+              "## Files", ""]
+    lines += [f"- `{f}` sha256 `{h}`" for f, h in card["sha256"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def verify(dest: Path) -> dict:
+    """The card of a shipped model, after checking every file's SHA-256 against it."""
+    card = json.loads((dest / "card.json").read_text())
+    for name, digest in card["sha256"].items():
+        if sha256(dest / name) != digest:
+            raise KpbenchError(f"{dest / name}: checksum differs from its card ({dest / 'card.json'})")
+    return card
+
+
+if __name__ == "__main__":
+    print(ship(*sys.argv[1:]))

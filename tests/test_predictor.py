@@ -1,0 +1,179 @@
+"""The Python API of the photo path (`kpbench.Predictor`), confidences, the detector base class that
+lets a detector plugin only detect, and the shipped model's card."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+
+import kpbench
+from kpbench.errors import KpbenchError
+
+TINY = """
+run: {name: api, seed: 0}
+data: {dataset: synthetic, options: {n: 60, size: 48, seed: 1}, detector: none, input_size: 32}
+models: [integral, cnn]
+model_options: {cnn: {width: 4}, integral: {width: 4}}
+train: {epochs: 1, batch_size: 16}
+eval: {latency: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    (root / "tiny.yaml").write_text(TINY)
+    r = run_cli("run", "-c", root / "tiny.yaml", "--out", root / "run")
+    assert r.returncode == 0, r.stderr
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def face_image():
+    from kpbench_plugins.synthetic import render
+
+    image, points = render(3, 0, 48)
+    return image, np.asarray(points, np.float64)
+
+
+def test_predictor_takes_an_array_a_pil_image_a_path_and_a_list(tiny_run, face_image, tmp_path):
+    from PIL import Image
+
+    image, _ = face_image
+    p = kpbench.Predictor.from_run(tiny_run / "models" / "integral", detector="none", runtime="torch")
+    (face,) = p(image)
+    assert face.points.shape == (15, 2) and len(face.keypoints) == 15
+    assert set(face.keypoints) == set(p.schema.points)
+    path = tmp_path / "face.png"
+    Image.fromarray(image).save(path)
+    for other in (Image.open(path), str(path), path):
+        (again,) = p(other)
+        np.testing.assert_allclose(again.points, face.points, atol=1e-4)
+    batch = p([image, image])
+    assert len(batch) == 2 and all(len(faces) == 1 for faces in batch)
+    assert repr(p).startswith("Predictor(integral, kaggle15, 32 px")
+
+
+def test_heatmap_models_give_confidences_and_others_null(tiny_run, face_image):
+    image, _ = face_image
+    (face,) = kpbench.Predictor.from_run(tiny_run / "models" / "integral", detector="none", runtime="torch")(image)
+    assert face.confidence.shape == (15,) and ((face.confidence >= 0) & (face.confidence <= 1)).all()
+    doc = face.to_json()
+    json.dumps(doc, allow_nan=False)
+    assert set(doc["confidence"]) == set(face.keypoints) and 0 <= doc["face_confidence"] <= 1
+    (plain,) = kpbench.Predictor.from_run(tiny_run / "models" / "cnn", detector="none", runtime="torch")(image)
+    assert plain.confidence is None and plain.to_json()["confidence"] is None
+
+
+def test_confidence_is_high_for_a_sharp_peak_and_low_for_a_flat_map():
+    from kpbench_plugins.models import soft_argmax
+
+    h = torch.full((1, 2, 32, 32), -20.0)
+    h[0, 0, 10, 20] = 20.0  # one sharp peak; the second map is flat
+    h[0, 1] = 0.0
+    points, conf = soft_argmax(h, confidence=True)
+    assert points[0, :2].tolist() == pytest.approx([20.5 / 32, 10.5 / 32], abs=1e-4)
+    assert conf[0, 0] > 0.99 and conf[0, 1] < 0.02
+    assert torch.equal(points, soft_argmax(h))
+
+
+def test_onnx_runtime_gives_the_pytorch_points(tiny_run, face_image):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    image, _ = face_image
+    model = tiny_run / "models" / "integral"
+    fast = kpbench.Predictor.from_run(model, detector="none", runtime="onnxruntime")
+    slow = kpbench.Predictor.from_run(model, detector="none", runtime="torch")
+    assert (fast.runtime, slow.runtime) == ("onnxruntime", "torch")
+    (a,), (b,) = fast(image), slow(image)
+    np.testing.assert_allclose(a.points, b.points, atol=0.01)  # pixels
+    np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-4)
+
+
+def test_bad_inputs_are_one_line_errors(tiny_run):
+    model = tiny_run / "models" / "cnn"
+    with pytest.raises(KpbenchError, match="needs each photo's annotated points"):
+        kpbench.Predictor.from_run(model, detector="gt-box")
+    with pytest.raises(KpbenchError, match="runtime 'gpu'"):
+        kpbench.Predictor.from_run(model, detector="none", runtime="gpu")
+    p = kpbench.Predictor.from_run(model, detector="none", runtime="torch")
+    with pytest.raises(KpbenchError, match="expected an image"):
+        p(np.zeros((4, 4, 7)))
+    with pytest.raises(KpbenchError, match="not an .onnx file"):
+        kpbench.Predictor.from_onnx(model)
+
+
+def test_predict_on_a_photo_imports_neither_the_runner_nor_the_report(tiny_run, face_image, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(face_image[0]).save(tmp_path / "face.png")
+    code = ("import sys; from kpbench.cli import main; "
+            f"rc = main(['predict', {str(tmp_path / 'face.png')!r}, '--model', {str(tiny_run / 'models' / 'integral')!r}, '--detector', 'none', "
+            f"'--runtime', 'torch', '--out', {str(tmp_path / 'out')!r}, '--no-overlay']); "
+            "print(rc, sorted(m for m in ('kpbench.runner', 'kpbench.report') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "0 []"
+    written = json.loads((tmp_path / "out" / "face.json").read_text())
+    assert len(written["faces"]) == 1 and written["faces"][0]["confidence"]
+    assert json.loads((tmp_path / "out" / "predictions.json").read_text())["partial"] is False
+
+
+class Rectangles(kpbench.FaceDetector):
+    """A whole detector plugin: raw rectangles and eyes; everything else is the core's."""
+
+    calibration = {"scale": 0.8, "shift_x": 0.0, "shift_y": 0.1}
+
+    def raw_faces(self, rgb):
+        return [kpbench.RawFace((10, 20, 50, 60), 0.95, np.array([[40.0, 30.0], [20.0, 30.0]])),
+                kpbench.RawFace((100, 100, 120, 120), 0.3),
+                kpbench.RawFace((70, 10, 90, 30), 0.7, np.array([[75.0, 18.0], [85.0, 22.0]]))]
+
+
+def test_a_detector_plugin_that_returns_rectangles_gets_the_crop_convention():
+    from kpbench.calibrate import calibratable
+    from kpbench.geometry import square_box
+
+    det = Rectangles(margin=0.1)
+    faces = det.detect_all(np.zeros((130, 130, 3), np.uint8))
+    assert [f["score"] for f in faces] == [0.95, 0.7]  # best first; below min_score (0.5) dropped
+    assert faces[0]["box"] == pytest.approx(square_box((10, 20, 50, 60), 0.1, 0.8, 0.0, 0.1))
+    turned = Rectangles(margin=0.1, align=True).detect_all(np.zeros((130, 130), np.uint8))
+    assert turned[0]["box"][3] == pytest.approx(0.0) and turned[1]["box"][3] == pytest.approx(21.8, abs=0.1)
+    near_second = np.array([[72.0, 12.0], [88.0, 28.0], [80.0, 20.0]])
+    assert det(np.zeros((130, 130, 3), np.uint8), near_second) == faces[1]["box"]
+    assert det(np.zeros((130, 130, 3), np.uint8), np.array([[300.0, 300.0], [310.0, 320.0]])) is None
+    assert calibratable(Rectangles)
+    for bad in ({"margin": float("nan")}, {"margin": -0.6}, {"min_score": "high"}, {"align": "yes"}):
+        with pytest.raises(KpbenchError, match="detector option"):
+            Rectangles(**bad)
+
+
+def test_mtcnn_options_that_would_hang_or_crash_are_refused():
+    pytest.importorskip("facenet_pytorch")
+    from kpbench_plugins.mtcnn import MTCNNDetector
+
+    for bad in ({"factor": 1.0}, {"min_face_size": 0}, {"min_face_size": "big"}, {"threads": -1}):
+        with pytest.raises(KpbenchError, match="mtcnn"):
+            MTCNNDetector(**bad)
+
+
+def test_the_shipped_model_is_what_its_card_says():
+    from kpbench.card import verify
+    from kpbench.config import differences, load
+    from kpbench.predictor import SHIPPED
+
+    if not (SHIPPED / "card.json").is_file():
+        pytest.skip("no shipped model in this checkout")
+    card = verify(SHIPPED)
+    config = load(SHIPPED / "config.yaml")
+    assert differences(load(ROOT / card["config_file"]), config) == []
+    p = kpbench.Predictor(detector="none", runtime="torch")
+    assert p.label == card["model"] and p.trained.input_size == card["input_size"]
+    assert p(np.full((64, 64, 3), 128, np.uint8))[0].points.shape == (15, 2)
