@@ -17,7 +17,7 @@ from kpbench.data import IMAGE_SUFFIXES, read_image, stack_boxes
 from kpbench.errors import KpbenchError
 from kpbench.io import atomic_output, atomic_write_json, strict
 from kpbench.log import log, status_console
-from kpbench.predictor import Face, Predictor
+from kpbench.predictor import Face, FaceTracker, Predictor
 from kpbench.video import VIDEO_SUFFIXES, is_video, require_av
 
 
@@ -73,7 +73,7 @@ def check_output_dir(out: Path, inputs: list[Path]) -> None:
 
 
 def predict_photos(predictor: Predictor, paths: list[Path], out: Path, overlays: bool = True,
-                   smooth: dict | None = None) -> tuple[list[dict], list[dict]]:
+                   smooth: dict | None = None, track: bool = True) -> tuple[list[dict], list[dict]]:
     """Every face in every photo: box, score and named keypoints in the photo's pixels, written as
     ``<name>.json`` and, with ``overlays``, ``<name>.jpg`` (boxes and points drawn) under ``out``,
     plus ``predictions.json`` (also when interrupted: then marked ``partial``). Videos among
@@ -91,7 +91,7 @@ def predict_photos(predictor: Predictor, paths: list[Path], out: Path, overlays:
         for path, name in zip(paths, output_names(paths)):
             try:
                 if is_video(path):
-                    results.append(predict_video(predictor, path, out, name, overlays, smooth))
+                    results.append(predict_video(predictor, path, out, name, overlays, smooth, track))
                     continue
                 image = read_image(path)
             except KpbenchError as exc:
@@ -120,25 +120,29 @@ def predict_photos(predictor: Predictor, paths: list[Path], out: Path, overlays:
 
 
 def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overlays: bool = True,
-                  smooth: dict | None = None) -> dict:
+                  smooth: dict | None = None, track: bool = True) -> dict:
     """Every face in every frame of a video, decoded one frame at a time and predicted by
     :class:`~kpbench.Predictor`: ``<name>.csv`` (one row per frame and face: frame, time in seconds, face
     number, box, score, the named points), ``<name>.json`` (the same as strict JSON, every frame
     listed, also those without a face) and, with ``overlays``, ``<name>.mp4`` (boxes and points
     drawn), each written whole or not at all. Faces keep their number across frames
     (:class:`~kpbench.video.FaceTracks`); with ``smooth`` (:func:`~kpbench.video.smoothing`) each
-    face's points are One-Euro filtered over time. Returns the video's summary."""
+    face's points are One-Euro filtered over time. With ``track`` the detector runs only where
+    :class:`~kpbench.predictor.FaceTracker` needs it; else on every frame. Returns the video's
+    summary."""
     from rich.progress import Progress
 
     from kpbench import plots
     from kpbench.video import FaceTracks, VideoWriter, face_filter, frame_rate, frames, open_video
 
     schema = predictor.schema
+    tracker = FaceTracker(predictor) if track else None
+    step = tracker or predictor.predict_arrays
     tracks, filters = FaceTracks(), {}
     with contextlib.ExitStack() as stack:
         container, stream = stack.enter_context(open_video(path))
         head = {"video": str(path), "model": str(predictor.trained.model_dir), "width": stream.width, "height": stream.height,
-                "fps": frame_rate(stream), "smooth": smooth}
+                "fps": frame_rate(stream), "smooth": smooth, "tracking": track}
         summary = {**head, "output": name, "frames": 0, "faces": 0, "frames_without_face": 0}
         table = csv.writer(stack.enter_context(open(stack.enter_context(atomic_output(out / f"{name}.csv")), "w",
                                                     newline="")))
@@ -154,7 +158,7 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
                         *[f"{p}_{axis}" for p in schema.points for axis in "xy"]])
         doc.write(json.dumps(strict(head), allow_nan=False)[:-1] + ', "frames": [\n')  # then one frame a line
         for index, t, image in frames(path, container, stream):
-            faces, boxes, pts, conf = predictor.predict_arrays(image)
+            faces, boxes, pts, conf = step(image)
             numbers = tracks.follow(boxes)
             if smooth is not None and faces:
                 pts = np.stack([filters.setdefault(k, face_filter(smooth, b[2]))(p, t)
@@ -173,6 +177,7 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
                            frames_without_face=summary["frames_without_face"] + (not faces))
             progress.advance(task)
         doc.write("]}\n")
+        summary["detector_frames"] = tracker.detections if tracker else summary["frames"]
         if not summary["frames"]:
             raise KpbenchError(f"{path}: no video frames")
     log.info(f"{path}: {summary['frames']} frames, {summary['faces']} face(s) "

@@ -109,13 +109,19 @@ class PointsAndConfidence(torch.nn.Module):
 
 
 def _graph_cache(trained: Trained) -> Path:
-    """Where a run's checkpoint's ONNX graph is kept: keyed by the checkpoint's bytes, the form of
-    the model (with confidences or not) and torch."""
+    """Where a model's ONNX graph is kept: keyed by the checkpoint's bytes, the source of the code
+    that computes it (the network's module and the Regressor's), its form and torch's version, so
+    that a changed model or kpbench exports anew."""
+    import inspect
+
     from kpbench.features import cache_root
 
-    digest = hashlib.sha256((trained.model_dir / "best.pt").read_bytes()).hexdigest()[:16]
-    form = "conf" if isinstance(trained.model, PointsAndConfidence) else "points"
-    return cache_root() / "onnx" / f"{digest}-{form}-torch{torch.__version__}.onnx"
+    h = hashlib.sha256((trained.model_dir / "best.pt").read_bytes())
+    regressor = getattr(trained.model, "regressor", trained.model)
+    for obj in (type(getattr(regressor, "net", regressor)), type(regressor), type(trained.model)):
+        h.update(Path(inspect.getsourcefile(obj)).read_bytes())
+    h.update(torch.__version__.encode())
+    return cache_root() / "onnx" / f"{trained.label}-{h.hexdigest()[:16]}.onnx"
 
 
 def onnx_in_place(trained: Trained) -> bool:
@@ -261,3 +267,74 @@ class Predictor:
         gray = to_gray(image)
         size = self.trained.input_size
         return np.stack([crop_resize(gray, b, size) for b in boxes])[:, None].astype(np.float32)
+
+
+def _centre_and_spread(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """The points' centroid and their RMS distance from it (NaN points left out)."""
+    p = points[np.isfinite(points).all(axis=1)]
+    centre = p.mean(axis=0)
+    return centre, float(np.sqrt(((p - centre) ** 2).sum(axis=1).mean()))
+
+
+class FaceTracker:
+    """Faces through the frames of a video, as MediaPipe tracks them: the detector runs on the first
+    frame, every ``redetect_every`` frames (to find new faces) and whenever a track is lost; on the
+    other frames each face's crop is cut from its own points of the frame before. The box follows
+    the points as it sat around them when the face was detected (centre offset and side, in units
+    of the points' spread), so the crop keeps the crop convention. A track is lost when its face
+    confidence falls below ``keep`` x the one it had when detected, or its points collapse or leave
+    the frame. ``predictor.predict_arrays`` is the per-frame step; turned crops (``align``) are
+    detected on every frame."""
+
+    def __init__(self, predictor: Predictor, redetect_every: int = 30, keep: float = 0.6):
+        if redetect_every < 1 or not 0 <= keep <= 1:
+            raise KpbenchError(f"tracking: redetect_every must be >= 1 and keep in [0, 1], got {redetect_every}, {keep}")
+        self.predictor, self.redetect_every, self.keep = predictor, int(redetect_every), float(keep)
+        self.tracks: list[dict] = []  # per face: its detector face, offset, side ratio, confidence when detected
+        self.frame = 0
+        self.detections = 0  # frames on which the detector ran
+
+    def __call__(self, image: np.ndarray):
+        """The faces of the next frame: as :meth:`Predictor.predict_arrays`."""
+        aligned = getattr(self.predictor.detector, "align", False)
+        if aligned or not self.tracks or self.frame % self.redetect_every == 0:
+            out = self._detect(image)
+        else:
+            out = self._follow(image)
+            if out is None:
+                out = self._detect(image)
+        self.frame += 1
+        return out
+
+    def _detect(self, image: np.ndarray):
+        self.detections += 1
+        found, boxes, points, conf = self.predictor.predict_arrays(image)
+        self.tracks = []
+        for i, (face, box, pts) in enumerate(zip(found, boxes, points)):
+            centre, spread = _centre_and_spread(pts)
+            side = float(box[2])
+            if not spread > 0:
+                continue
+            self.tracks.append({"face": face, "offset": (np.asarray(box[:2]) + side / 2 - centre) / spread,
+                                "ratio": side / spread, "last": (centre, spread),
+                                "confidence": None if conf is None else float(conf[i].mean())})
+        return found, boxes, points, conf
+
+    def _follow(self, image: np.ndarray):
+        """Every track's crop from its last points; None when a track is lost (then detect)."""
+        h, w = image.shape[:2]
+        found = []
+        for t in self.tracks:
+            centre, spread = t["last"]
+            side = t["ratio"] * spread
+            cx, cy = centre + t["offset"] * spread
+            found.append({**t["face"], "box": (cx - side / 2, cy - side / 2, side)})
+        _, boxes, points, conf = self.predictor.predict_arrays(image, found)
+        for i, (t, pts) in enumerate(zip(self.tracks, points)):
+            centre, spread = _centre_and_spread(pts)
+            inside = 0 <= centre[0] <= w and 0 <= centre[1] <= h
+            sure = conf is None or t["confidence"] is None or conf[i].mean() >= self.keep * t["confidence"]
+            if not (inside and sure and spread > 2.0):
+                return None
+            t["last"] = (centre, spread)
+        return found, boxes, points, conf

@@ -1,0 +1,147 @@
+"""Tracking against detecting on every frame, on real faces moving at a real frame rate:
+
+    python benchmarks/video_track.py [--model RUN] [--clips 20] [--frames 60] [--threads 2] [--json OUT]
+
+The shared annotated faces are photos and 3-frame clips, so the "videos" are made: each clip is one
+held-out photo (the test split of ``ibug:../shared/data/300w-helen-train``, split as ``wild.yaml``
+splits it) filmed by a hand-held camera: a 256 x 256 window that drifts (6 % of the face's size),
+zooms (+-8 %) and re-encodes every frame as JPEG (quality 80), ``--frames`` frames at 30 fps,
+the annotation carried through the same transform. Each clip goes through kpbench's video path
+with tracking (:class:`kpbench.predictor.FaceTracker`, ``kpbench predict`` on a video) and with
+the detector on every frame (``--detect-every-frame``), and through MediaPipe Face Mesh in video
+mode (its own tracker) and static mode. Printed per path: NME (15 points, inter-ocular), jitter
+(the registered ``jitter`` metric: the frame-to-frame change of the error), ms per frame and the
+share of frames the detector ran on."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from kpbench.components import load_dataset
+from kpbench.data import split_dataset
+from kpbench.evaluate import MetricContext, aggregate, match_face
+from kpbench.keypoints import convert, get_schema
+from kpbench.plugins import get_plugins
+from kpbench.predictor import SHIPPED, FaceTracker, Predictor
+
+SIZE, FPS = 256, 30.0
+
+
+def film(photo: np.ndarray, points: np.ndarray, frames: int, rng: np.random.Generator):
+    """One photo as a hand-held clip: (frames, SIZE, SIZE, 3) uint8 and the points in each frame."""
+    lo, hi = np.nanmin(points, 0), np.nanmax(points, 0)
+    side0, centre0 = 1.6 * float((hi - lo).max()), (lo + hi) / 2
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    images, pts = [], []
+    for t in range(frames):
+        u = 2 * np.pi * t / FPS
+        side = side0 * (1 + 0.08 * np.sin(0.7 * u + phase[0]))
+        cx, cy = centre0 + 0.06 * side0 * np.array([np.sin(0.9 * u + phase[1]), np.cos(0.6 * u + phase[2])])
+        x0, y0, k = cx - side / 2, cy - side / 2, SIZE / side
+        frame = Image.fromarray(photo).transform((SIZE, SIZE), Image.AFFINE, (1 / k, 0, x0, 0, 1 / k, y0),
+                                                 Image.BILINEAR)
+        buf = io.BytesIO()
+        frame.save(buf, "JPEG", quality=80)
+        images.append(np.asarray(Image.open(buf).convert("RGB")))
+        pts.append((points + 0.5 - [x0, y0]) * k - 0.5)
+    return images, np.stack(pts)
+
+
+def held_out_clips(n: int, frames: int):
+    plugins = get_plugins()
+    data = load_dataset(plugins, "ibug:../shared/data/300w-helen-train", {})
+    test = split_dataset(data, [0.7, 0.15, 0.15], 0)[2][:n]
+    rng = np.random.default_rng(0)
+    return [film(s.image, s.points.astype(np.float64), frames, rng) for s in (data[int(i)] for i in test)]
+
+
+def kpbench_path(predictor: Predictor, clips, track: bool):
+    preds, seconds, detected = [], 0.0, 0
+    for images, truth in clips:
+        step = FaceTracker(predictor) if track else predictor.predict_arrays
+        for image, true in zip(images, truth):
+            t = time.perf_counter()
+            _, _, pts, _ = step(image)
+            seconds += time.perf_counter() - t
+            k = match_face(list(pts), convert(true, "ibug68", "kaggle15"))
+            preds.append(pts[k] if k is not None else np.full((15, 2), np.nan))
+        detected += step.detections if track else len(images)
+    return np.stack(preds), seconds, detected
+
+
+def mediapipe_path(clips, video_mode: bool):
+    import mediapipe as mp
+
+    from kpbench_plugins.mediapipe_ref import MESH_TO_IBUG68
+
+    preds, seconds = [], 0.0
+    for images, truth in clips:
+        mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=not video_mode, max_num_faces=1)
+        for image, true in zip(images, truth):
+            t = time.perf_counter()
+            found = mesh.process(image).multi_face_landmarks
+            seconds += time.perf_counter() - t
+            if found:
+                lm = found[0].landmark
+                p68 = np.array([(lm[i].x * SIZE, lm[i].y * SIZE) for i in MESH_TO_IBUG68]) - 0.5
+                preds.append(convert(p68, "ibug68", "kaggle15"))
+            else:
+                preds.append(np.full((15, 2), np.nan))
+        mesh.close()
+    return np.stack(preds), seconds, len(clips) * len(clips[0][0])
+
+
+def scores(pred, clips) -> dict:
+    true = np.concatenate([convert(t, "ibug68", "kaggle15") for _, t in clips])
+    frames = [(c, k) for c, (images, _) in enumerate(clips) for k in range(len(images))]
+    ctx = MetricContext(schema=get_schema("kaggle15"), boxes=np.zeros((len(true), 3)), frames=frames)
+    metrics = get_plugins().metrics
+    missed = np.isnan(pred).any(axis=(1, 2))
+    return {"nme": aggregate(metrics.get("nme")(pred, true, ctx), "mean"),
+            "jitter": aggregate(metrics.get("jitter")(pred, true, ctx), "mean"), "missed": float(missed.mean())}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=str(SHIPPED))
+    ap.add_argument("--detector", default=None)
+    ap.add_argument("--clips", type=int, default=20)
+    ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    clips = held_out_clips(args.clips, args.frames)
+    predictor = Predictor(args.model, detector=args.detector)
+    predictor.predict_arrays(clips[0][0][0])  # warm up
+    rows = []
+    for name, run in ((f"kpbench {predictor.detector_name}, tracking", lambda: kpbench_path(predictor, clips, True)),
+                      (f"kpbench {predictor.detector_name}, every frame", lambda: kpbench_path(predictor, clips, False)),
+                      ("MediaPipe Face Mesh, video mode", lambda: mediapipe_path(clips, True)),
+                      ("MediaPipe Face Mesh, static mode", lambda: mediapipe_path(clips, False))):
+        pred, seconds, detected = run()
+        frames = len(pred)
+        rows.append({"path": name, **scores(pred, clips), "ms_per_frame": 1000 * seconds / frames,
+                     "detector_frames": detected / frames})
+    print(f"{args.clips} clips x {args.frames} frames ({SIZE} px, {FPS:.0f} fps, made from held-out HELEN photos); "
+          f"{predictor!r}; {args.threads} threads; {platform.processor() or platform.machine()}")
+    print(f"{'path':38s} {'NME':>7s} {'jitter':>7s} {'missed':>7s} {'ms/frame':>9s} {'detector':>9s}")
+    for r in rows:
+        print(f"{r['path']:38s} {r['nme']:7.4f} {r['jitter']:7.4f} {r['missed']:7.1%} {r['ms_per_frame']:9.2f} "
+              f"{r['detector_frames']:9.1%}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"clips": args.clips, "frames": args.frames, "threads": args.threads, "rows": rows}, fh,
+                      indent=1, allow_nan=False)
+
+
+if __name__ == "__main__":
+    main()
