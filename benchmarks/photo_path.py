@@ -57,7 +57,6 @@ from kpbench.photos import output_names
 from kpbench.plugins import get_plugins
 from kpbench.predictor import SHIPPED, Face, Predictor
 
-STAGES = ("decode", "detect", "crop", "forward", "write", "in_process", "end_to_end")
 PACKAGES = ("kpbench", "torch", "onnxruntime", "mediapipe", "dlib-bin", "ai-edge-litert", "facenet-pytorch",
             "numpy", "pillow")
 
@@ -94,6 +93,8 @@ def pick_faces(plugins, spec: str, limit: int, seed: int, config: dict, all_face
     if test is not None:
         pool = np.array([i for i in pool if Path(data.files[i]).resolve() in test], dtype=int)
         where = f"the model run's test split ({len(pool)} of {len(data)} faces; the rest were trained on)"
+    if not len(pool):
+        raise SystemExit(f"{spec}: no faces to draw from ({where})")
     chosen = np.random.default_rng(seed).choice(pool, size=min(limit, len(pool)), replace=False)
     chosen = sorted(chosen, key=lambda i: str(data.files[i]))
     return [Path(data.files[i]) for i in chosen], np.stack([data.points[i] for i in chosen]), data.schema, where
@@ -118,7 +119,7 @@ def kpbench_paths(model: Path, threads: int, plugins, notes: list[str]) -> dict[
     return paths
 
 
-def kpbench_photo(predictor: Predictor, file: Path, name: str, out: Path):
+def kpbench_photo(predictor: Predictor, file: Path, name: str, folder: Path):
     """One photo through a kpbench path: the stages' seconds and every face's points."""
     t0 = time.perf_counter()
     image = read_image(file)
@@ -130,14 +131,14 @@ def kpbench_photo(predictor: Predictor, file: Path, name: str, out: Path):
         boxes = stack_boxes([f["box"] for f in found])
         crops = predictor.crops(image, boxes)
         t3 = time.perf_counter()
-        out_ = predict(predictor.trained.model, torch.from_numpy(crops)).reshape(len(found), -1)
+        out = predict(predictor.trained.model, torch.from_numpy(crops)).reshape(len(found), -1)
         k = predictor.schema.num_points
-        conf = out_[:, 2 * k:] if out_.shape[1] == 3 * k else None
-        points = to_image_pixels(out_[:, :2 * k].reshape(-1, k, 2), boxes)
+        conf = out[:, 2 * k:] if out.shape[1] == 3 * k else None
+        points = to_image_pixels(out[:, :2 * k].reshape(-1, k, 2), boxes)
     t4 = time.perf_counter()
     faces = [Face(tuple(float(v) for v in f["box"]), float(f.get("score", 1.0)), p, predictor.schema.points,
                   None if conf is None else conf[i]) for i, (f, p) in enumerate(zip(found, points))]
-    atomic_write_json(out / f"{name}.json", {"image": str(file), "output": name, "width": int(image.shape[1]),
+    atomic_write_json(folder / f"{name}.json", {"image": str(file), "output": name, "width": int(image.shape[1]),
                                              "height": int(image.shape[0]), "faces": [f.to_json() for f in faces]})
     t5 = time.perf_counter()
     times = {"decode": t1 - t0, "detect": t2 - t1, "crop": t3 - t2, "forward": t4 - t3, "write": t5 - t4}
@@ -151,7 +152,7 @@ def reference_photo(landmarks, file: Path):
     t1 = time.perf_counter()
     faces = landmarks(rgb_uint8(image))
     t2 = time.perf_counter()
-    return {"decode": t1 - t0, "detect": t2 - t1}, faces
+    return {"decode": t1 - t0, "landmarks": t2 - t1}, faces
 
 
 def references(plugins, k: int, size: int, video: bool, notes: list[str]) -> dict:
@@ -192,16 +193,12 @@ def mediapipe_video(k: int, max_faces: int = 5):
 
 def figures(passes: list[list[dict]]) -> dict[str, float]:
     """Each stage's (and total's) median over photos in milliseconds, the best pass's."""
-    out = {}
-    for stage in STAGES:
-        medians = [statistics.median(t.get(stage, 0.0) for t in p) * 1e3 for p in passes]
-        out[stage] = min(medians)
-    return out
+    return {stage: min(statistics.median(t[stage] for t in p) for p in passes) * 1e3 for stage in passes[0][0]}
 
 
 def totals(t: dict) -> dict:
     """A photo's stage seconds with in-process and end-to-end added."""
-    t["in_process"] = t["detect"] + t.get("crop", 0.0) + t.get("forward", 0.0)
+    t["in_process"] = sum(t.get(s, 0.0) for s in ("detect", "crop", "forward", "landmarks"))
     t["end_to_end"] = t["decode"] + t["in_process"] + t.get("write", 0.0)
     return t
 
@@ -219,6 +216,7 @@ def nme_scores(faces: list[list[np.ndarray]], truth: np.ndarray, schema, nme) ->
 
 
 def machine(threads: int) -> dict:
+    """The CPU (lscpu's model name, else platform.processor()), threads and package versions."""
     cpu = platform.processor()
     try:
         lines = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines()
@@ -237,7 +235,7 @@ def machine(threads: int) -> dict:
 
 def print_table(result: dict) -> None:
     m = result["machine"]
-    print(f"{result['model']} on {result['faces']} faces of {result['dataset']} ({result['drawn_from']}); "
+    print(f"{result['model']} on {result['faces']} faces of {result['dataset']}, drawn from {result['drawn_from']}; "
           f"{result['repeat']} pass(es), median per photo of the best pass")
     print(f"CPU {m['cpu']} ({m['cores']} cores), {m['threads']} threads; "
           + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
@@ -249,13 +247,66 @@ def print_table(result: dict) -> None:
     fmt = lambda v, f: "–" if v is None or v != v else format(v, f)  # noqa: E731
     for r in result["rows"]:
         ms = r["ms"]
-        cells = [ms["in_process"], ms["end_to_end"], ms["decode"], ms["detect"], ms.get("crop"), ms.get("forward"),
+        cells = [ms["in_process"], ms["end_to_end"], ms["decode"], ms.get("detect", ms.get("landmarks")), ms.get("crop"), ms.get("forward"),
                  ms.get("write")]
         print(f"{r['path']:<30}" + "".join(f"{fmt(v, '.2f'):>9}" for v in cells)
               + f"{fmt(r['ratio_in_process'], '.2f'):>9}{fmt(r['ratio_end_to_end'], '.2f'):>9}"
               + f"{fmt(r['nme'], '.4f'):>9}{fmt(r['nme_common'], '.4f'):>9}{fmt(100 * r['miss_rate'], '.0f'):>8}%")
-    print("ms per photo; references: 'detect' is decoded image -> landmarks (their own detector); xMP: ratio to "
+    print("ms per photo; references: under 'detect', decoded image -> landmarks (their own detector); xMP: ratio to "
           "MediaPipe static (in-process, and end to end against decode + MediaPipe)")
+
+
+def warm_up(paths: dict, refs: dict, file: Path, out: Path, notes: list[str]) -> None:
+    """Each path once on ``file`` before timing (model loads, graph set-up); a kpbench path that
+    fails is dropped with a note, one whose staged points differ from ``predict_arrays``' noted."""
+    for label, p in list(paths.items()):
+        try:
+            _, pts = kpbench_photo(p, file, "warm-up", out)
+        except Exception as exc:  # noqa: BLE001 - e.g. a detector under construction
+            notes.append(f"{label}: skipped, failed on {file.name} ({type(exc).__name__}: {exc})")
+            del paths[label]
+            continue
+        api = p.predict_arrays(read_image(file))[2]
+        if len(api) != len(pts) or not np.allclose(api, np.reshape(pts, api.shape), atol=1e-3):
+            notes.append(f"{label}: the staged points differ from Predictor.predict_arrays' on {file.name}")
+    for make in refs.values():
+        reference_photo(make(), file)
+
+
+def time_paths(paths: dict, refs: dict, files: list[Path], repeat: int, tmp: Path):
+    """Every path over every photo, ``repeat`` passes: per path the passes' per-photo stage
+    seconds, and the last pass's faces per photo."""
+    timed, faces, names = {}, {}, output_names(files)
+    for rep in range(repeat):
+        for label, p in paths.items():
+            out = tmp / f"{rep}-{label.replace(' ', '_')}"
+            out.mkdir()
+            runs = [kpbench_photo(p, f, n, out) for f, n in zip(files, names)]
+            timed.setdefault(label, []).append([totals(t) for t, _ in runs])
+            faces[label] = [pts for _, pts in runs]
+        for label, make in refs.items():
+            landmarks = make()
+            runs = [reference_photo(landmarks, f) for f in files]
+            timed.setdefault(label, []).append([totals(t) for t, _ in runs])
+            faces[label] = [pts for _, pts in runs]
+    return timed, faces
+
+
+def result_rows(timed: dict, faces: dict, truth: np.ndarray, schema, nme) -> tuple[list[dict], int]:
+    """One row per path: milliseconds, ratios to MediaPipe static, NME and misses; and the number
+    of photos every path found."""
+    scored = {label: nme_scores(faces[label], truth, schema, nme) for label in timed}
+    common = ~np.any([missed for _, missed in scored.values()], axis=0)
+    mp = figures(timed["MediaPipe static"]) if "MediaPipe static" in timed else None
+    rows = []
+    for label, passes in timed.items():
+        ms = figures(passes)
+        per, missed = scored[label]
+        rows.append({"path": label, "ms": ms, "ratio_in_process": mp and ms["in_process"] / mp["in_process"],
+                     "ratio_end_to_end": mp and ms["end_to_end"] / mp["end_to_end"], "nme": aggregate(per, "mean"),
+                     "nme_common": aggregate(per[common], "mean") if common.any() else None,
+                     "misses": int(missed.sum()), "miss_rate": float(missed.mean())})
+    return rows, int(common.sum())
 
 
 def main(argv=None) -> int:
@@ -275,54 +326,29 @@ def main(argv=None) -> int:
         ap.error("no shipped model here: pass --model RUN")
     torch.set_num_threads(args.threads)
     plugins, notes = get_plugins(), []
+    saved = os.environ.get("KPBENCH_CACHE_DIR")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["KPBENCH_CACHE_DIR"] = str(Path(tmp) / "cache")  # a fresh ONNX export (see the docstring)
-        paths = kpbench_paths(args.model, args.threads, plugins, notes)
+        try:
+            paths = kpbench_paths(args.model, args.threads, plugins, notes)
+        finally:
+            del os.environ["KPBENCH_CACHE_DIR"]
+            if saved is not None:
+                os.environ["KPBENCH_CACHE_DIR"] = saved
         if not paths:
             raise SystemExit("no kpbench path could be built: " + "; ".join(notes))
         first = next(iter(paths.values()))
-        schema, config = first.schema, first.trained.config
-        files, annotated, source_schema, where = pick_faces(plugins, args.dataset, args.limit, args.seed, config,
-                                                            args.all_faces)
-        truth = convert(annotated, source_schema, schema.name).astype(np.float64)
-        names = output_names(files)
+        schema = first.schema
+        files, annotated, source_schema, where = pick_faces(plugins, args.dataset, args.limit, args.seed,
+                                                            first.trained.config, args.all_faces)
+        if args.dataset.startswith("ibug:"):
+            notes.append("dlib's predictor was trained on 300-W's training photos (HELEN, LFPW, AFW trainsets)")
         refs = references(plugins, schema.num_points, first.trained.input_size, args.video, notes)
-        timed, faces = {}, {}
-        for label, p in paths.items():  # once before timing (model loads, graph set-up), checked against the API
-            _, pts = kpbench_photo(p, files[0], names[0], Path(tmp))
-            api = p.predict_arrays(read_image(files[0]))[2]
-            if len(api) != len(pts) or not np.allclose(api, np.reshape(pts, api.shape), atol=1e-3):
-                notes.append(f"{label}: the staged points differ from Predictor.predict_arrays' on {files[0].name}")
-        for label, make in refs.items():
-            reference_photo(make(), files[0])
-        for rep in range(args.repeat):
-            for label, p in paths.items():
-                out = Path(tmp) / f"{rep}-{label.replace(' ', '_')}"
-                out.mkdir()
-                runs = [kpbench_photo(p, f, n, out) for f, n in zip(files, names)]
-                timed.setdefault(label, []).append([totals(t) for t, _ in runs])
-                faces[label] = [pts for _, pts in runs]
-            for label, make in refs.items():
-                landmarks = make()
-                runs = [reference_photo(landmarks, f) for f in files]
-                timed.setdefault(label, []).append([totals(t) for t, _ in runs])
-                faces[label] = [pts for _, pts in runs]
-    nme = plugins.metrics.get("nme")
-    scored = {label: nme_scores(faces[label], truth, schema, nme) for label in timed}
-    common = ~np.any([missed for _, missed in scored.values()], axis=0)
-    mp = figures(timed["MediaPipe static"]) if "MediaPipe static" in timed else None
-    rows = []
-    for label, passes in timed.items():
-        ms = figures(passes)
-        if label not in paths:
-            ms = {"decode": ms["decode"], "detect": ms["detect"], "in_process": ms["in_process"],
-                  "end_to_end": ms["end_to_end"]}
-        per, missed = scored[label]
-        rows.append({"path": label, "ms": ms, "ratio_in_process": mp and ms["in_process"] / mp["in_process"],
-                     "ratio_end_to_end": mp and ms["end_to_end"] / mp["end_to_end"],
-                     "nme": aggregate(per, "mean"), "nme_common": aggregate(per[common], "mean") if common.any()
-                     else float("nan"), "misses": int(missed.sum()), "miss_rate": float(missed.mean())})
-    result = {"dataset": args.dataset, "drawn_from": where, "faces": len(files), "common_faces": int(common.sum()),
+        warm_up(paths, refs, files[0], Path(tmp), notes)
+        timed, faces = time_paths(paths, refs, files, args.repeat, Path(tmp))
+    truth = convert(annotated, source_schema, schema.name).astype(np.float64)
+    rows, common = result_rows(timed, faces, truth, schema, plugins.metrics.get("nme"))
+    result = {"dataset": args.dataset, "drawn_from": where, "faces": len(files), "common_faces": common,
               "model": f"{first.label} ({args.model})", "schema": schema.name, "repeat": args.repeat,
               "machine": machine(args.threads), "notes": notes, "rows": rows}
     print_table(result)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import shutil
 import sys
 from pathlib import Path
 
 from kpbench.errors import KpbenchError
 from kpbench.io import atomic_write_json, atomic_write_text
+from kpbench.rundir import read_mapping
 
 SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped"
 LICENCES = {
@@ -56,8 +56,8 @@ def ship(run: str | Path, config_file: str = "configs/wild.yaml", root: Path = S
     dest = root / trained.config["run"]["name"]
     if dest.exists():
         raise KpbenchError(f"{dest} exists; remove it first to ship another model")
-    manifest = json.loads((trained.run_dir / "manifest.json").read_text())
-    result = json.loads((trained.model_dir / "result.json").read_text())
+    manifest = read_mapping(trained.run_dir / "manifest.json")
+    result = read_mapping(trained.model_dir / "result.json")
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model_dir = tmp / "models" / trained.label
@@ -114,7 +114,7 @@ def card_markdown(card: dict) -> str:
 
 def verify(dest: Path) -> dict:
     """The card of a shipped model, after checking every file's SHA-256 against it."""
-    card = json.loads((dest / "card.json").read_text())
+    card = read_mapping(dest / "card.json")
     for name, digest in card["sha256"].items():
         if sha256(dest / name) != digest:
             raise KpbenchError(f"{dest / name}: checksum differs from its card ({dest / 'card.json'})")

@@ -163,13 +163,28 @@ def cmd_report(args, console: Console) -> None:
         _print_json(df.to_dict("records"))
 
 
+def _count(low: int):
+    """An argparse type: a whole number >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
 def _options(text: str | None, what: str) -> dict:
     if not text:
         return {}
     import yaml
 
+    from kpbench.config import _yaml
+
     try:
-        value = yaml.safe_load(text)
+        value = _yaml(text)  # as --set reads values: 1e-3 is a number
     except yaml.YAMLError as exc:
         raise KpbenchError(f"{what} {text!r}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(value, dict):
@@ -376,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="a trained model as ONNX for ONNX Runtime, checked against PyTorch")
     ex.add_argument("--model", help="run directory (its best model) or models/<name> (default: the model kpbench ships)")
     ex.add_argument("--out", required=True, help="new FILE.onnx (FILE.onnx.json is written beside it)")
-    ex.add_argument("--threads", type=int, help="CPU threads for the check's latencies")
+    ex.add_argument("--threads", type=_count(1), help="CPU threads for the check's latencies")
     ex.set_defaults(func=cmd_export)
 
     ca = sub.add_parser("calibrate", help="measure a face detector's boxes against the annotated face box")
@@ -384,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--dataset", required=True, help="annotated faces, kind:path")
     ca.add_argument("--dataset-options", help="YAML mapping for the dataset plugin")
     ca.add_argument("--detector-options", help="YAML mapping of other detector options (e.g. min_score)")
-    ca.add_argument("--limit", type=int, default=400, help="a seeded random subset of this many samples (0: all)")
+    ca.add_argument("--limit", type=_count(0), default=400, help="a seeded random subset of this many samples (0: all)")
     ca.add_argument("--seed", type=int, default=0)
     ca.add_argument("--out", help="also write the result as JSON here (never overwritten)")
     ca.set_defaults(func=cmd_calibrate)
@@ -393,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--models", help="comma-separated model names (default: the config's)")
     be.add_argument("--config", "-c", help="YAML config (model options, input size)")
     be.add_argument("--input-size", type=int)
-    be.add_argument("--batch", type=int, default=32, help="batch size for throughput (default 32)")
+    be.add_argument("--batch", type=_count(1), default=32, help="batch size for throughput (default 32)")
     be.add_argument("--device", help="auto, cpu, cuda ...")
     be.add_argument("--json", action="store_true", help="print the result as strict JSON on stdout")
     be.set_defaults(func=cmd_bench)

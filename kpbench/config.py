@@ -212,8 +212,20 @@ def check(config: dict) -> None:
         if value is not None and value < low:
             raise KpbenchError(f"{key} must be at least {low}, got {value}")
     for key, value in (("train.lr", tc["lr"]), ("train.backbone_lr", tc["backbone_lr"])):
-        if not value > 0:
-            raise KpbenchError(f"{key} must be positive, got {value}")
+        if not (value > 0 and math.isfinite(value)):
+            raise KpbenchError(f"{key} must be a finite positive number, got {value}")
+    if rc["threads"] is not None and rc["threads"] < 1:
+        raise KpbenchError(f"run.threads must be at least 1 (or null: torch's default), got {rc['threads']}")
+    if tc["patience"] is not None and tc["patience"] < 0:
+        raise KpbenchError(f"train.patience must be non-negative (or null: no early stop), got {tc['patience']}")
+    prob = (tc.get("augment") or {}).get("prob", 1.0)
+    if not 0 <= prob <= 1:
+        raise KpbenchError(f"train.augment.prob must be in [0, 1], got {prob}")
+    if rc["seeds"] is not None and len(set(rc["seeds"])) != len(rc["seeds"]):
+        raise KpbenchError(f"run.seeds must not repeat a seed, got {rc['seeds']!r}")
+    name = str(rc["name"])
+    if not name.strip() or "/" in name or "\\" in name or name in (".", "..") or any(ord(c) < 32 for c in name):
+        raise KpbenchError(f"run.name must be a plain folder name (no '/', '..' or control characters), got {name!r}")
     for key, value in (("train.weight_decay", tc["weight_decay"]), ("train.erase", tc["erase"])):
         if not value >= 0 or (key == "train.erase" and value > 1):
             raise KpbenchError(f"{key} must be {'in [0, 1]' if key == 'train.erase' else 'non-negative'}, got {value}")

@@ -8,7 +8,6 @@ extra ``kpbench[onnx]`` (see :mod:`kpbench.runtime`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from kpbench.errors import KpbenchError
 from kpbench.io import atomic_write_bytes, atomic_write_json
 from kpbench.keypoints import get_schema
 from kpbench.profile import median_seconds
+from kpbench.rundir import read_mapping
 from kpbench.runtime import OPSET, OnnxModel, to_onnx
 from kpbench.trained import Trained
 
@@ -43,7 +43,7 @@ def export_onnx(trained: Trained, out: Path) -> dict:
         torch_ms, ort_ms = (median_seconds(lambda: m(one), 5, 30) * 1000 for m in (model, onnx_model))
     atomic_write_bytes(out, graph)
     schema = get_schema(trained.config["data"]["schema"])
-    manifest = json.loads((trained.run_dir / "manifest.json").read_text())
+    manifest = read_mapping(trained.run_dir / "manifest.json")
     sidecar = {
         "model": trained.label, "run": str(trained.run_dir), "onnx_opset": OPSET,
         "input": {"name": "crops", "shape": ["batch", 1, size, size], "dtype": "float32",

@@ -37,16 +37,21 @@ class RunDir:
         return (self.path / "manifest.json").is_file() and (self.path / "config.yaml").is_file()
 
     def config(self) -> dict:
-        return yaml.safe_load((self.path / "config.yaml").read_text())
+        return read_mapping(self.path / "config.yaml")
 
     def manifest(self) -> dict:
-        return json.loads((self.path / "manifest.json").read_text())
+        return read_mapping(self.path / "manifest.json")
 
     def check_can_start(self, config: dict, fingerprint: str, resume: bool) -> None:
         """A new run needs an absent or empty folder; a resumed one the same config (where-keys
         aside) and the same data. Each refusal is one line naming what differs."""
+        if self.path.exists() and not self.path.is_dir():
+            raise KpbenchError(f"{self}: is a file, not a run directory")
         if self.path.exists() and any(self.path.iterdir()) and not resume:
             raise KpbenchError(f"{self}: run directory exists and is not empty (use --resume to continue it)")
+        if resume and self.path.exists() and any(self.path.iterdir()) and not self.is_run():
+            raise KpbenchError(f"{self}: not a kpbench run (no manifest.json and config.yaml), so there is nothing "
+                               f"to resume; kpbench never writes over files it did not make: choose a new folder")
         if not (resume and (self.path / "manifest.json").is_file()):
             return
         old = self.manifest()
@@ -93,8 +98,24 @@ class RunDir:
             for seed in seeds:
                 mdir = self.model_dir(label, seed, seeds)
                 if (mdir / "result.json").is_file():
-                    found.append((mdir, json.loads((mdir / "result.json").read_text())))
+                    found.append((mdir, read_mapping(mdir / "result.json")))
         return found
+
+
+def read_mapping(path: Path) -> dict:
+    """A run folder's JSON or YAML file as a mapping; a missing, unreadable, truncated or otherwise
+    damaged one is a one-line error naming it."""
+    try:
+        text = path.read_text()
+        value = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except FileNotFoundError:
+        raise KpbenchError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise KpbenchError(f"{path}: damaged or unreadable ({type(exc).__name__}); the run that wrote it may have "
+                           f"been cut short") from None
+    if not isinstance(value, dict):
+        raise KpbenchError(f"{path}: damaged: expected a mapping, found {type(value).__name__}")
+    return value
 
 
 def seeds_of(config: dict) -> list[int]:

@@ -9,13 +9,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kpbench.components import model_settings, use_flip_test
 from kpbench.errors import KpbenchError, first_line
 from kpbench.keypoints import get_schema
 from kpbench.plugins import Plugins
-from kpbench.rundir import RunDir
+from kpbench.rundir import RunDir, read_mapping
 from kpbench.runtime import OnnxModel
 from kpbench.train import Regressor
 from kpbench.weights import read_checkpoint
@@ -100,21 +101,39 @@ def load_onnx(path: str | Path) -> Trained:
     if not sidecar_path.is_file():
         raise KpbenchError(f"--model {path}: no {sidecar_path.name} beside it (kpbench export writes it: the crop "
                            f"convention and schema predict needs)")
-    try:
-        sidecar = json.loads(sidecar_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise KpbenchError(f"{sidecar_path}: not the JSON kpbench export writes ({exc})") from None
-    convention = sidecar.get("crop_convention") if isinstance(sidecar, dict) else None
+    sidecar = read_mapping(sidecar_path)
+    convention, shape = sidecar.get("crop_convention"), (sidecar.get("input") or {}).get("shape")
     if not convention:
         raise KpbenchError(f"{sidecar_path}: no crop_convention (its run predates it); train and export it again")
+    bad = (not isinstance(convention, dict) or not isinstance(convention.get("detector_options"), dict)
+           or not isinstance(convention.get("detector"), str) or not isinstance(sidecar.get("model"), str)
+           or not isinstance(sidecar.get("schema"), str) or not isinstance(shape, list) or len(shape) != 4
+           or not all(isinstance(v, int) and v > 0 for v in shape[1:]))
+    if bad:
+        raise KpbenchError(f"{sidecar_path}: not the sidecar kpbench export writes (crop_convention with detector "
+                           f"and detector_options, model, schema, input.shape [batch, 1, S, S])")
+    schema = get_schema(sidecar["schema"])
     options = {**convention["detector_options"],
                **{k: convention[k] for k in ("margin", "align") if convention.get(k) is not None}}
-    config = {"data": {"schema": sidecar["schema"], "detector": convention["detector"], "detector_options": options}}
+    config = {"data": {"schema": schema.name, "detector": convention["detector"], "detector_options": options}}
     try:
         graph = OnnxModel(path)
     except KpbenchError:
         raise
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors: not a graph it can read
         raise KpbenchError(f"--model {path}: ONNX Runtime cannot load it: {first_line(exc)[:300]}") from None
-    return Trained(graph, sidecar["model"], int(sidecar["input"]["shape"][-1]), config,
-                   Path(sidecar["run"]), path)
+    check_graph(graph, path, shape[1:], schema.num_points)
+    return Trained(graph, sidecar["model"], shape[-1], config, Path(str(sidecar.get("run", ""))), path)
+
+
+def check_graph(graph: OnnxModel, path: Path, input_shape: list[int], points: int) -> None:
+    """The graph's input and output agree with its sidecar: (batch, C, S, S) crops in, K points
+    (K x 2, or K x 3 with confidences) out; else a one-line error before any face is cut."""
+    (inp,), outs = graph.session.get_inputs(), graph.session.get_outputs()
+    got_in = list(inp.shape[1:])
+    out = outs[0].shape[1:] if outs else []
+    sizes = [v for v in out if isinstance(v, int)]
+    width = int(np.prod(sizes)) if sizes else None
+    if got_in != list(input_shape) or width not in (2 * points, 3 * points):
+        raise KpbenchError(f"--model {path}: the graph takes {got_in} and gives {out}, but its sidecar says "
+                           f"{list(input_shape)} crops and {points} points; export the model again")

@@ -91,7 +91,10 @@ def folder68(path=None, images: str | None = None, group_by_person: bool = True)
 
 
 def read_pts(path: Path) -> np.ndarray:
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise kpbench.KpbenchError(f"{path}: not a text file (an iBUG .pts file is plain text)") from None
     try:
         start = next(i for i, line in enumerate(lines) if line.strip() == "{") + 1
         end = next(i for i, line in enumerate(lines) if line.strip() == "}")
@@ -102,7 +105,13 @@ def read_pts(path: Path) -> np.ndarray:
         parts = lines[i].split()
         if len(parts) != 2:
             raise kpbench.KpbenchError(f"{path}:{i + 1}: expected 'x y', got {lines[i]!r}")
-        pts.append([float(parts[0]), float(parts[1])])
+        try:
+            xy = [float(parts[0]), float(parts[1])]
+        except ValueError:
+            raise kpbench.KpbenchError(f"{path}:{i + 1}: expected two numbers 'x y', got {lines[i]!r}") from None
+        if not all(np.isfinite(xy)):
+            raise kpbench.KpbenchError(f"{path}:{i + 1}: coordinates must be finite numbers, got {lines[i]!r}")
+        pts.append(xy)
     if len(pts) != 68:
         raise kpbench.KpbenchError(f"{path}: expected 68 points, found {len(pts)}")
     return np.asarray(pts, dtype=np.float32)
