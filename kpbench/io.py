@@ -7,6 +7,7 @@ import json
 import math
 import os
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -91,3 +92,21 @@ def atomic_torch_save(obj, path: Path) -> None:
     import torch
 
     _atomic(path, lambda f: torch.save(obj, f))
+
+
+@contextlib.contextmanager
+def fd_to_devnull(fd: int):
+    """File descriptor ``fd`` (1: stdout, 2: stderr) to /dev/null for a while, for C++ libraries
+    that print where they should not: torch's TorchScript exporter turns its log on and never off
+    (torch 2.14 ``setup_onnx_logging`` tests a function, not its result, for truth), so a failed
+    export would print the whole graph into ``--json`` output; LiteRT prints "INFO: Created
+    TensorFlow Lite XNNPACK delegate for CPU." when it allocates an interpreter."""
+    (sys.stdout if fd == 1 else sys.stderr).flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)

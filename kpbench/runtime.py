@@ -5,16 +5,14 @@ in the place of the PyTorch model (crops in, crop coordinates out). Needs the op
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import sys
 import warnings
 from pathlib import Path
 
 import torch
 
 from kpbench.errors import KpbenchError
+from kpbench.io import fd_to_devnull
 
 OPSET = 17
 INSTALL = "pip install 'kpbench[onnx]'"
@@ -40,29 +38,13 @@ def _onnxruntime(what: str = "exporting to ONNX", exporter: bool = True):
     return onnxruntime
 
 
-@contextlib.contextmanager
-def _stdout_to_devnull():
-    """File descriptor 1 to /dev/null for a while: torch's TorchScript exporter turns its C++ log on
-    and never off (torch 2.14 ``setup_onnx_logging`` tests a function, not its result, for truth),
-    so a failed export would print the whole graph on stdout (into ``--json`` output, mid-run)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def to_onnx(model: torch.nn.Module, example: torch.Tensor, label: str) -> bytes:
     """``model`` (eval mode) as an ONNX graph in memory: input ``crops`` (any batch), output
     ``points``; a model the exporter cannot take is a one-line KpbenchError."""
     _onnxruntime()
     buffer = io.BytesIO()
     try:
-        with torch.inference_mode(), _stdout_to_devnull(), warnings.catch_warnings():
+        with torch.inference_mode(), fd_to_devnull(1), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's on shape tests: only the batch size varies
             torch.onnx.export(model.eval(), (example,), buffer, dynamo=False, opset_version=OPSET,
                               input_names=["crops"], output_names=["points"],

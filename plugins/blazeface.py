@@ -23,14 +23,13 @@ result mapped back through the letterbox to the photo's pixels. Calibrated like 
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 import numpy as np
 
 import kpbench
 from kpbench.faces import FaceDetector, RawFace
+from kpbench.io import fd_to_devnull
 
 DATA = Path(__file__).parent / "data"
 
@@ -143,20 +142,6 @@ def letterbox(rgb: np.ndarray, size: int):
     return x, (ox, oy, w / rw, h / rh)
 
 
-@contextlib.contextmanager
-def _stderr_to_devnull():
-    """File descriptor 2 to /dev/null for a while: LiteRT prints "INFO: Created TensorFlow Lite
-    XNNPACK delegate for CPU." from C++ when it allocates an interpreter's tensors."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 class BlazeFaceDetector(FaceDetector):
     """MediaPipe's BlazeFace (LiteRT): crops as ``gt-box`` cuts them, at the same margin.
 
@@ -218,7 +203,7 @@ class BlazeFaceDetector(FaceDetector):
             if not self.path.is_file():
                 raise kpbench.KpbenchError(f"blazeface: model file {self.path} is missing; reinstall kpbench")
             net = Interpreter(model_path=str(self.path), num_threads=self.threads)
-            with _stderr_to_devnull():
+            with fd_to_devnull(2):
                 net.allocate_tensors()
             outputs = sorted(net.get_output_details(), key=lambda d: -int(d["shape"][-1]))  # 16 coords, 1 score
             self._io = (net.get_input_details()[0]["index"], outputs[0]["index"], outputs[1]["index"])
