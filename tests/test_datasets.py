@@ -248,3 +248,26 @@ def test_a_second_input_size_reuses_the_boxes_of_the_kept_samples(tmp_path):
     assert large.ids == small.ids and len(large) == 3
     np.testing.assert_array_equal(large.boxes, small.boxes)
     np.testing.assert_allclose(large.targets, small.targets, atol=1e-6)
+
+
+def test_ibug_splits_keep_each_photograph_together(tmp_path):
+    """Faces cut from one photo (``NAME_K``) and re-uploads of one photograph (rescaled and
+    recompressed) share a group; different photos do not."""
+    from PIL import Image
+
+    from kpbench_plugins.datasets import photo_groups
+
+    rng = np.random.default_rng(0)
+    base = (rng.random((60, 80)) * 255).astype(np.uint8)
+    base = np.asarray(Image.fromarray(base).resize((160, 120), Image.BILINEAR))  # smooth structure
+    other = np.asarray(Image.fromarray((rng.random((60, 80)) * 255).astype(np.uint8)).resize((160, 120)))
+    Image.fromarray(base).save(tmp_path / "image_0001.jpg", quality=95)
+    Image.fromarray(base).resize((120, 90)).save(tmp_path / "image_0002.jpg", quality=60)  # a re-upload
+    Image.fromarray(other).save(tmp_path / "image_0003.jpg")
+    Image.fromarray(other[:, ::-1]).save(tmp_path / "4242_1.jpg")
+    Image.fromarray(np.ascontiguousarray(other[::-1])).save(tmp_path / "4242_2.jpg")  # another face of photo 4242
+    files = sorted(tmp_path.glob("*.jpg"))
+    groups = dict(zip((f.stem for f in files), photo_groups(files)))
+    assert groups["image_0001"] == groups["image_0002"]
+    assert groups["image_0003"] != groups["image_0001"]
+    assert groups["4242_1"] == groups["4242_2"] != groups["image_0003"]
