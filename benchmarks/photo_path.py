@@ -24,7 +24,9 @@ Accuracy: every path's 15-point NME (kpbench's ``nme`` metric, inter-ocular: out
 the face found whose points' box overlaps the annotated one's most (``kpbench.evaluate.match_face``)
 scored; a photo where none matches is a miss, left out of the NME and counted in the miss rate.
 "NME common" is over the photos every path found. Where the dataset is one the model was trained
-on, only the run's test-split photos are drawn (``--all-faces``: any photo).
+on, only the run's test-split photos are drawn (split as the run split them; the run config's
+relative dataset paths are taken from the current folder, so run this from the project root;
+``--all-faces``: any photo).
 
 Threads: ``--threads`` for torch, ONNX Runtime and the detectors that take it (blazeface's LiteRT,
 mtcnn); MediaPipe's legacy solution and dlib choose their own. The ONNX graph is exported afresh
@@ -237,7 +239,8 @@ def print_table(result: dict) -> None:
     m = result["machine"]
     print(f"{result['model']} on {result['faces']} faces of {result['dataset']}, drawn from {result['drawn_from']}; "
           f"{result['repeat']} pass(es), median per photo of the best pass")
-    print(f"CPU {m['cpu']} ({m['cores']} cores), {m['threads']} threads; "
+    print(f"CPU {m['cpu']} ({m['cores']} cores), {m['threads']} threads (torch, ONNX Runtime, detectors; "
+          f"MediaPipe and dlib choose their own); "
           + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
     for note in result["notes"]:
         print(f"note: {note}")

@@ -7,13 +7,13 @@ run as its users run it, on the whole photo: :func:`own_detector_predictions`.""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from kpbench.data import Prepared, to_crop, to_image_pixels
+from kpbench.formulas import aggregate  # noqa: F401  (re-exported: metric values aggregate here)
 from kpbench.geometry import best_overlap, points_rect, rgb_uint8
 from kpbench.keypoints import Schema
 from kpbench.registry import MetricSpec
@@ -65,17 +65,6 @@ def own_detector_predictions(net, images, data: Prepared, fallback_crop: np.ndar
         else:
             pred_px[i] = faces[k]
     return to_crop(pred_px, data.boxes), missed
-
-
-def aggregate(values: np.ndarray, how: str) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        m = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-    if how == "mean":
-        return m
-    if how == "sqrt_mean":
-        return float(np.sqrt(m))
-    raise ValueError(f"unknown aggregation {how!r}")
 
 
 def score(pred_crop: np.ndarray, data: Prepared, schema: Schema, metrics: list[MetricSpec]):

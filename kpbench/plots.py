@@ -19,6 +19,8 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
+
+from kpbench.formulas import auc_and_failure_rate
 from matplotlib.lines import Line2D
 
 from kpbench.io import atomic_write_bytes
@@ -211,16 +213,6 @@ def keypoint_overlays(images: np.ndarray, preds: Mapping[str, np.ndarray], true:
 
 # --------------------------------------------------------------------------- CED
 
-def ced_stats(nme: np.ndarray, max_error: float = 0.1) -> tuple[float, float]:
-    """(AUC, failure rate) at ``max_error``: AUC = mean(max(0, 1 - nme/max_error)) (the area
-    under the CED up to max_error, normalised), FR = mean(nme > max_error); NaN ignored."""
-    e = np.asarray(nme, dtype=float).ravel()
-    e = e[np.isfinite(e)]
-    if e.size == 0:
-        return float("nan"), float("nan")
-    return float(np.mean(np.maximum(0.0, 1.0 - e / max_error))), float(np.mean(e > max_error))
-
-
 def ced_curves(nme: Mapping[str, np.ndarray], path, max_error: float = 0.1,
                colors: Mapping[str, str] | None = None) -> Path:
     """Cumulative error distribution of per-image NME (fraction of images with NME <= x) for
@@ -232,7 +224,7 @@ def ced_curves(nme: Mapping[str, np.ndarray], path, max_error: float = 0.1,
     for label in labels:
         e = np.asarray(nme[label], dtype=float).ravel()
         e = np.sort(e[np.isfinite(e)])
-        auc, fr = ced_stats(e, max_error)
+        auc, fr = auc_and_failure_rate(e, max_error)
         if e.size == 0:
             continue
         frac = np.arange(1, e.size + 1) / e.size

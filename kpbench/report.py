@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kpbench import stats
+from kpbench.formulas import aggregate
 from kpbench.html import fmt as _fmt
 from kpbench.errors import KpbenchError
 from kpbench.keypoints import get_schema
@@ -210,7 +211,6 @@ def by_source(df: pd.DataFrame, per_image: dict[str, dict], config: dict, specs:
 
 def metrics_on(entry: dict, keep: np.ndarray, config: dict, specs: dict) -> dict:
     """Every metric of the run aggregated over the images in ``keep`` (NaN when there are none)."""
-    from kpbench.evaluate import aggregate
 
     out = {}
     for metric in config["eval"]["metrics"]:
@@ -386,7 +386,7 @@ def compare(run_a: Path, run_b: Path, console: Console | None = None) -> pd.Data
         a, b = pa[label], pb[label]
         for m in [m for m in ca["eval"]["metrics"] if f"metric_{m}" in a and f"metric_{m}" in b]:
             how = ma.get("metrics", {}).get(m, {}).get("aggregate", "mean")
-            va, vb = (float(stats._agg(stats._finite(x[f"metric_{m}"]), how)) for x in (a, b))
+            va, vb = (aggregate(x[f"metric_{m}"], how) for x in (a, b))
             p = (stats.wilcoxon_signed_rank(a[key], b[key])["p"] if m == metric and len(a[key]) == len(b[key])
                  else float("nan"))
             rows.append({"model": label, "metric": m, "A": round(va, 6), "B": round(vb, 6),

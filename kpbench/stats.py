@@ -12,24 +12,14 @@ import warnings
 
 import numpy as np
 
+from kpbench.formulas import aggregate, ced, check_aggregation  # noqa: F401  (ced: re-exported)
+
 _BOOT_CELLS = 1 << 22  # resampled values held in memory at once by the bootstrap
 
 
 def _finite(values) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64).ravel()
     return v[~np.isnan(v)]
-
-
-def _check(how: str) -> None:
-    if how not in ("mean", "sqrt_mean"):
-        raise ValueError(f"unknown aggregation {how!r}")
-
-
-def _agg(x: np.ndarray, how: str) -> np.ndarray:
-    """Aggregate along the last axis like :func:`kpbench.evaluate.aggregate`: "mean" or "sqrt_mean"."""
-    _check(how)
-    m = x.mean(axis=-1)
-    return np.sqrt(m) if how == "sqrt_mean" else m
 
 
 def _resampled(columns: list[np.ndarray], how: str, n_boot: int, seed: int) -> np.ndarray:
@@ -41,19 +31,8 @@ def _resampled(columns: list[np.ndarray], how: str, n_boot: int, seed: int) -> n
     out = []
     for start in range(0, n_boot, chunk):
         idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        out.append(np.stack([_agg(c[idx], how) for c in columns], axis=-1))
+        out.append(np.stack([aggregate(c[idx], how) for c in columns], axis=-1))
     return np.concatenate(out)
-
-
-def ced(nme: np.ndarray, max_error: float = 0.1, steps: int = 101) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative error distribution: ``steps`` thresholds evenly spaced on [0, max_error] and, for
-    each, the fraction of images with error <= threshold. NaN errors are ignored; with none left
-    the fractions are NaN."""
-    thresholds = np.linspace(0.0, max_error, steps)
-    e = np.sort(_finite(nme))
-    if e.size == 0:
-        return thresholds, np.full(steps, np.nan)
-    return thresholds, np.searchsorted(e, thresholds, side="right") / e.size
 
 
 def per_keypoint_error(pred: np.ndarray, true: np.ndarray, norm: np.ndarray | None = None) -> np.ndarray:
@@ -78,7 +57,7 @@ def bootstrap_ci(values, how: str = "mean", n_boot: int = 1000, seed: int = 0,
     """Percentile bootstrap confidence interval of the aggregated metric (``how`` = "mean" or
     "sqrt_mean"). Deterministic for a seed; (NaN, NaN) when no value is left."""
     v = _finite(values)
-    _check(how)
+    check_aggregation(how)
     if v.size == 0:
         return float("nan"), float("nan")
     stats = _resampled([v], how, n_boot, seed)[:, 0]
@@ -97,14 +76,14 @@ def paired_bootstrap(a, b, how: str = "mean", n_boot: int = 2000, seed: int = 0,
     a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
     keep = ~(np.isnan(a) | np.isnan(b))
     a, b = a[keep], b[keep]
-    _check(how)
+    check_aggregation(how)
     if a.size == 0:
         return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "p": float("nan")}
     boot = _resampled([a, b], how, n_boot, seed)
     d = boot[:, 0] - boot[:, 1]
     lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
     tail = min(np.sum(d <= 0), np.sum(d >= 0)) + 1
-    return {"diff": float(_agg(a, how) - _agg(b, how)), "lo": float(lo), "hi": float(hi),
+    return {"diff": float(aggregate(a, how) - aggregate(b, how)), "lo": float(lo), "hi": float(hi),
             "p": float(min(1.0, 2 * tail / (n_boot + 1)))}
 
 

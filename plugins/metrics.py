@@ -49,6 +49,7 @@ import warnings
 import numpy as np
 
 import kpbench
+from kpbench import formulas
 from kpbench.data import to_crop
 from kpbench.keypoints import KAGGLE15, convert
 
@@ -56,10 +57,7 @@ from kpbench.keypoints import KAGGLE15, convert
 _EYE_POINTS = {"ibug68": (slice(36, 42), slice(42, 48))}
 
 
-def _nanmean(x: np.ndarray, axis) -> np.ndarray:
-    with warnings.catch_warnings():  # an image with no visible point gives NaN, excluded later
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(x, axis=axis)
+_nanmean = formulas.nanmean  # an image with no visible point gives NaN, excluded later
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -175,14 +173,13 @@ def jitter(pred, true, ctx):
 
 def _failure(threshold: float):
     def failure(pred, true, ctx):
-        e = nme(pred, true, ctx)
-        return np.where(np.isnan(e), np.nan, (e > threshold).astype(float))
+        return formulas.failure(nme(pred, true, ctx), threshold)
     return failure
 
 
 def _auc(threshold: float):
     def auc(pred, true, ctx):
-        return np.maximum(0.0, 1.0 - nme(pred, true, ctx) / threshold)  # NaN stays NaN
+        return formulas.auc(nme(pred, true, ctx), threshold)
     return auc
 
 

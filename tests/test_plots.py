@@ -13,6 +13,7 @@ from matplotlib.image import imread  # noqa: E402
 
 from kpbench import html as kphtml  # noqa: E402
 from kpbench import plots  # noqa: E402
+from kpbench.formulas import auc_and_failure_rate  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 MODELS = ["cnn", "resnet", "<b>x</b>"]
@@ -120,7 +121,7 @@ def test_pareto_front_hand_made():
 
 def test_ced_stats_exact():
     e = np.array([0.0, 0.05, 0.1, 0.2, np.nan])
-    auc, fr = plots.ced_stats(e, 0.1)
+    auc, fr = auc_and_failure_rate(e, 0.1)
     assert auc == pytest.approx((1 + 0.5 + 0 + 0) / 4)
     assert fr == pytest.approx(1 / 4)
 
