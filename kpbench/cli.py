@@ -426,6 +426,16 @@ class Terminated(KeyboardInterrupt):
 _SIGTERM_SEEN: list[int] = []  # a library may turn the exception into a plain KeyboardInterrupt (Ray does)
 
 
+INTERRUPTED = {  # what an interrupted command kept, and how to go on
+    "run": "finished models are kept; rerun with --resume",
+    "predict": "the photos done are written, and predictions.json lists them with partial: true; "
+               "predict the rest into a new --out",
+    "evaluate": "nothing is kept; run it again into a new --out",
+    "calibrate": "nothing is kept; run it again (--limit for fewer faces)",
+    "export": "nothing is written; run it again",
+}
+
+
 def _on_sigterm(signum, frame):
     _SIGTERM_SEEN.append(signum)
     raise Terminated()
@@ -448,8 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated) or bool(_SIGTERM_SEEN)
-        log.error(f"kpbench: {'terminated' if terminated else 'interrupted'} (finished models are kept; rerun with "
-                  f"--resume)")
+        log.error(f"kpbench: {'terminated' if terminated else 'interrupted'} ({INTERRUPTED.get(args.command, 'nothing kept')})")
         return 143 if terminated else 130
     finally:
         signal.signal(signal.SIGTERM, previous)

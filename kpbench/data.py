@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 from typing import Callable, Protocol, Sequence
@@ -128,6 +129,9 @@ def split_indices(n: int, fractions: Sequence[float], seed: int, groups: Sequenc
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
+MAX_PIXELS = 50_000_000  # a photo larger than this (a 7000 x 7000 one) is refused: its arrays would need GBs
+
+
 def read_image(path) -> np.ndarray:
     """An image file as an (H, W, 3) uint8 RGB array; an unreadable file is a one-line error.
 
@@ -136,7 +140,11 @@ def read_image(path) -> np.ndarray:
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings(), Image.open(path) as im:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, in one line
+            if im.width * im.height > MAX_PIXELS:
+                raise KpbenchError(f"{path}: {im.width} x {im.height} pixels is more than kpbench reads "
+                                   f"({MAX_PIXELS // 10**6} megapixels); scale it down first")
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
                 arr = np.asarray(im).astype(np.float64)
