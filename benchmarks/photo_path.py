@@ -51,7 +51,8 @@ import torch
 
 from kpbench.components import load_dataset
 from kpbench.data import read_image, split_dataset, stack_boxes, to_image_pixels
-from kpbench.evaluate import MetricContext, aggregate, match_face, predict
+from kpbench.evaluate import MetricContext, match_face, predict
+from kpbench.formulas import aggregate
 from kpbench.geometry import rgb_uint8
 from kpbench.io import atomic_write_json
 from kpbench.keypoints import convert

@@ -44,6 +44,7 @@ class Plugins:
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.failures: list[PluginFailure] = []
+        self.builtin: set[str] = set()  # kpbench's own plugins: their names win a clash
         self._load_entry_points()
         env_modules = tuple(m for m in os.environ.get("KPBENCH_PLUGINS", "").split(",") if m.strip())
         for mod in (*extra_modules, *env_modules):
@@ -52,7 +53,10 @@ class Plugins:
         for kind in KINDS:
             self._collect(kind)
         for spec in self.registries["schema"].list():  # get_schema/convert know every registered layout
-            register_schema(spec)
+            try:
+                register_schema(spec)
+            except Exception as exc:  # noqa: BLE001 - one broken schema must not take down every command
+                self.failures.append(PluginFailure(spec.plugin, f"schema {spec.name!r}", f"{type(exc).__name__}: {exc}"))
         for failure in self.failures:
             log.warning(f"kpbench: warning: {failure}")
 
@@ -70,6 +74,8 @@ class Plugins:
                 self.failures.append(PluginFailure(ep.name, ep.value, f"{type(exc).__name__}: {exc}"))
                 continue
             self.pm.register(module, name=ep.name)
+            if dist == BUILTIN_DIST:
+                self.builtin.add(ep.name)
             log.debug(f"plugin {ep.name!r} loaded from {ep.value} ({dist or 'no distribution'})")
 
     def _load_module(self, modname: str) -> None:
@@ -82,7 +88,7 @@ class Plugins:
 
     def _collect(self, kind: str) -> None:
         hook = getattr(self.pm.hook, f"kpbench_{kind}s")
-        for impl in hook.get_hookimpls():
+        for impl in sorted(hook.get_hookimpls(), key=lambda i: i.plugin_name not in self.builtin):
             try:
                 specs = impl.function() or []
             except Exception as exc:  # noqa: BLE001
@@ -91,7 +97,10 @@ class Plugins:
                 )
                 continue
             for spec in specs:
-                self.registries[kind].add(spec, impl.plugin_name)
+                try:
+                    self.registries[kind].add(spec, impl.plugin_name)
+                except KpbenchError as exc:  # a name registered twice, a wrong type: that spec is left out
+                    self.failures.append(PluginFailure(impl.plugin_name, f"kpbench_{kind}s hook", str(exc)))
 
     def __getattr__(self, attr: str) -> Registry:
         # plugins.models, plugins.datasets, plugins.detectors, plugins.metrics, plugins.schemas

@@ -75,12 +75,14 @@ def test_broken_plugin_is_named_and_others_keep_working(tmp_path):
     assert r.returncode == 0 and "broken" not in r.stderr and "│ cnn " in r.stdout
 
 
-def test_two_plugins_with_one_name_is_an_error_naming_both(tmp_path):
+def test_two_plugins_with_one_name_is_a_warning_naming_both_and_the_builtin_stays(tmp_path):
     code = readme_plugin_example().replace('"tiny"', '"cnn"')
     site = make_dist(tmp_path / "site", "kpbench-clash", {"kpbench_clash": code}, {"clash": "kpbench_clash"})
-    r = run_cli("list", pythonpath=site)
-    assert r.returncode == 2
+    r = run_cli("list", "models", "--json", pythonpath=site)
+    assert r.returncode == 0, r.stderr
     assert "model 'cnn' is registered twice" in r.stderr and "'clash'" in r.stderr and "'kpbench-models'" in r.stderr
+    (cnn,) = [m for m in json.loads(r.stdout) if m["name"] == "cnn"]
+    assert cnn["plugin"] == "kpbench-models"
 
 
 FIVE = '''
