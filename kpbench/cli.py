@@ -363,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a trained model on any dataset, with the same reports")
     ev.add_argument("--model", help="run directory (its best model), model directory or best.pt "
                     "(default: the model kpbench ships)")
-    ev.add_argument("--dataset", required=True, help="kind:path, e.g. ibug:../shared/data/300w-helen-train")
+    ev.add_argument("--dataset", help="kind:path, e.g. ibug:../shared/data/300w-helen-train (default: the "
+                    "model's own test split, the faces its run held out)")
     ev.add_argument("--dataset-options", help="YAML mapping for the dataset plugin")
     ev.add_argument("--detector", help="face boxes: gt-box, mtcnn, none (default: the run's)")
     ev.add_argument("--detector-options", help="YAML mapping, e.g. '{margin: 0.15}'")

@@ -177,3 +177,16 @@ def test_the_shipped_model_is_what_its_card_says():
     p = kpbench.Predictor(detector="none", runtime="torch")
     assert p.label == card["model"] and p.trained.input_size == card["input_size"]
     assert p(np.full((64, 64, 3), 128, np.uint8))[0].points.shape == (15, 2)
+
+
+def test_evaluate_without_a_dataset_scores_the_run_s_own_test_split(tiny_run, tmp_path):
+    out = tmp_path / "ev"
+    r = run_cli("evaluate", "--model", tiny_run / "models" / "cnn", "--out", out)
+    assert r.returncode == 0, r.stderr
+    run_test = json.loads((tiny_run / "manifest.json").read_text())["splits"]["test"]
+    assert json.loads((out / "manifest.json").read_text())["splits"]["test"] == run_test
+    with np.load(tiny_run / "models" / "cnn" / "predictions.npz") as a, np.load(out / "models" / "cnn" / "predictions.npz") as b:
+        assert list(a["ids"]) == list(b["ids"])
+        np.testing.assert_allclose(a["pred"], b["pred"], atol=1e-3)
+    r = run_cli("evaluate", "--model", tiny_run / "models" / "cnn", "--out", out)
+    assert r.returncode == 2 and "--out" in r.stderr
