@@ -92,17 +92,18 @@ def convention_options(plugins: Plugins, name: str, dc: dict, options: dict | No
     return opts
 
 
-def path_detector(plugins: Plugins, name: str, dc: dict, options: dict | None = None):
+def path_detector(plugins: Plugins, name: str, dc: dict, options: dict | None = None, cache: bool = True):
     """Detector ``name`` set to a run's crop convention (see :func:`convention_options`)."""
-    return make_detector(plugins, name, convention_options(plugins, name, dc, options))
+    return make_detector(plugins, name, convention_options(plugins, name, dc, options), cache)
 
 
-def make_detector(plugins: Plugins, name: str, options: dict):
-    """The detector ``name`` with ``options``; a slow one (``cache_boxes``) keeps its boxes on disk."""
+def make_detector(plugins: Plugins, name: str, options: dict, cache: bool = True):
+    """The detector ``name`` with ``options``; a slow one (``cache_boxes``) keeps its boxes on disk
+    unless ``cache`` is off (new photos: nothing to look up)."""
     from kpbench.boxcache import CachedDetector
 
     det = call_factory(plugins.detectors.get(name, where="data.detector").factory, f"detector {name!r}", **options)
-    return CachedDetector(det, name, options) if getattr(det, "cache_boxes", False) else det
+    return CachedDetector(det, name, options) if cache and getattr(det, "cache_boxes", False) else det
 
 
 def use_flip_test(model, config: dict, schema) -> None:

@@ -17,7 +17,7 @@ from kpbench.data import IMAGE_SUFFIXES, read_image, stack_boxes
 from kpbench.errors import KpbenchError
 from kpbench.io import atomic_output, atomic_write_json, strict
 from kpbench.log import log, status_console
-from kpbench.predictor import Face, FaceTracker, Predictor
+from kpbench.predictor import FaceTracker, Predictor
 from kpbench.video import VIDEO_SUFFIXES, is_video, require_av
 
 
@@ -163,9 +163,7 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
             if smooth is not None and faces:
                 pts = np.stack([filters.setdefault(k, face_filter(smooth, b[2]))(p, t)
                                 for k, b, p in zip(numbers, boxes, pts)])
-            entries = [{"face": k, **Face(tuple(f["box"]), float(f.get("score", 1.0)), p, schema.points,
-                                          None if conf is None else conf[i]).to_json()}
-                       for i, (k, f, p) in enumerate(zip(numbers, faces, pts))]
+            entries = [{"face": k, **face.to_json()} for k, face in zip(numbers, predictor.as_faces(faces, pts, conf))]
             for e in entries:
                 table.writerow([index, round(t, 4), e["face"], *(e["box"] + [0.0])[:4], e["score"],
                                 *[v for xy in e["keypoints"].values() for v in xy]])

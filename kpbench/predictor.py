@@ -169,6 +169,9 @@ class Predictor:
 
         plugins = plugins or get_plugins()
         source = SHIPPED if model is None else Path(model)
+        if model is None and not (SHIPPED / "config.yaml").is_file():
+            raise KpbenchError(f"this installation of kpbench has no shipped model ({SHIPPED}); give a trained run "
+                               f"(Predictor.from_run, predict --model)")
         if source.suffix == ".onnx" and runtime == "torch":
             raise KpbenchError(f"{source}: an ONNX graph runs under ONNX Runtime, not runtime 'torch'")
         trained = load_onnx(source) if source.suffix == ".onnx" else load_trained(source, plugins)
@@ -194,7 +197,8 @@ class Predictor:
             trained.model = PointsAndConfidence(trained.model).eval()
         self.schema: Schema = get_schema(self.trained.config["data"]["schema"])
         self.detector_name = detector or default_detector(plugins)
-        self.detector = path_detector(plugins, self.detector_name, self.trained.config["data"], detector_options)
+        self.detector = path_detector(plugins, self.detector_name, self.trained.config["data"], detector_options,
+                                      cache=False)
         if not isinstance(self.detector, FindsFaces):
             raise KpbenchError(f"detector {self.detector_name!r} needs each photo's annotated points (as gt-box "
                                f"does); use one that finds faces, e.g. blazeface or mtcnn")
@@ -205,7 +209,11 @@ class Predictor:
         else:
             self.runtime = "onnxruntime" if onnx_in_place(self.trained) else "torch"
             if runtime == "onnxruntime" and self.runtime != "onnxruntime":
-                raise KpbenchError(f"{self.label}: cannot run under ONNX Runtime here: pip install 'kpbench[onnx]'")
+                from kpbench.runtime import available
+
+                why = ("its ONNX graph does not give PyTorch's points (see the warning)" if available()
+                       else "pip install 'kpbench[onnx]'")
+                raise KpbenchError(f"{self.label}: cannot run under ONNX Runtime here: {why}")
 
     @classmethod
     def from_run(cls, path: str | Path, **options) -> "Predictor":
@@ -238,12 +246,16 @@ class Predictor:
             return [self(i) for i in image]
         return self.faces(as_image(image))
 
-    def faces(self, image: np.ndarray) -> list[Face]:
-        """The faces of a decoded image, best detector score first."""
-        found, boxes, points, conf = self.predict_arrays(image)
-        return [Face(tuple(float(v) for v in f["box"]), float(f.get("score", 1.0)), p, self.schema.points,
-                     None if conf is None else c) for f, p, c in zip(found, points, conf if conf is not None
-                                                                   else [None] * len(found))]
+    def faces(self, image: np.ndarray, found: list[dict] | None = None) -> list[Face]:
+        """The faces of a decoded image, best detector score first (``found``: as for
+        :meth:`predict_arrays`)."""
+        found, _, points, conf = self.predict_arrays(image, found)
+        return self.as_faces(found, points, conf)
+
+    def as_faces(self, found: list[dict], points: np.ndarray, conf: np.ndarray | None) -> list[Face]:
+        """:meth:`predict_arrays`'s arrays as :class:`Face` objects."""
+        return [Face(tuple(float(v) for v in f["box"]), float(f.get("score", 1.0)), points[i], self.schema.points,
+                     None if conf is None else conf[i]) for i, f in enumerate(found)]
 
     def detect(self, image: np.ndarray) -> list[dict]:
         """The detector's faces (each ``{"box", "score", ...}``) of a decoded image."""
