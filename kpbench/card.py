@@ -1,6 +1,6 @@
 """The model kpbench ships, and its card.
 
-``python -m kpbench.card RUN [CONFIG]`` copies the best model of a finished run of ``CONFIG``
+``python -m kpbench.card RUN [CONFIG [EVALUATION...]]`` copies the best model of a finished run of ``CONFIG``
 (default ``configs/wild.yaml``) into ``kpbench/shipped/<run name>/``, laid out as a run folder so
 that everything that reads runs reads it (``predict``, ``evaluate``, ``export``, the Predictor),
 with ``card.json`` and ``MODEL_CARD.md``: the config and commit that produced it, the training
@@ -42,8 +42,27 @@ def _path_rows(run: Path, label: str) -> list[dict]:
         return [{k: r[k] for k in PATH_COLUMNS if k in r} for r in csv.DictReader(fh) if r["model"] == label]
 
 
-def ship(run: str | Path, config_file: str = "configs/wild.yaml", root: Path = SHIPPED_ROOT) -> Path:
-    """Copy ``run``'s best model and write its card; refuses to write over an earlier one."""
+def _evaluation_rows(evaluation: Path, label: str) -> list[dict]:
+    """The model's rows of a ``kpbench evaluate`` folder (another face-box path on the same test
+    split): all faces, then each source."""
+    path = read_mapping(evaluation / "manifest.json").get("detector")
+    rows = []
+    for name, source in (("leaderboard.csv", "all"), ("leaderboard_by_source.csv", None)):
+        table = evaluation / name
+        if table.is_file():
+            with table.open(newline="") as fh:
+                for r in csv.DictReader(fh):
+                    if r["model"] == label:
+                        rows.append({"path": path, "source": source or r["source"], "faces": r.get("faces"),
+                                     "miss_rate": r.get("miss_rate"),
+                                     **{k: r[k] for k in PATH_COLUMNS[4:] if k in r}})
+    return rows
+
+
+def ship(run: str | Path, config_file: str = "configs/wild.yaml", *evaluations: str,
+         root: Path = SHIPPED_ROOT) -> Path:
+    """Copy ``run``'s best model and write its card (with the rows of ``evaluations``: ``kpbench
+    evaluate`` folders of the model through other detectors); refuses to write over an earlier one."""
     from kpbench.config import differences, load
     from kpbench.plugins import get_plugins
     from kpbench.trained import load_trained
@@ -78,7 +97,8 @@ def ship(run: str | Path, config_file: str = "configs/wild.yaml", root: Path = S
         "licence_note": "trained on data for research, non-commercial use (as dlib's own 68-point model): "
                         "use these weights under the same terms",
         "test_split": manifest.get("splits"),
-        "accuracy_by_path": _path_rows(trained.run_dir, trained.label),
+        "accuracy_by_path": _path_rows(trained.run_dir, trained.label)
+        + [row for e in evaluations for row in _evaluation_rows(Path(e), trained.label)],
         "result": {k: result[k] for k in sorted(result) if not isinstance(result[k], (dict, list))},
         "sha256": {f: sha256(tmp / f) for f in files},
     }
