@@ -30,7 +30,7 @@ relative dataset paths are taken from the current folder, so run this from the p
 
 Threads: ``--threads`` for torch, ONNX Runtime and the detectors that take it (blazeface's LiteRT,
 mtcnn); MediaPipe's legacy solution and dlib choose their own. The ONNX graph is exported afresh
-into a temporary cache (kpbench keys cached graphs by checkpoint and torch version only).
+into a temporary cache, so the figures never depend on an earlier export.
 """
 
 from __future__ import annotations
