@@ -118,4 +118,8 @@ def convention_note(trained, plugins: Plugins, detector: str) -> str | None:
     if run_option(plugins, dc, "margin") is None and detector != dc["detector"]:
         return (f"note: {trained.label} was trained on whole images (detector {dc['detector']!r}); {detector} crops "
                 f"faces by its own margin, so they may differ from what the model saw in training")
+    margin = run_option(plugins, dc, "margin")
+    if margin is not None and detector == "none":
+        return (f"note: {trained.label} was trained on face crops (margin {margin} around the face box); detector "
+                f"'none' gives it whole images, which fit only photos already cropped that way")
     return None
