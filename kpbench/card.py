@@ -45,7 +45,9 @@ def _path_rows(run: Path, label: str) -> list[dict]:
 def _evaluation_rows(evaluation: Path, label: str) -> list[dict]:
     """The model's rows of a ``kpbench evaluate`` folder (another face-box path on the same test
     split): all faces, then each source."""
-    path = read_mapping(evaluation / "manifest.json").get("detector")
+    manifest = read_mapping(evaluation / "manifest.json")
+    path, faces = manifest.get("detector"), (manifest.get("splits") or {}).get("test")
+    result = read_mapping(evaluation / "models" / label / "result.json")
     rows = []
     for name, source in (("leaderboard.csv", "all"), ("leaderboard_by_source.csv", None)):
         table = evaluation / name
@@ -53,8 +55,9 @@ def _evaluation_rows(evaluation: Path, label: str) -> list[dict]:
             with table.open(newline="") as fh:
                 for r in csv.DictReader(fh):
                     if r["model"] == label:
-                        rows.append({"path": path, "source": source or r["source"], "faces": r.get("faces"),
-                                     "miss_rate": r.get("miss_rate"),
+                        rows.append({"path": path, "source": source or r["source"],
+                                     "faces": r.get("faces") or faces,
+                                     "miss_rate": r.get("miss_rate") or (result.get("miss_rate") if source else "–"),
                                      **{k: r[k] for k in PATH_COLUMNS[4:] if k in r}})
     return rows
 
