@@ -115,14 +115,17 @@ def cmd_list(args, console: Console) -> None:
         if not specs:
             continue
         table = Table(title=f"{kind}s", title_justify="left", header_style="bold")
-        cols = ["name", "description", "plugin"] + (["params", "trainable"] if kind == "model" else [])
+        cols = ["name", "description", "plugin"] + (["params", "trainable", "shipped"] if kind == "model" else [])
         for col in cols:
             table.add_column(col, justify="right" if col in ("params", "trainable") else "left")
+        shipped = _shipped_models() if kind == "model" else {}
         for s in specs:
             counts = _param_counts(s) if kind == "model" else ()
-            table.add_row(s.name, s.description, s.plugin, *("?" if n is None else f"{n:,}" for n in counts))
+            extra = (shipped.get(s.name, ""),) if kind == "model" else ()
+            table.add_row(s.name, s.description, s.plugin, *("?" if n is None else f"{n:,}" for n in counts), *extra)
             records.append({"kind": kind, "name": s.name, "description": s.description, "plugin": s.plugin,
-                            **dict(zip(("params", "trainable_params"), counts))})
+                            **dict(zip(("params", "trainable_params"), counts)),
+                            **({"shipped": shipped.get(s.name)} if kind == "model" else {})})
         _quiet(args, console).print(table)
     for failure in plugins.failures:
         _quiet(args, console).print(f"[red]failed:[/] {failure}")  # part of the listing (stderr had the warning)
@@ -130,6 +133,21 @@ def cmd_list(args, console: Console) -> None:
         raise KpbenchError(f"nothing matches {args.pattern!r} in {', '.join(k + 's' for k in kinds)}")
     if args.json:
         _print_json(records)
+
+
+def _shipped_models() -> dict[str, str]:
+    """Model name -> the folder of the weights kpbench ships for it (``kpbench/shipped/<name>``)."""
+    import json
+
+    from kpbench.card import SHIPPED_ROOT
+
+    out = {}
+    for card in sorted(SHIPPED_ROOT.glob("*/card.json")):
+        try:
+            out.setdefault(json.loads(card.read_text())["model"], f"kpbench/shipped/{card.parent.name}")
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
 
 
 def _param_counts(spec) -> tuple[int | None, int | None]:

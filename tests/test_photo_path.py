@@ -270,7 +270,7 @@ def test_predict_with_the_exported_onnx_gives_the_runs_boxes_and_points(tmp_path
     with pytest.raises(KpbenchError, match="ONNX Runtime cannot load it: .*INVALID_PROTOBUF"):
         load_onnx(lone)
     (tmp_path / "lone.onnx.json").write_text("{bad")
-    with pytest.raises(KpbenchError, match="lone.onnx.json: not the JSON kpbench export writes"):
+    with pytest.raises(KpbenchError, match="lone.onnx.json: damaged or unreadable"):
         load_onnx(lone)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(KpbenchError, match=r"needs onnxruntime: pip install 'kpbench\[onnx\]'"):
@@ -465,7 +465,7 @@ def test_match_face_picks_the_overlapping_face_or_none():
 
 
 def test_a_reference_that_finds_faces_itself_is_scored_on_the_whole_photo(tmp_path):
-    from kpbench.data import rgb_uint8
+    from kpbench.geometry import rgb_uint8
     from kpbench_plugins.synthetic import SyntheticFaces
 
     faces = SyntheticFaces(n=30, size=48, seed=1)

@@ -190,3 +190,14 @@ def test_evaluate_without_a_dataset_scores_the_run_s_own_test_split(tiny_run, tm
         np.testing.assert_allclose(a["pred"], b["pred"], atol=1e-3)
     r = run_cli("evaluate", "--model", tiny_run / "models" / "cnn", "--out", out)
     assert r.returncode == 2 and "--out" in r.stderr
+
+
+def test_list_models_marks_the_shipped_weights():
+    from kpbench.predictor import SHIPPED
+
+    if not (SHIPPED / "card.json").is_file():
+        pytest.skip("no shipped model in this checkout")
+    r = run_cli("list", "models", "--json")
+    assert r.returncode == 0, r.stderr
+    marks = {m["name"]: m["shipped"] for m in json.loads(r.stdout)}
+    assert marks["effnet-heatmap"] == "kpbench/shipped/wild" and marks["cnn"] is None

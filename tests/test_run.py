@@ -110,7 +110,7 @@ def test_every_shipped_config_is_valid_and_names_registered_components(path):
     (["--set", "train.batch_size=0"], "train.batch_size must be at least 1, got 0"),
     (["--epochs", "-3"], "train.epochs must be at least 1, got -3"),
     (["--epochs", "0"], "train.epochs must be at least 1, got 0"),
-    (["--set", "train.lr=-1"], "train.lr must be positive, got -1"),
+    (["--set", "train.lr=-1"], "train.lr must be a finite positive number, got -1"),
     (["--models", ""], "--models '': no model names"),
     (["--out", "FILE"], "is a file, not a folder"),
     (["--set", "eval.onnx_latency=true"], "'eval.onnx_latency' must be one of auto, false, got True"),
