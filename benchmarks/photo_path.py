@@ -50,15 +50,15 @@ import numpy as np
 import torch
 
 from kpbench.components import load_dataset
-from kpbench.data import read_image, split_dataset, stack_boxes, to_image_pixels
-from kpbench.evaluate import MetricContext, match_face, predict
+from kpbench.data import read_image, split_dataset, stack_boxes
+from kpbench.evaluate import MetricContext, match_face
 from kpbench.formulas import aggregate
 from kpbench.geometry import rgb_uint8
 from kpbench.io import atomic_write_json
 from kpbench.keypoints import convert
 from kpbench.photos import output_names
 from kpbench.plugins import get_plugins
-from kpbench.predictor import SHIPPED, Face, Predictor
+from kpbench.predictor import SHIPPED, Predictor
 
 PACKAGES = ("kpbench", "torch", "onnxruntime", "mediapipe", "dlib-bin", "ai-edge-litert", "facenet-pytorch",
             "numpy", "pillow")
@@ -134,13 +134,9 @@ def kpbench_photo(predictor: Predictor, file: Path, name: str, folder: Path):
         boxes = stack_boxes([f["box"] for f in found])
         crops = predictor.crops(image, boxes)
         t3 = time.perf_counter()
-        out = predict(predictor.trained.model, torch.from_numpy(crops)).reshape(len(found), -1)
-        k = predictor.schema.num_points
-        conf = out[:, 2 * k:] if out.shape[1] == 3 * k else None
-        points = to_image_pixels(out[:, :2 * k].reshape(-1, k, 2), boxes)
+        points, conf = predictor.points_on(crops, boxes)
     t4 = time.perf_counter()
-    faces = [Face(tuple(float(v) for v in f["box"]), float(f.get("score", 1.0)), p, predictor.schema.points,
-                  None if conf is None else conf[i]) for i, (f, p) in enumerate(zip(found, points))]
+    faces = predictor.as_faces(found, points, conf)
     atomic_write_json(folder / f"{name}.json", {"image": str(file), "output": name, "width": int(image.shape[1]),
                                              "height": int(image.shape[0]), "faces": [f.to_json() for f in faces]})
     t5 = time.perf_counter()

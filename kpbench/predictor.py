@@ -74,11 +74,9 @@ class Face:
 def default_detector(plugins) -> str:
     """The detector ``predict`` uses unless told: ``blazeface`` where its runtime (LiteRT) imports,
     else ``mtcnn``."""
-    if "blazeface" in plugins.detectors.names():
-        try:
-            import ai_edge_litert.interpreter  # noqa: F401
-        except ImportError:
-            return "mtcnn"
+    import importlib.util
+
+    if "blazeface" in plugins.detectors.names() and importlib.util.find_spec("ai_edge_litert") is not None:
         return "blazeface"
     return "mtcnn"
 
@@ -269,10 +267,15 @@ class Predictor:
         if not found:
             return [], np.zeros((0, 3), np.float32), np.zeros((0, self.schema.num_points, 2)), None
         boxes = stack_boxes([f["box"] for f in found])
-        out = predict(self.trained.model, torch.from_numpy(self.crops(image, boxes))).reshape(len(found), -1)
+        return (found, boxes, *self.points_on(self.crops(image, boxes), boxes))
+
+    def points_on(self, crops: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model on crops (F, 1, S, S) cut at ``boxes``: points (F, K, 2) in the image's pixels
+        and per-point confidences (F, K), or None for a model without them."""
+        out = predict(self.trained.model, torch.from_numpy(crops)).reshape(len(crops), -1)
         k = self.schema.num_points
         conf = out[:, 2 * k:] if out.shape[1] == 3 * k else None
-        return found, boxes, to_image_pixels(out[:, :2 * k].reshape(-1, k, 2), boxes), conf
+        return to_image_pixels(out[:, :2 * k].reshape(-1, k, 2), boxes), conf
 
     def crops(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """The model's input for each box: (F, 1, S, S) gray float32, cut as in training."""
