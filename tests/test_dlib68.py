@@ -5,6 +5,7 @@ predictions. Skips cleanly without dlib, without the .dat, or without ../shared/
 import bz2
 import csv
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -121,10 +122,10 @@ def test_model_file_lookup_order_and_bz2(no_model_file, monkeypatch):
 def test_list_shows_dlib68_without_a_model_file(no_model_file):
     pytest.importorskip("dlib")
     env = {"XDG_CACHE_HOME": str(no_model_file / "cache"), dlib68.ENV_VAR: ""}
-    r = run_cli("-p", "kpbench_plugins.dlib68", "list", "models", "dlib*", env=env)
+    r = run_cli("-p", "kpbench_plugins.dlib68", "list", "models", "dlib*", "--json", env=env)
     assert r.returncode == 0, r.stderr
-    row = next(line for line in r.stdout.splitlines() if "│ dlib68 " in line)
-    assert [cell.strip() for cell in row.split("│")[-3:-1]] == ["0", "0"], row  # params, trainable
+    record = next(rec for rec in json.loads(r.stdout) if rec["name"] == "dlib68")
+    assert (record["params"], record["trainable_params"]) == (0, 0), record
 
 
 def _synthetic_faces(n: int, size: int) -> torch.Tensor:
