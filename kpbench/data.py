@@ -168,6 +168,15 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return img
 
 
+def _square_grid(theta: torch.Tensor, out: int) -> torch.Tensor:
+    """``F.affine_grid(theta[None], [1, 1, out, out], align_corners=False)`` as two outer sums of
+    the pixel centres (five times faster for one image)."""
+    u = (torch.arange(out, dtype=torch.float32) * 2 + 1) / out - 1
+    gx = (theta[0, 0] * u)[None, :] + (theta[0, 1] * u + theta[0, 2])[:, None]
+    gy = (theta[1, 0] * u)[None, :] + (theta[1, 1] * u + theta[1, 2])[:, None]
+    return torch.stack([gx, gy], -1)[None]
+
+
 def crop_resize(gray: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
     """Square crop ``box = (x0, y0, side[, angle])`` (pixel-edge coordinates) resized to ``size``;
     zero padding. ``angle`` (degrees, default 0) turns the crop about its centre: its x axis
@@ -189,11 +198,27 @@ def crop_resize(gray: np.ndarray, box: Sequence[float], size: int) -> np.ndarray
     src = torch.from_numpy(np.ascontiguousarray(gray, dtype=np.float32))[None, None]
     # Downscaling by more than 1.5x: sample at native resolution, then shrink with antialiasing.
     out = size if scale <= 1.5 else max(size, int(round(side)))
-    grid = F.affine_grid(theta, [1, 1, out, out], align_corners=False)
-    crop = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    crop = F.grid_sample(src, _square_grid(theta[0], out), mode="bilinear", padding_mode="zeros", align_corners=False)
     if out != size:
         crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return crop[0, 0].numpy()
+
+
+def crop_from_image(image: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
+    """:func:`crop_resize` of ``to_gray(image)`` at ``box``, converting only the part of the image
+    the crop samples (the box, turned by its angle, plus 2 px): the same crop, a fraction of the
+    work on a large photo."""
+    h, w = np.asarray(image).shape[:2]
+    x0, y0, side = (float(v) for v in box[:3])
+    rad = math.radians(float(box[3])) if len(box) > 3 else 0.0
+    half = side / 2 * (abs(math.cos(rad)) + abs(math.sin(rad))) + 2.0
+    cx, cy = x0 + side / 2, y0 + side / 2
+    left, top = max(0, int(math.floor(cx - half))), max(0, int(math.floor(cy - half)))
+    right, bottom = min(w, int(math.ceil(cx + half))), min(h, int(math.ceil(cy + half)))
+    if right <= left or bottom <= top:  # the box lies off the image: all padding
+        return np.zeros((size, size), np.float32)
+    region = to_gray(np.asarray(image)[top:bottom, left:right])
+    return crop_resize(region, (x0 - left, y0 - top, side, *box[3:]), size)
 
 
 def stack_boxes(boxes: Sequence[Sequence[float]]) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from kpbench.components import path_detector
-from kpbench.data import crop_resize, read_image, stack_boxes, to_gray, to_image_pixels
+from kpbench.data import crop_from_image, read_image, stack_boxes, to_image_pixels
 from kpbench.errors import KpbenchError
 from kpbench.evaluate import predict
 from kpbench.keypoints import Schema, get_schema
@@ -108,8 +108,8 @@ class PointsAndConfidence(torch.nn.Module):
 
 def _graph_cache(trained: Trained) -> Path:
     """Where a model's ONNX graph is kept: keyed by the checkpoint's bytes, the source of the code
-    that computes it (the network's module and the Regressor's), its form and torch's version, so
-    that a changed model or kpbench exports anew."""
+    that computes it (the network's module and the Regressor's), its form, its test-time flip
+    averaging and torch's version, so that a changed model or kpbench exports anew."""
     import inspect
 
     from kpbench.features import cache_root
@@ -118,7 +118,7 @@ def _graph_cache(trained: Trained) -> Path:
     regressor = getattr(trained.model, "regressor", trained.model)
     for obj in (type(getattr(regressor, "net", regressor)), type(regressor), type(trained.model)):
         h.update(Path(inspect.getsourcefile(obj)).read_bytes())
-    h.update(torch.__version__.encode())
+    h.update(f"{torch.__version__} flip {getattr(regressor, 'flip_test', None)}".encode())
     return cache_root() / "onnx" / f"{trained.label}-{h.hexdigest()[:16]}.onnx"
 
 
@@ -279,9 +279,8 @@ class Predictor:
 
     def crops(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """The model's input for each box: (F, 1, S, S) gray float32, cut as in training."""
-        gray = to_gray(image)
         size = self.trained.input_size
-        return np.stack([crop_resize(gray, b, size) for b in boxes])[:, None].astype(np.float32)
+        return np.stack([crop_from_image(image, b, size) for b in boxes])[:, None].astype(np.float32)
 
 
 def _centre_and_spread(points: np.ndarray) -> tuple[np.ndarray, float]:

@@ -5,6 +5,7 @@ in the place of the PyTorch model (crops in, crop coordinates out). Needs the op
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from pathlib import Path
@@ -16,6 +17,20 @@ from kpbench.io import fd_to_devnull
 
 OPSET = 17
 INSTALL = "pip install 'kpbench[onnx]'"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Use ``n`` torch threads inside the block (None: leave it), then restore the caller's setting."""
+    if not n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def available() -> bool:
@@ -66,6 +81,8 @@ class OnnxModel(torch.nn.Module):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # Idle threads sleep instead of spinning: the detector, crops and decoding share the cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
                                             providers=["CPUExecutionProvider"])
 

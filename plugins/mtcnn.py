@@ -19,13 +19,13 @@ through ``mtcnn`` with margin m; see :class:`MTCNNDetector` for the numbers.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
 import numpy as np
 
 import kpbench
 from kpbench.faces import FaceDetector, RawFace
+from kpbench.runtime import torch_threads
 
 
 def as_float_array(value, tail: tuple[int, ...] = ()) -> np.ndarray:
@@ -52,22 +52,6 @@ def as_float_array(value, tail: tuple[int, ...] = ()) -> np.ndarray:
     if arr.size % size:
         raise ValueError(f"MTCNN output of shape {arr.shape} does not split into items of shape {tail}")
     return arr.reshape(-1, *tail)
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None):
-    """Use ``n`` torch threads inside the block, then restore the caller's setting."""
-    if not n:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # The face box relative to MTCNN's rectangle, from
@@ -142,7 +126,7 @@ class MTCNNDetector(FaceDetector):
     def raw_faces(self, rgb: np.ndarray) -> list[RawFace]:
         if min(rgb.shape[:2]) < max(self.min_face_size, 12):
             return []  # MTCNN's image pyramid would be empty (and facenet-pytorch would crash)
-        with _torch_threads(self.threads):
+        with torch_threads(self.threads):
             boxes, probs, marks = self._mtcnn().detect(rgb, landmarks=True)
         boxes, probs, marks = as_float_array(boxes, (4,)), as_float_array(probs), as_float_array(marks, (5, 2))
         return [RawFace(tuple(boxes[i]), float(probs[i]), marks[i] if i < len(marks) else None)

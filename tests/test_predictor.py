@@ -95,6 +95,19 @@ def test_onnx_runtime_gives_the_pytorch_points(tiny_run, face_image):
     np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-4)
 
 
+def test_the_onnx_graph_cache_tells_flip_averaging_apart(tiny_run):
+    from kpbench.predictor import _graph_cache
+    from kpbench.trained import load_trained
+
+    trained = load_trained(tiny_run / "models" / "integral", kpbench.plugins.get_plugins())
+    trained.model.flip_test = None
+    plain = _graph_cache(trained)
+    trained.model.flip_test = list(trained.model.flip_test or range(15))
+    assert _graph_cache(trained) != plain  # a graph exported with the other setting is never reused
+    trained.model.flip_test = None
+    assert _graph_cache(trained) == plain
+
+
 def test_bad_inputs_are_one_line_errors(tiny_run):
     model = tiny_run / "models" / "cnn"
     with pytest.raises(KpbenchError, match="needs each photo's annotated points"):

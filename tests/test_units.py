@@ -14,7 +14,7 @@ import torch
 
 import kpbench
 from kpbench import config as kcfg
-from kpbench.data import Prepared, crop_resize, split_indices, to_crop, to_image_pixels
+from kpbench.data import Prepared, crop_from_image, crop_resize, split_indices, to_crop, to_gray, to_image_pixels
 from kpbench.evaluate import MetricContext, aggregate, score
 from kpbench.keypoints import IBUG68, KAGGLE15, convert, get_schema
 from kpbench.plugins import get_plugins
@@ -201,6 +201,17 @@ def test_crop_resize_pads_outside_the_image_with_zeros():
     # half outside on the right: left half of the crop is image (1), right half is padding (0)
     out = crop_resize(img, (16.0, 0.0, 32.0), 32)
     assert np.allclose(out[:, :15], 1) and np.allclose(out[:, 17:], 0)
+
+
+def test_crop_from_image_is_the_crop_of_the_whole_gray_image():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    gray = to_gray(img)
+    boxes = [(10.3, 5.7, 30.0), (-20.0, -10.0, 50.0), (60.0, 40.0, 45.0, 25.0), (5.0, 5.0, 140.0, -30.0),
+             (79.5, 10.0, 20.0), (200.0, 200.0, 10.0)]  # zoom in, over an edge, turned, zoom out, off the image
+    for box in boxes:
+        np.testing.assert_allclose(crop_from_image(img, box, 24), crop_resize(gray, box, 24), atol=1e-4,
+                                   err_msg=str(box))
 
 
 def test_flip_batch_mirrors_image_and_points_consistently():
