@@ -16,20 +16,11 @@ import json
 import numpy as np
 
 from kpbench.evaluate import match_face
+from kpbench.formulas import roc_auc
 from kpbench.keypoints import convert
 from kpbench.plugins import get_plugins
 from kpbench.predictor import SHIPPED, Predictor
 from kpbench.runner import load_splits
-
-
-def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
-    """Probability that a random positive scores above a random negative (ties count half)."""
-    pos, neg = score[positive], score[~positive]
-    if not len(pos) or not len(neg):
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).mean()
-    ties = (pos[:, None] == neg[None, :]).mean()
-    return float(greater + ties / 2)
 
 
 def main(argv=None) -> None:

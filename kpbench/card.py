@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kpbench.errors import KpbenchError
 from kpbench.io import atomic_write_json, atomic_write_text
-from kpbench.rundir import read_mapping
+from kpbench.rundir import RunDir, read_mapping
 
 SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped"
 LICENCES = {
@@ -42,6 +42,15 @@ def _path_rows(run: Path, label: str) -> list[dict]:
         return [{k: r[k] for k in PATH_COLUMNS if k in r} for r in csv.DictReader(fh) if r["model"] == label]
 
 
+def _accuracy_rows(trained, evaluations, run_rows: bool) -> list[dict]:
+    """The card's accuracy: each evaluation's rows, and the run's own for the paths no evaluation
+    covers (with ``run_rows``: the run evaluated as the card's config says)."""
+    rows = [row for e in evaluations for row in _evaluation_rows(Path(e), trained.label)]
+    covered = {row["path"] for row in rows}
+    own = [row for row in _path_rows(trained.run_dir, trained.label) if row["path"] not in covered] if run_rows else []
+    return own + rows
+
+
 def _evaluation_rows(evaluation: Path, label: str) -> list[dict]:
     """The model's rows of a ``kpbench evaluate`` folder (another face-box path on the same test
     split): all faces, then each source."""
@@ -57,7 +66,7 @@ def _evaluation_rows(evaluation: Path, label: str) -> list[dict]:
                     if r["model"] == label:
                         rows.append({"path": path, "source": source or r["source"],
                                      "faces": r.get("faces") or faces,
-                                     "miss_rate": r.get("miss_rate") or (result.get("miss_rate") if source else "–"),
+                                     "miss_rate": r.get("miss_rate") or (result.get("miss_rate", 0) if source else "–"),
                                      **{k: r[k] for k in PATH_COLUMNS[4:] if k in r}})
     return rows
 
@@ -72,9 +81,16 @@ def ship(run: str | Path, config_file: str = "configs/wild.yaml", *evaluations: 
 
     run = Path(run)
     trained = load_trained(run, get_plugins())
-    changed = differences(load(config_file), trained.config)
-    if changed:
-        raise KpbenchError(f"{run}: not a run of {config_file} as written ({changed[0]})")
+    wanted = load(config_file)
+    changed = differences(trained.config, wanted)  # "key: the run's -> config_file's"
+    trained_otherwise = [c for c in changed if not c.startswith("eval.")]
+    if trained_otherwise:
+        raise KpbenchError(f"{run}: not a run of {config_file} as written ({trained_otherwise[0]})")
+    for e in evaluations:  # each evaluated as config_file evaluates (its eval keys but the detectors)
+        other = [c for c in differences(wanted["eval"], read_mapping(Path(e) / "config.yaml")["eval"])
+                 if not c.startswith("detectors")]
+        if other:
+            raise KpbenchError(f"{e}: not evaluated as {config_file} says (eval.{other[0]})")
     dest = root / trained.config["run"]["name"]
     if dest.exists():
         raise KpbenchError(f"{dest} exists; remove it first to ship another model")
@@ -84,8 +100,9 @@ def ship(run: str | Path, config_file: str = "configs/wild.yaml", *evaluations: 
     shutil.rmtree(tmp, ignore_errors=True)
     model_dir = tmp / "models" / trained.label
     model_dir.mkdir(parents=True)
-    for name in ("config.yaml", "manifest.json"):
-        shutil.copyfile(trained.run_dir / name, tmp / name)
+    shutil.copyfile(trained.run_dir / "manifest.json", tmp / "manifest.json")
+    # The run's config with config_file's evaluation (eval keys changed after training: ``evaluated_as``).
+    RunDir(tmp).write_config({**trained.config, "eval": wanted["eval"]})
     for name in ("best.pt", "result.json"):
         shutil.copyfile(trained.model_dir / name, model_dir / name)
     files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
@@ -100,8 +117,9 @@ def ship(run: str | Path, config_file: str = "configs/wild.yaml", *evaluations: 
         "licence_note": "trained on data for research, non-commercial use (as dlib's own 68-point model): "
                         "use these weights under the same terms",
         "test_split": manifest.get("splits"),
-        "accuracy_by_path": _path_rows(trained.run_dir, trained.label)
-        + [row for e in evaluations for row in _evaluation_rows(Path(e), trained.label)],
+        "evaluated_as": changed,  # eval keys set otherwise than in the training run (then its own rows are left out)
+        "accuracy_by_path": _accuracy_rows(trained, evaluations, run_rows=not changed),
+        "latency_flip_test": bool(trained.config["eval"]["flip_test"]),  # how the run timed it
         "result": {k: result[k] for k in sorted(result) if not isinstance(result[k], (dict, list))},
         "sha256": {f: sha256(tmp / f) for f in files},
     }
@@ -126,10 +144,16 @@ def card_markdown(card: dict) -> str:
               "| path | source | faces | missed | NME | FR@0.1 | AUC@0.1 |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {p.get('path')} | {p.get('source', 'all')} | {p.get('faces')} | {p.get('miss_rate')} | "
               f"{p.get('nme')} | {p.get('fr10')} | {p.get('auc10')} |" for p in card["accuracy_by_path"]]
+    changed = card.get("evaluated_as") or []
+    if changed:
+        lines += ["", f"Evaluated as `{card['config_file']}` says, which differs from the training run in "
+                      f"{', '.join(f'`{c}`' for c in changed)} (run -> shipped; evaluation only: the weights are the run's); "
+                      f"the rows above are `kpbench evaluate` runs of the shipped model."]
+    flip = "with" if card.get("latency_flip_test", True) else "without"
     lines += ["", "## Cost", "",
               f"{r.get('params')} parameters, {r.get('gmacs')} GMACs; batch-1 latency per face "
               f"{r.get('latency_ms')} ms in PyTorch, {r.get('onnxruntime_cpu_latency_ms', '–')} ms under ONNX Runtime "
-              f"(with flip averaging, measured at the end of the training run on the machine above).", "",
+              f"(measured at the end of the training run on the machine above, {flip} flip averaging).", "",
               "## Files", ""]
     lines += [f"- `{f}` sha256 `{h}`" for f, h in card["sha256"].items()]
     return "\n".join(lines) + "\n"

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from kpbench.data import Prepared, to_crop, to_image_pixels
-from kpbench.formulas import aggregate  # noqa: F401  (re-exported: metric values aggregate here)
+from kpbench.formulas import aggregate, confidence_check, point_errors  # aggregate re-exported: metric values aggregate here
 from kpbench.geometry import best_overlap, points_rect, rgb_uint8
 from kpbench.keypoints import Schema
+from kpbench.protocols import GivesConfidence
 from kpbench.registry import MetricSpec
 
 
@@ -34,6 +35,38 @@ def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 128,
         for i in range(0, len(images), batch_size):
             out.append(model(images[i:i + batch_size].to(device)).float().cpu())
     return torch.cat(out).numpy()
+
+
+class PointsAndConfidence(torch.nn.Module):
+    """A model that gives confidences (:class:`kpbench.protocols.GivesConfidence`) as one module:
+    crops in, (B, 3K) out (x, y per point in crop fractions, then a confidence per point), the
+    form the Predictor runs and exports."""
+
+    def __init__(self, regressor: torch.nn.Module):
+        super().__init__()
+        self.regressor = regressor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.regressor.with_confidence(x)
+
+
+def gives_confidence(model: torch.nn.Module) -> bool:
+    """Whether a trained model (a Regressor) can say how sure it is of each point."""
+    return isinstance(getattr(model, "net", None), GivesConfidence) and hasattr(model, "with_confidence")
+
+
+def predict_with_confidence(model: torch.nn.Module, images: torch.Tensor, device="cpu"):
+    """(N, K, 2) crop coordinates and (N, K) per-point confidences, or None for a model without them."""
+    if not gives_confidence(model):
+        return predict(model, images, device=device), None
+    out = predict(PointsAndConfidence(model), images, device=device).reshape(len(images), -1)
+    k = out.shape[1] // 3
+    return out[:, :2 * k].reshape(-1, k, 2), out[:, 2 * k:]
+
+
+def confidence_values(pred_px: np.ndarray, true: np.ndarray, conf: np.ndarray, schema: Schema) -> dict:
+    """:func:`kpbench.formulas.confidence_check` on the points' inter-ocular errors."""
+    return confidence_check(point_errors(pred_px, true, schema.norm_pair), conf)
 
 
 OWN_DETECTOR = "own-detector"  # the face-box path of a model that finds the faces on the whole photo itself

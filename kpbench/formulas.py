@@ -1,5 +1,5 @@
 """The formulas, in one place: how per-image values aggregate, and the failure rate, AUC and
-cumulative error distribution of normalized errors. Used by the metrics plugin, evaluation,
+cumulative error distribution of normalized errors, and what confidences are worth. Used by the metrics plugin, evaluation,
 statistics, plots and reports. Shapes: ``values`` (..., N), one per image, NaN where undefined
 (left out)."""
 
@@ -63,3 +63,41 @@ def ced(nme: np.ndarray, max_error: float = 0.1, steps: int = 101) -> tuple[np.n
     if e.size == 0:
         return thresholds, np.full(steps, np.nan)
     return thresholds, np.searchsorted(e, thresholds, side="right") / e.size
+
+
+def point_errors(pred: np.ndarray, true: np.ndarray, norm_pair: tuple[int, int]) -> np.ndarray:
+    """(N, K) each point's distance from its annotation over its face's distance between the
+    points ``norm_pair`` (inter-ocular: the ``nme`` metric's normalization); NaN where unknown."""
+    a, b = norm_pair
+    norm = np.linalg.norm(true[:, a] - true[:, b], axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.linalg.norm(pred - true, axis=-1) / np.where(norm > 0, norm, np.nan)[:, None]
+
+
+def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """The area under the ROC curve of ``score`` as a detector of ``positive``: the probability
+    that a random positive scores above a random negative (ties count half); NaN without both."""
+    score, positive = np.asarray(score, dtype=np.float64), np.asarray(positive, dtype=bool)
+    pos, neg = score[positive], score[~positive]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    return float((pos[:, None] > neg[None, :]).mean() + (pos[:, None] == neg[None, :]).mean() / 2)
+
+
+def confidence_check(errors: np.ndarray, confidence: np.ndarray, threshold: float = 0.1) -> dict:
+    """Whether confidences mean something, from per-point normalized errors and confidences
+    (N, K) (NaN errors left out): the mean error of the least- and of the most-confident tenth of
+    the points, and the ROC AUC of 1 - face confidence (the mean over its points) as a detector of
+    failed faces (mean error above ``threshold``)."""
+    errors, confidence = np.asarray(errors, dtype=np.float64), np.asarray(confidence, dtype=np.float64)
+    ok = np.isfinite(errors) & np.isfinite(confidence)
+    err, conf = errors[ok], confidence[ok]
+    if not err.size:
+        return {"conf_err_low10": float("nan"), "conf_err_high10": float("nan"), "fail_auroc": float("nan")}
+    order = np.argsort(conf, kind="stable")
+    tenth = max(1, err.size // 10)
+    face_err = nanmean(np.where(ok, errors, np.nan), axis=1)
+    face_conf = nanmean(np.where(ok, confidence, np.nan), axis=1)
+    faces = np.isfinite(face_err)
+    return {"conf_err_low10": float(err[order[:tenth]].mean()), "conf_err_high10": float(err[order[-tenth:]].mean()),
+            "fail_auroc": roc_auc(1 - face_conf[faces], face_err[faces] > threshold)}

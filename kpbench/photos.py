@@ -123,7 +123,8 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
                   smooth: dict | None = None, track: bool = True) -> dict:
     """Every face in every frame of a video, decoded one frame at a time and predicted by
     :class:`~kpbench.Predictor`: ``<name>.csv`` (one row per frame and face: frame, time in seconds, face
-    number, box, score, the named points), ``<name>.json`` (the same as strict JSON, every frame
+    number, box, score, the named points, the face's and each point's confidence, empty for a model
+    without them), ``<name>.json`` (the same as strict JSON, every frame
     listed, also those without a face) and, with ``overlays``, ``<name>.mp4`` (boxes and points
     drawn), each written whole or not at all. Faces keep their number across frames
     (:class:`~kpbench.video.FaceTracks`); with ``smooth`` (:func:`~kpbench.video.smoothing`) each
@@ -155,7 +156,8 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
         progress = stack.enter_context(Progress(console=status_console(), transient=True))
         task = progress.add_task(path.name, total=stream.frames or None)
         table.writerow(["frame", "time", "face", "box_x0", "box_y0", "box_side", "box_angle", "score",
-                        *[f"{p}_{axis}" for p in schema.points for axis in "xy"]])
+                        *[f"{p}_{axis}" for p in schema.points for axis in "xy"], "face_confidence",
+                        *[f"{p}_confidence" for p in schema.points]])
         doc.write(json.dumps(strict(head), allow_nan=False)[:-1] + ', "frames": [\n')  # then one frame a line
         for index, t, image in frames(path, container, stream):
             faces, boxes, pts, conf = step(image)
@@ -165,8 +167,10 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
                                 for k, b, p in zip(numbers, boxes, pts)])
             entries = [{"face": k, **face.to_json()} for k, face in zip(numbers, predictor.as_faces(faces, pts, conf))]
             for e in entries:
+                confidence = e["confidence"] or dict.fromkeys(schema.points, "")  # empty cells: the model gives none
                 table.writerow([index, round(t, 4), e["face"], *(e["box"] + [0.0])[:4], e["score"],
-                                *[v for xy in e["keypoints"].values() for v in xy]])
+                                *[v for xy in e["keypoints"].values() for v in xy],
+                                "" if e["face_confidence"] is None else e["face_confidence"], *confidence.values()])
             doc.write(("," if index else "") + json.dumps(strict({"frame": index, "time": round(t, 4),
                                                                   "faces": entries}), allow_nan=False) + "\n")
             if writer:

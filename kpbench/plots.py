@@ -272,6 +272,32 @@ def per_keypoint_errors(errors: Mapping[str, np.ndarray], point_names: Sequence[
     return _save(fig, path)
 
 
+def error_by_confidence(errors: Mapping[str, np.ndarray], confidences: Mapping[str, np.ndarray], path,
+                        colors: Mapping[str, str] | None = None, bins: int = 10) -> Path:
+    """Mean normalized error of each tenth of the points, least confident first, one line per
+    model (``errors[label]``, ``confidences[label]``: (N, K), NaN errors left out): a model whose
+    confidences mean something falls from left to right."""
+    labels = list(errors)
+    cmap = _colors(labels, colors)
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    ax = fig.subplots()
+    for label in labels:
+        err, conf = np.asarray(errors[label], float).ravel(), np.asarray(confidences[label], float).ravel()
+        ok = np.isfinite(err) & np.isfinite(conf)
+        if not ok.any():
+            continue
+        chunks = np.array_split(err[ok][np.argsort(conf[ok], kind="stable")], bins)
+        ax.plot(np.arange(1, bins + 1), [c.mean() if c.size else np.nan for c in chunks], marker="o",
+                color=cmap[label], label=_t(label))
+    ax.set_xticks(np.arange(1, bins + 1))
+    ax.set_xlabel("tenth of the points by confidence (1 = least confident)")
+    ax.set_ylabel("mean error / inter-ocular distance")
+    _style(ax)
+    if labels:
+        ax.legend(fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
 # --------------------------------------------------------------------------- accuracy vs cost
 
 def pareto_front(x, y) -> np.ndarray:

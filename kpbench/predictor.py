@@ -27,10 +27,10 @@ import torch
 from kpbench.components import path_detector
 from kpbench.data import crop_from_image, read_image, stack_boxes, to_image_pixels
 from kpbench.errors import KpbenchError
-from kpbench.evaluate import predict
+from kpbench.evaluate import PointsAndConfidence, gives_confidence, predict
 from kpbench.keypoints import Schema, get_schema
 from kpbench.log import log
-from kpbench.protocols import FindsFaces, GivesConfidence
+from kpbench.protocols import FindsFaces
 from kpbench.runtime import OnnxModel
 from kpbench.trained import Trained, load_onnx, load_trained
 
@@ -91,19 +91,6 @@ def as_image(image: Any) -> np.ndarray:
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)) or min(arr.shape[:2]) < 1:
         raise KpbenchError(f"expected an image: a path, a PIL image or an (H, W[, 3]) array, got shape {arr.shape}")
     return arr
-
-
-class PointsAndConfidence(torch.nn.Module):
-    """A model that gives confidences (:class:`kpbench.protocols.GivesConfidence`) as one module:
-    crops in, (B, 3K) out (x, y per point in crop fractions, then a confidence per point), the
-    form the Predictor runs and exports."""
-
-    def __init__(self, regressor: torch.nn.Module):
-        super().__init__()
-        self.regressor = regressor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.regressor.with_confidence(x)
 
 
 def _graph_cache(trained: Trained) -> Path:
@@ -190,8 +177,7 @@ class Predictor:
             raise KpbenchError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
         self.trained = trained
         onnx_file = isinstance(trained.model, OnnxModel)
-        net = getattr(trained.model, "net", None)
-        if not onnx_file and isinstance(net, GivesConfidence):
+        if not onnx_file and gives_confidence(trained.model):
             trained.model = PointsAndConfidence(trained.model).eval()
         self.schema: Schema = get_schema(self.trained.config["data"]["schema"])
         self.detector_name = detector or default_detector(plugins)

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kpbench import stats
-from kpbench.formulas import aggregate
+from kpbench.formulas import aggregate, point_errors
 from kpbench.html import fmt as _fmt
 from kpbench.errors import KpbenchError
 from kpbench.keypoints import get_schema
@@ -152,12 +152,12 @@ def _per_image(found: list[tuple[Path, dict]], path: str | None = None) -> dict[
         entry = out.setdefault(row["model"], {"runs": 0, "dir": mdir, **data})
         if entry["runs"]:
             for k in data:
-                if k.startswith("metric_") or k == "pred":
+                if k.startswith("metric_") or k in ("pred", "confidence"):
                     entry[k] = entry[k] + data[k]
         entry["runs"] += 1
     for entry in out.values():
         for k in list(entry):
-            if k.startswith("metric_") or k == "pred":
+            if k.startswith("metric_") or k in ("pred", "confidence"):
                 entry[k] = entry[k] / entry["runs"]
     return out
 
@@ -301,6 +301,11 @@ def render_plots(run_dir: Path, df: pd.DataFrame, found, per_image: dict[str, di
         errors[m] = stats.per_keypoint_error(per_image[m]["pred"], true, norm)
     figs["Mean error per keypoint / inter-ocular distance"] = plots.per_keypoint_errors(
         errors, list(schema.points), pdir / "per_keypoint.png", ylabel="NME", colors=colors)
+    confident = [m for m in labels if "confidence" in per_image[m]]
+    if confident:
+        figs["Error by confidence: each tenth of the points, least confident first"] = plots.error_by_confidence(
+            {m: point_errors(per_image[m]["pred"], per_image[m]["true"], schema.norm_pair) for m in confident},
+            {m: per_image[m]["confidence"] for m in confident}, pdir / "confidence.png", colors=colors)
     figs["Accuracy vs cost (Pareto front outlined)"] = plots.accuracy_vs_cost(
         df, pdir / "accuracy_vs_latency.png", y=metric, colors=colors)
     return figs
@@ -335,6 +340,11 @@ def render(run_dir: Path, console: Console | None = None) -> pd.DataFrame:
     figs = render_plots(run_dir, df, found, per_image, config)
     notes = [f"Sorted by {sort} on the test split; {sort}_lo/{sort}_hi: bootstrap 95% confidence interval; "
              f"p_vs_best: Wilcoxon signed-rank test against the best model on the same images (* p < 0.05)."]
+    if "fail_auroc" in df:
+        notes.append("conf_err_low10 / conf_err_high10: mean error (over the inter-ocular distance) of the least- and "
+                     "of the most-confident tenth of the test points; fail_auroc: how well 1 - face confidence (the "
+                     "mean of its points') flags failed faces (NME > 0.1), as ROC AUC (0.5: no better than chance). "
+                     "Empty for models without confidences.")
     ort_note = onnx_latency_note(df)
     if ort_note:
         notes.append(ort_note)

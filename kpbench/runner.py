@@ -27,7 +27,8 @@ from kpbench import report
 from kpbench.config import DEFAULTS, check, config_hash
 from kpbench.data import Prepared, Subset, prepare, split_dataset
 from kpbench.errors import KpbenchError, first_line
-from kpbench.evaluate import OWN_DETECTOR, aggregate, own_detector_predictions, predict, score
+from kpbench.evaluate import (OWN_DETECTOR, aggregate, confidence_values, own_detector_predictions, predict,
+                              predict_with_confidence, score)
 from kpbench.io import atomic_save_npz, atomic_write_text
 from kpbench.keypoints import get_schema
 from kpbench.log import log, progress_bar, status_console
@@ -383,14 +384,20 @@ def test_and_save(model, test_d: Prepared, schema, metrics, dc: dict, mdir: Path
     ``pred_crop`` is given), score in the original image's pixels, apply the detector-miss policy,
     save ``predictions.npz`` (per-image values included); returns the rounded metric values, plus
     ``miss_rate`` for a real detector."""
+    conf = None
     if pred_crop is None:
-        pred_crop = predict(model, test_d.images, device=device)
+        pred_crop, conf = predict_with_confidence(model, test_d.images, device=device)
     pred_px, values, per_image = score(pred_crop, test_d, schema, metrics)
-    if dc["miss_policy"] == "exclude":  # detector misses are counted, not scored
+    exclude = dc["miss_policy"] == "exclude"  # detector misses are counted, not scored
+    if exclude:
         per_image = {k: np.where(test_d.missed, np.nan, v) for k, v in per_image.items()}
         values = {m.name: aggregate(per_image[m.name], m.aggregate) for m in metrics}
+    if conf is not None:  # what the confidences are worth on these faces
+        scored = np.where(test_d.missed[:, None, None], np.nan, test_d.points) if exclude else test_d.points
+        values.update(confidence_values(pred_px, scored, conf, schema))
     atomic_save_npz(mdir / "predictions.npz", pred=pred_px, true=test_d.points, boxes=test_d.boxes, ids=np.array(test_d.ids),
-             missed=test_d.missed, **{f"metric_{k}": v for k, v in per_image.items()})
+                    missed=test_d.missed, **({} if conf is None else {"confidence": conf}),
+                    **{f"metric_{k}": v for k, v in per_image.items()})
     out = {k: round(v, 6) for k, v in values.items()}
     if dc["detector"] not in ("none", "gt-box"):  # a detector under test: its miss rate on the test split
         out["miss_rate"] = round(float(test_d.missed.mean()), 4)

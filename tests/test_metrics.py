@@ -309,3 +309,33 @@ def test_mean_std():
     m, s = stats.mean_std([5.0])
     assert m == 5.0 and math.isnan(s)
     assert all(math.isnan(x) for x in stats.mean_std([]))
+
+
+def test_roc_auc_counts_pairs_ranked_right_and_ties_half():
+    from kpbench.formulas import roc_auc
+
+    positive = np.array([True, True, False, False])
+    assert roc_auc(np.array([0.9, 0.8, 0.1, 0.2]), positive) == 1.0
+    assert roc_auc(np.array([0.1, 0.2, 0.9, 0.8]), positive) == 0.0
+    assert roc_auc(np.array([0.5, 0.9, 0.5, 0.1]), positive) == pytest.approx((1 + 1 + 0.5 + 1) / 4)
+    assert math.isnan(roc_auc(np.array([0.1, 0.2]), np.array([True, True])))
+
+
+def test_confidence_check_on_confidences_that_rank_the_errors():
+    from kpbench.formulas import confidence_check, point_errors
+
+    true = np.zeros((20, 2, 2))
+    true[:, 1, 0] = 10.0  # inter-ocular distance 10 (points 0 and 1)
+    err = np.linspace(0.01, 0.4, 40).reshape(20, 2)  # normalized errors; faces 13.. fail (mean > 0.1)
+    pred = true.copy()
+    pred[..., 1] += err * 10
+    errors = point_errors(pred, true, (0, 1))
+    np.testing.assert_allclose(errors, err)
+    sure = confidence_check(errors, 1 - err)  # the surer the point, the smaller its error
+    assert sure["conf_err_low10"] == pytest.approx(err.ravel()[-4:].mean())
+    assert sure["conf_err_high10"] == pytest.approx(err.ravel()[:4].mean())
+    assert sure["fail_auroc"] == 1.0
+    backwards = confidence_check(errors, err)
+    assert backwards["conf_err_low10"] < backwards["conf_err_high10"] and backwards["fail_auroc"] == 0.0
+    errors[0, 0] = np.nan  # an unannotated point is left out
+    assert np.isfinite(list(confidence_check(errors, 1 - err).values())).all()

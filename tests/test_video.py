@@ -167,6 +167,9 @@ def test_predict_on_a_video_writes_a_row_per_frame_and_a_playable_video(tmp_path
     assert len(doc["frames"]) == n and doc["smooth"]["min_cutoff"] == 1.0
     assert doc["frames"][3]["faces"][0]["keypoints"]["nose_tip"] == [float(rows[3]["nose_tip_x"]),
                                                                       float(rows[3]["nose_tip_y"])]
+    face = doc["frames"][3]["faces"][0]  # the confidences, as in the JSON (empty cells for a model without them)
+    assert rows[3]["nose_tip_confidence"] == ("" if face["confidence"] is None else str(face["confidence"]["nose_tip"]))
+    assert rows[3]["face_confidence"] == ("" if face["face_confidence"] is None else str(face["face_confidence"]))
     assert _count_frames(out / "clip.mp4") == n  # the annotated video decodes back, every frame
     summary = _strict_json(out / "predictions.json")
     assert [v["frames"] for v in summary["videos"]] == [n] and len(summary["images"]) == 1

@@ -1,0 +1,88 @@
+"""Test-time flip averaging, measured: is a model's prediction on the mirrored crop worth averaging in?
+
+    python benchmarks/flip_test.py [--model RUN] [--threads 2] [--json OUT.json]
+
+On the run's own test split (the faces it held out, cut by the annotated box as ``kpbench
+evaluate --detector gt-box`` cuts them; run from the project root, the run config's dataset paths
+are relative to it), with the model's flip averaging off, three predictions per face: the plain
+one, the mirrored crop's mirrored back (left/right points swapped, x -> 1 - x), and their average
+(what ``eval.flip_test: true`` gives). For each: the 15-point NME (kpbench's ``nme`` metric) and
+the mean signed x and y error in % of the crop side (a model that is mirror-consistent has the
+same offset both ways). Also the batch-1 forward time of one crop and of the pair, in PyTorch
+(median of 50 after 5 warm-up calls). Default model: the one kpbench ships.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kpbench.components import make_detector
+from kpbench.data import prepare
+from kpbench.evaluate import score
+from kpbench.io import atomic_write_json
+from kpbench.keypoints import get_schema
+from kpbench.plugins import get_plugins
+from kpbench.predictor import SHIPPED
+from kpbench.runner import load_splits
+from kpbench.trained import load_trained
+
+
+def forward_ms(model, x: torch.Tensor, n: int = 50) -> float:
+    with torch.inference_mode():
+        for _ in range(5):
+            model(x)
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=SHIPPED, help="run folder or model folder (default: the shipped model)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, help="also write the figures here as strict JSON")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    plugins = get_plugins()
+    trained = load_trained(args.model, plugins)
+    config = json.loads(json.dumps(trained.config))
+    dc = config["data"]
+    schema = get_schema(dc["schema"])
+    sources, splits = load_splits(plugins, config)
+    test = prepare(sources[2], splits[2], make_detector(plugins, "gt-box", dc["detector_options"]),
+                   trained.input_size, schema.name)
+    model = trained.model.eval()
+    model.flip_test = None
+    perm = list(schema.flip_permutation)
+    nme = [plugins.metrics.get("nme", where="flip_test")]
+    with torch.inference_mode():
+        plain = model(test.images).numpy()
+        mirrored = model(test.images.flip(-1)).numpy()[:, perm]
+    mirrored[..., 0] = 1 - mirrored[..., 0]
+    target = test.targets.numpy()
+    out = {"model": str(args.model), "faces": len(test), "threads": args.threads}
+    print(f"{args.model}: {len(test)} test faces, annotated box")
+    for name, pred in (("plain", plain), ("mirrored back", mirrored), ("average (flip_test)", (plain + mirrored) / 2)):
+        values = score(pred, test, schema, nme)[1]
+        offset = np.nanmean(pred - target, axis=(0, 1)) * 100
+        out[name] = {"nme": values["nme"], "offset_x_pct": float(offset[0]), "offset_y_pct": float(offset[1])}
+        print(f"  {name:20s} NME {values['nme']:.4f}   mean offset x {offset[0]:+.2f} %  y {offset[1]:+.2f} % of the crop")
+    one = test.images[:1]
+    out["forward_ms"] = {"one": forward_ms(model, one), "pair": forward_ms(model, torch.cat([one, one.flip(-1)]))}
+    print(f"  forward, batch 1: {out['forward_ms']['one']:.2f} ms; with its mirror: {out['forward_ms']['pair']:.2f} ms")
+    if args.json:
+        atomic_write_json(args.json, out)
+
+
+if __name__ == "__main__":
+    main()
