@@ -9,7 +9,8 @@ hookimpl = pluggy.HookimplMarker("kpbench")
 
 from kpbench.errors import KpbenchError  # noqa: E402
 from kpbench.keypoints import Schema, get_schema  # noqa: E402
-from kpbench.registry import DatasetSpec, DetectorSpec, MetricSpec, ModelSpec, SchemaSpec  # noqa: E402
+from kpbench.registry import (DatasetSpec, DetectorSpec, MetricSpec, ModelSpec, ReportWriterSpec,  # noqa: E402
+                              SchemaSpec)
 from kpbench.data import Sample  # noqa: E402
 from kpbench.evaluate import MetricContext  # noqa: E402
 from kpbench.faces import FaceDetector, RawFace  # noqa: E402
@@ -25,6 +26,7 @@ __all__ = [
     "DetectorSpec",
     "MetricSpec",
     "ModelSpec",
+    "ReportWriterSpec",
     "SchemaSpec",
     "Sample",
     "MetricContext",

@@ -78,7 +78,7 @@ def cmd_run(args, console: Console) -> None:
 
 
 KIND_ALIASES = {"models": "model", "datasets": "dataset", "detectors": "detector", "metrics": "metric",
-                "schemas": "schema"}
+                "schemas": "schema", "report-writers": "report_writer"}
 
 
 def _print_json(records) -> None:
@@ -172,7 +172,7 @@ def cmd_report(args, console: Console) -> None:
     from kpbench import report
 
     if len(args.run_dirs) == 1:
-        df = report.render(args.run_dirs[0], _quiet(args, console))
+        df = report.render(args.run_dirs[0], _quiet(args, console), _plugins(args))
     elif len(args.run_dirs) == 2:
         df = report.compare(*args.run_dirs, console=_quiet(args, console))
     else:

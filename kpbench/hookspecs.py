@@ -1,4 +1,4 @@
-"""The whole plugin contract: five hooks, each returning a list of specs.
+"""The whole plugin contract: six hooks, each returning a list of specs.
 
 A plugin is a module (or object) with functions decorated by ``kpbench.hookimpl`` whose names are
 the hooks below. Register it under the ``kpbench`` entry-point group of your package::
@@ -37,3 +37,8 @@ def kpbench_metrics():
 @hookspec
 def kpbench_schemas():
     """Return a list of :class:`kpbench.SchemaSpec` (keypoint layouts and mappings between them)."""
+
+
+@hookspec
+def kpbench_report_writers():
+    """Return a list of :class:`kpbench.ReportWriterSpec` (report formats written into a run folder)."""

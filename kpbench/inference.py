@@ -65,5 +65,5 @@ def evaluate(trained: Trained, plugins: Plugins, dataset: str | None, out: Path,
     rd.save_test_faces(test)
     save_result(mdir, {"model": trained.label, "seed": config["run"]["seed"], **values,
                        "input_size": trained.input_size})
-    report.render(out, console)
+    report.render(out, console, plugins)
     return out

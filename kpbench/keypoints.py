@@ -19,7 +19,9 @@ class Schema:
     points: tuple[str, ...]
     flip_pairs: tuple[tuple[int, int], ...]
     norm_pair: tuple[int, int]  # inter-ocular: the two outer eye corners
-    pupil_pair: tuple[int, int] | None = None  # inter-pupil: the two eye centers, if the schema has them
+    # The points of the subject's right eye and of its left eye (each eye's centre is their mean):
+    # roll alignment (``align``) and the inter-pupil distance (``nme_ip``) work for any layout that has them.
+    eyes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
     description: str = ""
     _perm: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
@@ -38,6 +40,15 @@ class Schema:
         """Index permutation that swaps every left/right pair (apply after mirroring x)."""
         return self._perm
 
+    def eye_centres(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(..., K, 2) points -> the centres (..., 2) of the subject's right and left eye, or None
+        for a layout that declares no eyes."""
+        if self.eyes is None:
+            return None
+        p = np.asarray(points, dtype=np.float64)
+        right, left = (p[..., list(group), :].mean(axis=-2) for group in self.eyes)
+        return right, left
+
 
 _K15 = (
     "left_eye_center", "right_eye_center", "left_eye_inner_corner", "left_eye_outer_corner",
@@ -51,7 +62,7 @@ KAGGLE15 = Schema(
     points=_K15,
     flip_pairs=((0, 1), (2, 4), (3, 5), (6, 8), (7, 9), (11, 12)),
     norm_pair=(3, 5),
-    pupil_pair=(0, 1),
+    eyes=((1,), (0,)),
     description="Kaggle Facial Keypoints Detection, 15 points",
 )
 
@@ -70,6 +81,7 @@ IBUG68 = Schema(
     points=tuple(f"p{i}" for i in range(68)),
     flip_pairs=_ibug_flip_pairs(),
     norm_pair=(36, 45),
+    eyes=(tuple(range(36, 42)), tuple(range(42, 48))),
     description="iBUG 300-W, 68 points (0-based)",
 )
 
@@ -99,7 +111,8 @@ def register_schema(spec) -> None:
     schema = spec.factory()
     if not isinstance(schema, Schema) or schema.name != spec.name:
         raise KpbenchError(f"schema plugin {spec.plugin!r}: {spec.name!r} must give a kpbench.Schema of that name")
-    bad = [p for pair in (*schema.flip_pairs, schema.norm_pair) for p in pair if not 0 <= p < schema.num_points]
+    bad = [p for group in (*schema.flip_pairs, schema.norm_pair, *(schema.eyes or ())) for p in group
+           if not 0 <= p < schema.num_points]
     if bad:
         raise KpbenchError(f"schema {spec.name!r}: point index {bad[0]} out of range for {schema.num_points} points")
     SCHEMAS[spec.name] = schema
@@ -127,17 +140,16 @@ def convert(points: np.ndarray, src: str, dst: str) -> np.ndarray:
     return MAPPINGS[(src, dst)](np.asarray(points, dtype=np.float32))
 
 
-def eye_line_angle(points: np.ndarray) -> float | None:
+def eye_line_angle(points: np.ndarray, schema: Schema | None = None) -> float | None:
     """The roll of a face, in degrees: the angle of the line from the eye on the image's left to
-    the one on its right (+ towards +y, clockwise on screen), from annotated points in their own
-    schema (68 iBUG points: each eye's six points; 15 Kaggle points: the eye centres); None for
-    another layout or a missing eye."""
-    p = np.asarray(points, dtype=np.float64)
-    if len(p) == 68:
-        left, right = p[36:42].mean(0), p[42:48].mean(0)
-    elif len(p) == 15:
-        left, right = p[1], p[0]  # the subject's right eye is on the image's left
-    else:
+    the one on its right (+ towards +y, clockwise on screen), from annotated points in ``schema``
+    (default: the registered layout with that many points); None for a layout that declares no
+    eyes (:attr:`Schema.eyes`) or a missing eye."""
+    if schema is None:
+        n = len(points)
+        schema = next((s for s in SCHEMAS.values() if s.num_points == n and s.eyes is not None), None)
+    centres = None if schema is None or schema.num_points != len(points) else schema.eye_centres(points)
+    if centres is None:
         return None
-    d = right - left
+    d = centres[1] - centres[0]  # the subject's right eye is on the image's left
     return None if not np.isfinite(d).all() else float(np.degrees(np.arctan2(d[1], d[0])))

@@ -129,8 +129,20 @@ class SchemaSpec(_Spec):
     mappings: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
 
 
+@dataclass
+class ReportWriterSpec(_Named):
+    """A report format: ``write(report)`` writes its files into ``report.run_dir`` from a
+    :class:`kpbench.report.Report` (the leaderboard and its tables as DataFrames, the run's
+    manifest, figures, notes), through :class:`kpbench.rundir.RunDir`'s atomic writers. It must be
+    deterministic (``kpbench report`` re-renders a run byte for byte). kpbench's own: csv, md,
+    json, html."""
+
+    write: Callable[[Any], None]
+    description: str = ""
+
+
 KINDS = {"model": ModelSpec, "dataset": DatasetSpec, "detector": DetectorSpec, "metric": MetricSpec,
-         "schema": SchemaSpec}
+         "schema": SchemaSpec, "report_writer": ReportWriterSpec}
 
 
 class Registry:

@@ -6,6 +6,7 @@ written as CSV, Markdown and JSON, and printed as a rich table. ``kpbench run`` 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,20 +65,50 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(rd: RunDir, name: str, df: pd.DataFrame) -> None:
-    """A leaderboard table as ``<name>.csv`` and ``<name>.md`` in the run folder."""
-    rd.write_text(f"{name}.csv", df.to_csv(index=False, float_format="%.6g"))
-    rd.write_text(f"{name}.md", to_markdown(df))
+@dataclass(frozen=True)
+class Report:
+    """What a report writer (:class:`kpbench.ReportWriterSpec`) gets: the run folder, the
+    leaderboard and its other tables (``tables``: file stem -> (title, DataFrame), e.g.
+    ``leaderboard_by_source``), the run's manifest, the figures already drawn under ``plots/``
+    (title -> file), the notes under the table and ``partial`` (the notice of an unfinished run)."""
+
+    run_dir: Path
+    title: str
+    meta: dict
+    leaderboard: pd.DataFrame
+    tables: dict[str, tuple[str, pd.DataFrame]]
+    figures: dict[str, Path]
+    notes: list[str]
+    partial: str | None = None
 
 
-def write(df: pd.DataFrame, out: Path, meta: dict, partial: str | None = None) -> None:
-    """The leaderboard as CSV, Markdown and JSON (with the manifest); ``partial``: the notice of an
-    unfinished run, the Markdown's first line and the JSON's ``partial``."""
-    rd = RunDir(out)
-    rd.write_text("leaderboard.csv", df.to_csv(index=False, float_format="%.6g"))
-    rd.write_text("leaderboard.md", (f"**{partial}**\n\n" if partial else "") + to_markdown(df))
-    rd.write_json("leaderboard.json", {"meta": meta, "partial": partial,
-                                       "rows": json.loads(df.to_json(orient="records"))})
+def write_csv(report: Report) -> None:
+    """``leaderboard.csv`` and a CSV per table."""
+    rd = RunDir(report.run_dir)
+    for stem, df in (("leaderboard", report.leaderboard), *((k, t[1]) for k, t in report.tables.items())):
+        rd.write_text(f"{stem}.csv", df.to_csv(index=False, float_format="%.6g"))
+
+
+def write_markdown(report: Report) -> None:
+    """``leaderboard.md`` (the partial-run notice first) and a Markdown table per table."""
+    rd = RunDir(report.run_dir)
+    rd.write_text("leaderboard.md", (f"**{report.partial}**\n\n" if report.partial else "") + to_markdown(report.leaderboard))
+    for stem, (_, df) in report.tables.items():
+        rd.write_text(f"{stem}.md", to_markdown(df))
+
+
+def write_json(report: Report) -> None:
+    """``leaderboard.json``: the manifest, the partial notice and the rows, strict JSON."""
+    RunDir(report.run_dir).write_json("leaderboard.json", {
+        "meta": report.meta, "partial": report.partial, "rows": json.loads(report.leaderboard.to_json(orient="records"))})
+
+
+def write_html(report: Report) -> None:
+    """``report.html``: one self-contained page with the tables, figures and notes."""
+    from kpbench import html
+
+    html.write(report.run_dir / "report.html", html.page(report.title, report.meta, report.leaderboard, report.figures,
+                                                         report.notes, {t: df for t, df in report.tables.values()}))
 
 
 COSTS = ["train_loss", "val_loss", "params", "trainable_params", "gmacs", "latency_ms", ORT_LATENCY, "miss_rate",
@@ -311,11 +342,12 @@ def render_plots(run_dir: Path, df: pd.DataFrame, found, per_image: dict[str, di
     return figs
 
 
-def render(run_dir: Path, console: Console | None = None) -> pd.DataFrame:
-    """Build the leaderboard of a run directory from its saved files, write every report (CSV,
-    Markdown, JSON, plots, HTML), print the table. Deterministic: rendering twice writes the same
-    bytes, so ``kpbench report`` reproduces what ``kpbench run`` wrote."""
-    from kpbench import html
+def render(run_dir: Path, console: Console | None = None, plugins=None) -> pd.DataFrame:
+    """Build the leaderboard of a run directory from its saved files, draw the plots, write every
+    report format (each registered report writer: CSV, Markdown, JSON and HTML are kpbench's
+    own), print the table. Deterministic: rendering twice writes the same bytes, so ``kpbench
+    report`` reproduces what ``kpbench run`` wrote."""
+    from kpbench.plugins import get_plugins
 
     run_dir = Path(run_dir)
     config, meta, found = collect(run_dir)
@@ -333,7 +365,6 @@ def render(run_dir: Path, console: Console | None = None) -> pd.DataFrame:
         partial = (f"Partial run: {len(found)} of {expected} model runs finished (kpbench run ... --resume "
                    f"continues it).")
         log.warning(f"kpbench: {partial}")
-    write(df, run_dir, meta, partial)
     splits = meta.get("splits", {})
     title = (f"kpbench leaderboard — {meta.get('dataset')} test split ({splits.get('test', '?')} faces), "
              f"{meta.get('device')}")
@@ -353,17 +384,22 @@ def render(run_dir: Path, console: Console | None = None) -> pd.DataFrame:
     sources = by_source(df, per_image, config, specs)
     tables = {}
     if sources is not None:
-        write_table(RunDir(run_dir), "leaderboard_by_source", sources)
-        tables["By test source"] = sources
+        tables["leaderboard_by_source"] = ("By test source", sources)
     paths = by_path(df, found, per_image, config, specs)
     if paths is not None:
-        write_table(RunDir(run_dir), "leaderboard_by_path", paths)
-        tables["By face-box path (the run's detector, then eval.detectors, then own-detector)"] = paths
+        tables["leaderboard_by_path"] = ("By face-box path (the run's detector, then eval.detectors, then own-detector)",
+                                         paths)
         notes.append(f"By face-box path: the same test faces cropped by each detector (a miss falls back to the "
                      f"annotated box); own-detector: a reference model run on the whole photo with its own face "
                      f"detector, as its users run it (a face it does not find gets its prediction on the run's "
                      f"crop); {sort}_ratio is each path's {sort} over the run's own detector's.")
-    html.write(run_dir / "report.html", html.page(title, meta, df, figs, notes, tables))
+    out = Report(run_dir, title, meta, df, tables, figs, notes, partial)
+    writers = (plugins or get_plugins()).report_writers.list()
+    if not writers:
+        log.warning("kpbench: no report writer is registered (kpbench's own come from its entry points: "
+                    "reinstall it, e.g. pip install -e .); only the plots were written")
+    for writer in writers:
+        writer.write(out)
     metrics = [sort] + [m for m in ec["metrics"] if m != sort]
     show(df, title, console, metrics)
     if sources is not None:

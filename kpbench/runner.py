@@ -229,7 +229,7 @@ def run(config: dict, plugins: Plugins, console: Console | None = None, resume: 
         meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         rd.write_manifest(meta)
     if rd.results(config):
-        report.render(rd.path, console)
+        report.render(rd.path, console, plugins)
         console.print(f"results: {rd}")
     if failures:
         raise KpbenchError(f"{len(failures)} of {len(p.jobs)} jobs failed ({'; '.join(failures)}); the finished "

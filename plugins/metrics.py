@@ -53,8 +53,6 @@ from kpbench import formulas
 from kpbench.data import to_crop
 from kpbench.keypoints import KAGGLE15, convert
 
-# eye point ranges (right eye, left eye) for schemas that have no eye-center points
-_EYE_POINTS = {"ibug68": (slice(36, 42), slice(42, 48))}
 
 
 _nanmean = formulas.nanmean  # an image with no visible point gives NaN, excluded later
@@ -109,13 +107,9 @@ def inter_ocular(true, schema) -> np.ndarray:
 
 
 def inter_pupil(true, schema) -> np.ndarray:
-    if schema.pupil_pair is not None:
-        a, b = schema.pupil_pair
-        return _dist(true[:, a], true[:, b])
-    if schema.name in _EYE_POINTS:
-        right, left = _EYE_POINTS[schema.name]
-        return _dist(true[:, right].mean(axis=1), true[:, left].mean(axis=1))
-    return np.full(len(true), np.nan)
+    """The distance between the eye centres, for a layout that declares its eyes (NaN otherwise)."""
+    centres = schema.eye_centres(true)
+    return np.full(len(true), np.nan) if centres is None else _dist(*centres)
 
 
 def box_size(true, schema) -> np.ndarray:

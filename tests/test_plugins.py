@@ -93,7 +93,7 @@ from kpbench_plugins.synthetic import SyntheticFaces
 
 # the subject's left eye, right eye, nose tip, left and right mouth corners
 FIVE = kpbench.Schema("five", ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right"),
-                      flip_pairs=((0, 1), (3, 4)), norm_pair=(0, 1), pupil_pair=(0, 1))
+                      flip_pairs=((0, 1), (3, 4)), norm_pair=(0, 1), eyes=((1,), (0,)))
 
 
 class FivePoints:
@@ -164,3 +164,35 @@ def yaml_models(path):
     import yaml
 
     return yaml.safe_load(open(path))["models"]
+
+
+WRITER = '''
+import kpbench
+
+
+def write_text(report):
+    lines = [report.title] + [f"{r['rank']} {r['model']} {r['nme']:.6f}" for r in report.leaderboard.to_dict("records")]
+    lines += [f"table {stem}: {len(df)} rows" for stem, (_, df) in report.tables.items()]
+    (report.run_dir / "leaderboard.txt").write_text("\\n".join(lines) + "\\n")
+
+
+@kpbench.hookimpl
+def kpbench_report_writers():
+    return [kpbench.ReportWriterSpec("txt", write_text, "the leaderboard as plain text")]
+'''
+
+
+def test_a_plugin_adds_a_report_format_beside_kpbench_own(tmp_path, tiny_config):
+    (tmp_path / "kpbench_txt.py").write_text(WRITER)
+    env = {"KPBENCH_PLUGINS": "kpbench_txt"}
+    listed = run_cli("list", "report-writers", "--json", pythonpath=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert {w["name"] for w in json.loads(listed.stdout)} == {"csv", "md", "json", "html", "txt"}
+    r = run_cli("run", "--config", tiny_config, "--out", tmp_path / "run", pythonpath=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "run" / "leaderboard.txt").read_text().splitlines()
+    board = json.loads((tmp_path / "run" / "leaderboard.json").read_text())["rows"]
+    assert text[1:1 + len(board)] == [f"{row['rank']} {row['model']} {row['nme']:.6f}" for row in board]
+    (tmp_path / "run" / "leaderboard.txt").unlink()
+    r = run_cli("report", tmp_path / "run", pythonpath=tmp_path, env=env)  # re-rendered from the files
+    assert r.returncode == 0 and (tmp_path / "run" / "leaderboard.txt").read_text().splitlines() == text

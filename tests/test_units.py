@@ -40,9 +40,36 @@ def test_kaggle15_has_15_named_points_and_outer_corner_norm_pair():
     assert KAGGLE15.num_points == 15 == len(set(KAGGLE15.points))
     a, b = KAGGLE15.norm_pair
     assert {KAGGLE15.points[a], KAGGLE15.points[b]} == {"left_eye_outer_corner", "right_eye_outer_corner"}
-    a, b = KAGGLE15.pupil_pair
-    assert {KAGGLE15.points[a], KAGGLE15.points[b]} == {"left_eye_center", "right_eye_center"}
+    (right,), (left,) = KAGGLE15.eyes
+    assert (KAGGLE15.points[right], KAGGLE15.points[left]) == ("right_eye_center", "left_eye_center")
+    assert [IBUG68.points[i] for i in (*IBUG68.eyes[0][:1], *IBUG68.eyes[1][:1])] == ["p36", "p42"]
     assert get_schema("kaggle15") is KAGGLE15 and get_schema("ibug68") is IBUG68
+
+
+def test_a_98_point_layout_that_declares_its_eyes_gets_flip_alignment_and_inter_pupil_distance():
+    import kpbench
+    from kpbench.keypoints import SCHEMAS, eye_line_angle, register_schema
+    from kpbench_plugins.metrics import inter_pupil
+
+    # WFLW's layout: the subject's right eye 60-67, left eye 68-75; the jaw 0-32 mirrors about 16
+    pairs = tuple((i, 32 - i) for i in range(16)) + tuple((60 + i, 72 - i if i <= 4 else 80 - i) for i in range(8))
+    wflw = kpbench.Schema("wflw98", tuple(f"w{i}" for i in range(98)), pairs, norm_pair=(60, 72),
+                          eyes=(tuple(range(60, 68)), tuple(range(68, 76))))
+    register_schema(kpbench.SchemaSpec("wflw98", lambda: wflw, "98 points"))
+    try:
+        perm = wflw.flip_permutation
+        assert perm[0] == 32 and perm[60] == 72 and all(perm[perm[i]] == i for i in range(98))
+        pts = np.zeros((98, 2))
+        pts[60:68] = [10.0, 20.0]  # the subject's right eye, on the image's left
+        pts[68:76] = [30.0, 40.0]
+        assert eye_line_angle(pts) == pytest.approx(45.0)  # found by its point count
+        assert eye_line_angle(pts, wflw) == pytest.approx(45.0)
+        assert inter_pupil(pts[None], wflw)[0] == pytest.approx(np.hypot(20, 20))
+        with pytest.raises(kpbench.KpbenchError, match="point index 98 out of range"):
+            register_schema(kpbench.SchemaSpec("bad", lambda: kpbench.Schema("bad", wflw.points, (), (0, 1),
+                                                                               eyes=((98,), (1,))), "bad"))
+    finally:
+        SCHEMAS.pop("wflw98", None)
 
 
 @pytest.mark.parametrize("schema", [KAGGLE15, IBUG68], ids=lambda s: s.name)
