@@ -114,7 +114,7 @@ def cmd_list(args, console: Console) -> None:
         found += len(specs)
         if not specs:
             continue
-        table = Table(title=f"{kind}s", title_justify="left", header_style="bold")
+        table = Table(title=f"{kind.replace('_', ' ')}s", title_justify="left", header_style="bold")
         cols = ["name", "description", "plugin"] + (["params", "trainable", "shipped"] if kind == "model" else [])
         for col in cols:
             table.add_column(col, justify="right" if col in ("params", "trainable") else "left")
