@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import sys
 from pathlib import Path
 
@@ -460,6 +461,9 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT)
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
 
@@ -474,6 +478,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args, console)
     except KpbenchError as exc:
         log.error(f"kpbench: error: {exc}")
+        return 2
+    except OSError as exc:  # a full, read-only or forbidden disk: one line naming the path
+        if exc.errno not in DISK_ERRORS:
+            raise
+        log.error(f"kpbench: error: {exc.filename or 'writing'}: {exc.strerror} (every file kpbench writes appears "
+                  f"whole or not at all; free space or give another --out)")
         return 2
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated) or bool(_SIGTERM_SEEN)

@@ -41,7 +41,6 @@ def export_onnx(trained: Trained, out: Path) -> dict:
         diff = float((got.reshape(want.shape) - want).abs().max())
         one = crops[:1]  # batch-1 latency: median of 30 runs after 5 warm-up runs
         torch_ms, ort_ms = (median_seconds(lambda: m(one), 5, 30) * 1000 for m in (model, onnx_model))
-    atomic_write_bytes(out, graph)
     schema = get_schema(trained.config["data"]["schema"])
     manifest = read_mapping(trained.run_dir / "manifest.json")
     sidecar = {
@@ -58,5 +57,10 @@ def export_onnx(trained: Trained, out: Path) -> dict:
         "check": {"max_abs_diff_vs_torch": diff, "crops": len(crops), "torch_latency_ms": round(torch_ms, 3),
                   "onnxruntime_latency_ms": round(ort_ms, 3), "threads": torch.get_num_threads()},
     }
-    atomic_write_json(sidecar_path, sidecar)
+    atomic_write_json(sidecar_path, sidecar)  # the pair appears together or not at all
+    try:
+        atomic_write_bytes(out, graph)
+    except BaseException:
+        sidecar_path.unlink(missing_ok=True)
+        raise
     return sidecar

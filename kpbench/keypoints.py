@@ -115,6 +115,10 @@ def register_schema(spec) -> None:
            if not 0 <= p < schema.num_points]
     if bad:
         raise KpbenchError(f"schema {spec.name!r}: point index {bad[0]} out of range for {schema.num_points} points")
+    paired = [p for pair in schema.flip_pairs for p in pair]
+    twice = sorted({p for p in paired if paired.count(p) > 1})
+    if twice:  # a mirrored target would be written into two points
+        raise KpbenchError(f"schema {spec.name!r}: point {twice[0]} is in more than one flip pair (or paired with itself)")
     SCHEMAS[spec.name] = schema
     for dst, fn in spec.mappings.items():
         MAPPINGS[(spec.name, dst)] = fn

@@ -53,13 +53,26 @@ def _git_commit() -> str | None:
         return None
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux: /proc/cpuinfo; elsewhere what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def manifest(config: dict, device: str, fingerprint: str) -> dict:
     import timm
 
     return {
         "kpbench": kpbench.__version__, "torch": torch.__version__, "timm": timm.__version__,
         "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
-        "device": device, "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "device": device, "cpu": platform.processor() or platform.machine(), "cpu_model": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the instruction set torch's kernels use
+        "threads": torch.get_num_threads(),
         "git_commit": _git_commit(), "seed": config["run"]["seed"], "config_hash": config_hash(config),
         "dataset": config["data"]["dataset"], "dataset_fingerprint": fingerprint,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -31,6 +31,10 @@ def test_run_writes_results_and_report_reprints_them(tmp_path, tiny_config):
     for key in ("kpbench", "torch", "timm", "device", "git_commit", "seed", "dataset_fingerprint", "config_hash"):
         assert key in manifest
     assert manifest["splits"] == {"train": 42, "val": 9, "test": 9}
+    import torch
+
+    assert manifest["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # the kernels' instruction set
+    assert "cpu_model" in manifest
     hist = pd.read_csv(out / "models" / "cnn" / "history.csv")
     assert list(hist["epoch"]) == [0, 1, 2] and hist["train_loss"].iloc[1:].notna().all()
     board = pd.read_csv(out / "leaderboard.csv")
@@ -164,7 +168,24 @@ def test_export_to_onnx_gives_pytorchs_keypoints(tmp_path, tiny_config):
     np.testing.assert_allclose(got.reshape(want.shape), want, atol=1e-4)
     again = run_cli("export", "--model", tmp_path / "run", "--out", tmp_path / "m.onnx")
     assert again.returncode == 2 and "never overwrites" in again.stderr
+    _a_full_disk_leaves_no_half_pair(tmp_path)
     assert run_cli("run", "--config", tiny_config, "--out", tmp_path / "cnn").returncode == 0
     unsupported = run_cli("export", "--model", tmp_path / "cnn" / "models" / "cnn", "--out", tmp_path / "c.onnx")
     assert unsupported.returncode == 2 and unsupported.stderr.count("\n") == 1, unsupported.stderr
     assert "cannot be exported to ONNX" in unsupported.stderr and not (tmp_path / "c.onnx").exists()
+
+
+def _a_full_disk_leaves_no_half_pair(tmp_path):
+    """The disk fills while the graph is written: neither the .onnx nor its sidecar is left, and
+    the command says so in one line naming the file."""
+    import errno
+    from unittest import mock
+
+    from kpbench import cli, export
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with mock.patch.object(export, "atomic_write_bytes", full):
+        rc = cli.main(["-q", "export", "--model", str(tmp_path / "run"), "--out", str(tmp_path / "full.onnx")])
+    assert rc == 2 and not (tmp_path / "full.onnx").exists() and not (tmp_path / "full.onnx.json").exists()

@@ -68,6 +68,10 @@ def test_a_98_point_layout_that_declares_its_eyes_gets_flip_alignment_and_inter_
         with pytest.raises(kpbench.KpbenchError, match="point index 98 out of range"):
             register_schema(kpbench.SchemaSpec("bad", lambda: kpbench.Schema("bad", wflw.points, (), (0, 1),
                                                                                eyes=((98,), (1,))), "bad"))
+        with pytest.raises(kpbench.KpbenchError, match="point 1 is in more than one flip pair"):
+            register_schema(kpbench.SchemaSpec("bad", lambda: kpbench.Schema("bad", wflw.points, ((0, 1), (1, 2)),
+                                                                               (0, 1)), "bad"))
+        assert "bad" not in SCHEMAS
     finally:
         SCHEMAS.pop("wflw98", None)
 
