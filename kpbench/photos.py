@@ -182,6 +182,10 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
         summary["detector_frames"] = tracker.detections if tracker else summary["frames"]
         if not summary["frames"]:
             raise KpbenchError(f"{path}: no video frames")
+        declared = int(stream.frames or 0)
+        if declared and summary["frames"] < declared - 1:  # FFmpeg skips what it cannot decode
+            log.warning(f"kpbench: warning: {path}: {summary['frames']} of the {declared} frames its header "
+                        f"declares could be decoded (the file may be damaged or cut short)")
     log.info(f"{path}: {summary['frames']} frames, {summary['faces']} face(s) "
              f"({summary['frames_without_face']} frames without a face)")
     return summary

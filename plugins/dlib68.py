@@ -41,11 +41,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import kpbench
-from kpbench.keypoints import convert
+from kpbench.reference import ReferenceModel, upscaled_uint8
 
 FILENAME = "shape_predictor_68_face_landmarks.dat"
 ENV_VAR = "KPBENCH_DLIB_PREDICTOR"
@@ -131,22 +129,17 @@ def _detector():
     return _DETECTOR[0]
 
 
-class Dlib68(nn.Module):
+class Dlib68(ReferenceModel):
     """(B, C, H, W) face crops in [0, 1] -> (B, 2K) absolute crop coordinates in [0, 1] (pixel
     edges: a pixel centre c maps to (c + 0.5) / S). No parameters; see the module docstring."""
 
-    absolute_output = True
-    flip_test = False  # the reference runs as users would run it: no test-time flip averaging
+    name = "dlib68"
 
     def __init__(self, num_keypoints: int, input_size: int, in_chans: int = 1, predictor=None,
                  box: str = "detector", margin: float = 0.25, refine: int = 1, min_size: int = 160,
                  upsample: int | None = None, threshold: float = 0.0, retry_scale: float = 1.6,
                  box_scale: float = BOX_SCALE, box_shift: float = BOX_SHIFT):
-        super().__init__()
-        if num_keypoints not in (15, 68):
-            raise kpbench.KpbenchError(
-                f"model 'dlib68' predicts the 68 iBUG points (mapped to kaggle15 for 15); it cannot output"
-                f" {num_keypoints} points: use a dataset schema with 15 or 68 points")
+        super().__init__(num_keypoints, min_size)
         if box not in ("detector", "crop"):
             raise kpbench.KpbenchError(f"model 'dlib68': box must be 'detector' or 'crop', got {box!r}")
         if not (-0.5 < margin and box_scale > 0 and int(min_size) >= 1 and int(refine) >= 0
@@ -155,21 +148,16 @@ class Dlib68(nn.Module):
                 f"model 'dlib68': bad options margin={margin}, refine={refine}, min_size={min_size},"
                 f" upsample={upsample}, retry_scale={retry_scale}, box_scale={box_scale}")
         _import_dlib()
-        self.num_keypoints = num_keypoints
         self.predictor = predictor
         self.box, self.margin, self.refine = box, float(margin), int(refine)
-        self.min_size, self.upsample, self.threshold = int(min_size), upsample, float(threshold)
+        self.upsample, self.threshold = upsample, float(threshold)
         self.retry_scale = float(retry_scale or 0)
         self.box_scale, self.box_shift = float(box_scale), float(box_shift)
-        self.images = 0  # faces predicted since construction / reset_stats()
-        self.fallbacks = 0  # of those, box=detector found no face near the crop centre: crop box used
+        # fallbacks: faces where box=detector found none near the crop centre (the crop box was used)
 
     def extra_repr(self) -> str:
         return (f"num_keypoints={self.num_keypoints}, box={self.box!r}, margin={self.margin}, refine={self.refine}, "
                 f"min_size={self.min_size}")
-
-    def reset_stats(self) -> None:
-        self.images = self.fallbacks = 0
 
     def check(self) -> Path:
         """Find and load the model file now (KpbenchError if it cannot); returns its path."""
@@ -233,20 +221,16 @@ class Dlib68(nn.Module):
         faces = []
         for rect in _detector()(img, 1):
             pts = np.array([(p.x, p.y) for p in predictor(img, rect).parts()], dtype=np.float32)
-            faces.append(convert(pts, "ibug68", "kaggle15") if self.num_keypoints == 15 else pts)
+            faces.append(self.in_schema(pts))
         return faces
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def points68(self, images: np.ndarray, gray: torch.Tensor) -> np.ndarray:
         dlib = _import_dlib()
         predictor = _load_predictor(find_predictor(self.predictor))
-        b, _, h, w = x.shape
-        f = max(1.0, self.min_size / min(h, w))  # dlib needs a decent resolution: upscale small crops
-        hh, ww = round(h * f), round(w * f)
-        gray = x.detach().float().cpu().mean(1, keepdim=True)
-        big = upscaled_uint8(gray, hh, ww)
+        b, hh, ww = images.shape
         out = np.empty((b, 68, 2), dtype=np.float32)
         for i in range(b):
-            img = big[i]  # a C-contiguous (hh, ww) uint8 view, as dlib wants
+            img = images[i]  # a C-contiguous (hh, ww) uint8 view, as dlib wants
             rect = self._detect_twice(dlib, img, gray[i:i + 1]) if self.box == "detector" else None
             if rect is None:
                 self.fallbacks += self.box == "detector"
@@ -256,18 +240,7 @@ class Dlib68(nn.Module):
                 if step < self.refine:
                     rect = self._box_from_points(dlib, pts)
             out[i] = pts
-        self.images += b
-        out = (out + 0.5) / np.array([ww, hh], dtype=np.float32)  # pixel centres -> edges, scaled to [0, 1]
-        if self.num_keypoints == 15:
-            out = convert(out, "ibug68", "kaggle15")
-        return torch.from_numpy(np.ascontiguousarray(out)).reshape(b, -1).to(device=x.device, dtype=x.dtype)
-
-
-def upscaled_uint8(gray: torch.Tensor, h: int, w: int) -> np.ndarray:
-    """(B, 1, H0, W0) float in [0, 1] -> (B, h, w) uint8, bicubic (pixel-edge aligned) where resized."""
-    if gray.shape[-2:] != (h, w):
-        gray = F.interpolate(gray, size=(h, w), mode="bicubic", align_corners=False)
-    return np.ascontiguousarray((gray[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+        return (out + 0.5) / np.array([ww, hh], dtype=np.float32)  # pixel centres -> edges, scaled to [0, 1]
 
 
 def factory(num_keypoints: int, input_size: int, in_chans: int = 1, predictor=None, **options) -> Dlib68:

@@ -31,11 +31,9 @@ import warnings
 
 import numpy as np
 import torch
-from torch import nn
 
 import kpbench
-from kpbench.keypoints import convert
-from kpbench_plugins.dlib68 import upscaled_uint8
+from kpbench.reference import ReferenceModel
 
 # Face Mesh vertex for each iBUG 68 point (0-based iBUG order: jaw 0-16 from the image's left,
 # brows 17-26, nose 27-35, eyes 36-47, mouth 48-67). The widely used table; checked on 100 HELEN
@@ -106,36 +104,26 @@ def photo_landmarks68(image: np.ndarray, max_faces: int = 10, min_confidence: fl
     return [_mesh68(face, w, h) - 0.5 for face in result.multi_face_landmarks or ()]
 
 
-class MediaPipeFaceMesh(nn.Module):
+class MediaPipeFaceMesh(ReferenceModel):
     """(B, C, H, W) face crops in [0, 1] -> (B, 2K) absolute crop coordinates in [0, 1] (pixel
     edges). No parameters; see the module docstring."""
 
-    absolute_output = True
-    flip_test = False  # the reference runs as users would run it: no test-time flip averaging
+    name = "mediapipe"
 
     def __init__(self, num_keypoints: int, input_size: int, in_chans: int = 1, min_size: int = 192,
                  margin: float = 0.25, min_confidence: float = 0.5, photo_faces: int = 5):
-        super().__init__()
-        if num_keypoints not in (15, 68):
-            raise kpbench.KpbenchError(
-                f"model 'mediapipe' predicts the 68 iBUG points (mapped to kaggle15 for 15); it cannot output"
-                f" {num_keypoints} points: use a dataset schema with 15 or 68 points")
+        super().__init__(num_keypoints, min_size)
         if not (-0.5 < margin and int(min_size) >= 1 and 0 <= min_confidence <= 1 and int(photo_faces) >= 1):
             raise kpbench.KpbenchError(
                 f"model 'mediapipe': bad options min_size={min_size}, margin={margin}, min_confidence={min_confidence},"
                 f" photo_faces={photo_faces}")
         _import_mediapipe()
-        self.num_keypoints = num_keypoints
-        self.min_size, self.margin, self.min_confidence = int(min_size), float(margin), float(min_confidence)
+        self.margin, self.min_confidence = float(margin), float(min_confidence)
         self.photo_faces = int(photo_faces)
-        self.images = 0  # faces predicted since construction / reset_stats()
-        self.fallbacks = 0  # of those, Face Mesh found no face: the mean shape was output
+        # fallbacks: faces where Face Mesh found none (the mean shape was output)
 
     def extra_repr(self) -> str:
         return f"num_keypoints={self.num_keypoints}, min_size={self.min_size}, margin={self.margin}"
-
-    def reset_stats(self) -> None:
-        self.images = self.fallbacks = 0
 
     def fallback(self) -> np.ndarray:
         """(68, 2) crop coordinates: the mean face where the gt-box rule with ``margin`` puts it."""
@@ -145,27 +133,20 @@ class MediaPipeFaceMesh(nn.Module):
         """Face Mesh on a whole (H, W, 3) uint8 photo as its users run it (:func:`photo_landmarks68`,
         up to ``photo_faces`` faces): every face's points in the run's schema, in the photo's pixels."""
         faces = photo_landmarks68(image, max_faces=self.photo_faces, min_confidence=self.min_confidence)
-        return [convert(f, "ibug68", "kaggle15") if self.num_keypoints == 15 else f for f in faces]
+        return [self.in_schema(f) for f in faces]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def points68(self, images: np.ndarray, gray: torch.Tensor) -> np.ndarray:
         mesh = face_mesh(1, self.min_confidence)
-        b, _, h, w = x.shape
-        f = max(1.0, self.min_size / min(h, w))  # Face Mesh wants a decent resolution: upscale small crops
-        hh, ww = round(h * f), round(w * f)
-        gray = upscaled_uint8(x.detach().float().cpu().mean(1, keepdim=True), hh, ww)
-        rgb = np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=-1))
-        out = np.empty((b, 68, 2), dtype=np.float32)
-        for i in range(b):
+        rgb = np.ascontiguousarray(np.repeat(images[..., None], 3, axis=-1))
+        out = np.empty((len(images), 68, 2), dtype=np.float32)
+        for i in range(len(images)):
             faces = mesh.process(rgb[i]).multi_face_landmarks
             if faces:
                 out[i] = _mesh68(faces[0], 1, 1)  # normalized landmarks are already crop fractions
             else:
                 self.fallbacks += 1
                 out[i] = self.fallback()
-        self.images += b
-        if self.num_keypoints == 15:
-            out = convert(out, "ibug68", "kaggle15")
-        return torch.from_numpy(np.ascontiguousarray(out)).reshape(b, -1).to(device=x.device, dtype=x.dtype)
+        return out
 
 
 def factory(num_keypoints: int, input_size: int, in_chans: int = 1, **options) -> MediaPipeFaceMesh:

@@ -720,3 +720,25 @@ def test_none_detector_is_a_centered_square_covering_the_image(plugins, shape, e
     assert side == max(h, w)
     # centered: same padding on both sides
     assert -x0 == pytest.approx(x0 + side - w) and -y0 == pytest.approx(y0 + side - h)
+
+
+def test_a_reference_model_answers_in_the_runs_schema_from_its_68_points():
+    from kpbench.keypoints import convert
+    from kpbench.reference import ReferenceModel
+
+    class Still(ReferenceModel):
+        name = "still"
+
+        def points68(self, images, gray):
+            assert images.dtype == np.uint8 and images.shape[1:] == (64, 64)  # 32 px crops upscaled to min_size
+            return np.tile(np.linspace(0.1, 0.9, 136, dtype=np.float32).reshape(1, 68, 2), (len(images), 1, 1))
+
+    x = torch.rand(3, 1, 32, 32)
+    p68 = np.linspace(0.1, 0.9, 136, dtype=np.float32).reshape(68, 2)
+    assert Still(68, 64)(x).shape == (3, 136)
+    np.testing.assert_allclose(Still(15, 64)(x)[0].numpy().reshape(15, 2), convert(p68, "ibug68", "kaggle15"), atol=1e-6)
+    model = Still(15, 64)
+    model(x)
+    assert (model.images, Still.absolute_output, Still.flip_test) == (3, True, False)
+    with pytest.raises(kpbench.KpbenchError, match="model 'still' predicts the 68 iBUG points"):
+        Still(5, 64)

@@ -167,6 +167,7 @@ def test_predict_on_a_video_writes_a_row_per_frame_and_a_playable_video(tmp_path
     assert len(doc["frames"]) == n and doc["smooth"]["min_cutoff"] == 1.0
     assert doc["frames"][3]["faces"][0]["keypoints"]["nose_tip"] == [float(rows[3]["nose_tip_x"]),
                                                                       float(rows[3]["nose_tip_y"])]
+    _a_video_cut_short_is_said(run, inputs / "clip.mp4", tmp_path / "cut", n)
     face = doc["frames"][3]["faces"][0]  # the confidences, as in the JSON (empty cells for a model without them)
     assert rows[3]["nose_tip_confidence"] == ("" if face["confidence"] is None else str(face["confidence"]["nose_tip"]))
     assert rows[3]["face_confidence"] == ("" if face["face_confidence"] is None else str(face["face_confidence"]))
@@ -198,3 +199,26 @@ def test_a_frame_without_a_face_is_drawn_as_it_is():
     frame = np.full((24, 32, 3), 90, np.uint8)
     drawn = np.asarray(draw_faces(frame, np.zeros((0, 15, 2)), np.zeros((0, 3), np.float32)))
     np.testing.assert_array_equal(drawn, frame)
+
+
+def _a_video_cut_short_is_said(run, clip, out, n):
+    """Fewer frames decode than the header declares (FFmpeg skips what it cannot decode): a warning
+    names the file and both counts."""
+    from unittest import mock
+
+    import kpbench
+    import kpbench.video as kv
+    from kpbench.log import log
+    from kpbench.photos import predict_video
+
+    real = kv.frames
+
+    def three(path, container, stream):
+        for i, item in zip(range(3), real(path, container, stream)):
+            yield item
+
+    predictor = kpbench.Predictor.from_run(run, detector="none", runtime="torch")
+    with mock.patch.object(kv, "frames", three), mock.patch.object(log, "warning") as warned:
+        summary = predict_video(predictor, clip, out, "clip", overlays=False)
+    assert summary["frames"] == 3
+    assert any(f"3 of the {n} frames" in str(c.args[0]) and str(clip) in str(c.args[0]) for c in warned.call_args_list)
