@@ -173,7 +173,12 @@ def override(config: dict, assignment: str) -> dict:
     if "=" not in assignment:
         raise KpbenchError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.lr=0.0003")
     key, raw = assignment.split("=", 1)
-    value = _yaml(raw) if raw.strip() else None
+    try:
+        value = _yaml(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        why = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise KpbenchError(f"--set {assignment!r}: the value is not YAML ({why}); quote a string, e.g. "
+                           f"run.name='my run'") from None
     nested: Any = value
     for part in reversed(key.strip().split(".")):
         nested = {part: nested}

@@ -72,11 +72,37 @@ def check_output_dir(out: Path, inputs: list[Path]) -> None:
         raise KpbenchError(f"--out {out}: {why}; kpbench predict never writes over files, choose a new folder")
 
 
+@contextlib.contextmanager
+def read_ahead(paths: list[Path]):
+    """An iterator of (path, read) in order, where ``read()`` gives the photo decoded
+    (:func:`~kpbench.data.read_image`, raising its error) or None for a video: each photo is decoded
+    on a worker thread while the one before it goes through the model, one photo ahead at most
+    (so memory stays flat). The thread stops with the block, whatever ends it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kpbench-decode")
+
+    def start(path: Path):
+        return None if is_video(path) else pool.submit(read_image, path)
+
+    def items():
+        nxt = start(paths[0]) if paths else None
+        for i, path in enumerate(paths):
+            this, nxt = nxt, start(paths[i + 1]) if i + 1 < len(paths) else None
+            yield path, (lambda f=this: None if f is None else f.result())
+
+    try:
+        yield items()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def predict_photos(predictor: Predictor, paths: list[Path], out: Path, overlays: bool = True,
                    smooth: dict | None = None, track: bool = True) -> tuple[list[dict], list[dict]]:
     """Every face in every photo: box, score and named keypoints in the photo's pixels, written as
     ``<name>.json`` and, with ``overlays``, ``<name>.jpg`` (boxes and points drawn) under ``out``,
-    plus ``predictions.json`` (also when interrupted: then marked ``partial``). Videos among
+    plus ``predictions.json`` (also when interrupted: then marked ``partial``); each photo is
+    decoded while the one before it is predicted (:func:`read_ahead`). Videos among
     ``paths`` go through :func:`predict_video` (``smooth``: its One-Euro options, or None). A file
     that cannot be read is reported and counted; the rest go on. Returns the photos' and videos'
     entries and the unreadable files' errors."""
@@ -88,26 +114,27 @@ def predict_photos(predictor: Predictor, paths: list[Path], out: Path, overlays:
     check_output_dir(out, paths)
     results, errors, finished = [], [], False
     try:
-        for path, name in zip(paths, output_names(paths)):
-            try:
-                if is_video(path):
-                    results.append(predict_video(predictor, path, out, name, overlays, smooth, track))
+        with read_ahead(paths) as photos:
+            for (path, read), name in zip(photos, output_names(paths)):
+                try:
+                    if is_video(path):
+                        results.append(predict_video(predictor, path, out, name, overlays, smooth, track))
+                        continue
+                    image = read()
+                except KpbenchError as exc:
+                    log.warning(f"kpbench: skipped: {exc}")
+                    errors.append({"video" if is_video(path) else "image": str(path), "error": str(exc)})
                     continue
-                image = read_image(path)
-            except KpbenchError as exc:
-                log.warning(f"kpbench: skipped: {exc}")
-                errors.append({"video" if is_video(path) else "image": str(path), "error": str(exc)})
-                continue
-            faces = predictor.faces(image)
-            entry = {"image": str(path), "output": name, "width": int(image.shape[1]), "height": int(image.shape[0]),
-                     "faces": [f.to_json() for f in faces]}
-            if not faces:
-                log.info(f"{path}: no face found")
-            elif overlays:
-                plots.photo_keypoints(image, np.stack([f.points for f in faces]), stack_boxes([f.box for f in faces]),
-                                      out / f"{name}.jpg")
-            atomic_write_json(out / f"{name}.json", entry)
-            results.append(entry)
+                faces = predictor.faces(image)
+                entry = {"image": str(path), "output": name, "width": int(image.shape[1]),
+                         "height": int(image.shape[0]), "faces": [f.to_json() for f in faces]}
+                if not faces:
+                    log.info(f"{path}: no face found")
+                elif overlays:
+                    plots.photo_keypoints(image, np.stack([f.points for f in faces]),
+                                          stack_boxes([f.box for f in faces]), out / f"{name}.jpg")
+                atomic_write_json(out / f"{name}.json", entry)
+                results.append(entry)
         finished = True
     finally:
         if out.is_dir():

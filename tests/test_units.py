@@ -742,3 +742,27 @@ def test_a_reference_model_answers_in_the_runs_schema_from_its_68_points():
     assert (model.images, Still.absolute_output, Still.flip_test) == (3, True, False)
     with pytest.raises(kpbench.KpbenchError, match="model 'still' predicts the 68 iBUG points"):
         Still(5, 64)
+
+
+def test_read_ahead_gives_the_photos_in_order_and_each_error_at_its_turn(tmp_path):
+    from PIL import Image
+
+    from kpbench.photos import read_ahead
+
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"p{i}.png")
+        Image.fromarray(np.full((8, 8, 3), i * 40, np.uint8)).save(paths[-1])
+    (tmp_path / "bad.jpg").write_bytes(b"not a photo")
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    paths[2:2] = [tmp_path / "bad.jpg", tmp_path / "clip.mp4"]
+    seen = []
+    with read_ahead(paths) as photos:
+        for path, read in photos:
+            if path.name == "bad.jpg":
+                with pytest.raises(kpbench.KpbenchError, match="bad.jpg"):
+                    read()
+                continue
+            image = read()
+            seen.append((path.name, None if image is None else int(image[0, 0, 0])))
+    assert seen == [("p0.png", 0), ("p1.png", 40), ("clip.mp4", None), ("p2.png", 80), ("p3.png", 120)]
