@@ -132,7 +132,7 @@ class SchemaSpec(_Spec):
 @dataclass
 class ReportWriterSpec(_Named):
     """A report format: ``write(report)`` writes its files into ``report.run_dir`` from a
-    :class:`kpbench.report.Report` (the leaderboard and its tables as DataFrames, the run's
+    :class:`kpbench.writers.Report` (the leaderboard and its tables as DataFrames, the run's
     manifest, figures, notes), through :class:`kpbench.rundir.RunDir`'s atomic writers. It must be
     deterministic (``kpbench report`` re-renders a run byte for byte). kpbench's own: csv, md,
     json, html."""

@@ -5,14 +5,14 @@
 from __future__ import annotations
 
 import kpbench
-from kpbench import report
+from kpbench import writers
 
 
 @kpbench.hookimpl
 def kpbench_report_writers():
     return [
-        kpbench.ReportWriterSpec("csv", report.write_csv, "leaderboard.csv and a CSV per table"),
-        kpbench.ReportWriterSpec("md", report.write_markdown, "leaderboard.md and a Markdown table per table"),
-        kpbench.ReportWriterSpec("json", report.write_json, "leaderboard.json: the manifest and the rows, strict JSON"),
-        kpbench.ReportWriterSpec("html", report.write_html, "report.html: tables, figures and notes on one page"),
+        kpbench.ReportWriterSpec("csv", writers.write_csv, "leaderboard.csv and a CSV per table"),
+        kpbench.ReportWriterSpec("md", writers.write_markdown, "leaderboard.md and a Markdown table per table"),
+        kpbench.ReportWriterSpec("json", writers.write_json, "leaderboard.json: the manifest and the rows, strict JSON"),
+        kpbench.ReportWriterSpec("html", writers.write_html, "report.html: tables, figures and notes on one page"),
     ]
