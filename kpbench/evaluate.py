@@ -55,13 +55,18 @@ def gives_confidence(model: torch.nn.Module) -> bool:
     return isinstance(getattr(model, "net", None), GivesConfidence) and hasattr(model, "with_confidence")
 
 
-def predict_with_confidence(model: torch.nn.Module, images: torch.Tensor, device="cpu"):
+def split_confidence(out: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A model's output for N crops, (N, 2K) or (N, 3K) with confidences (:class:`PointsAndConfidence`),
+    as (N, K, 2) points and (N, K) confidences, or None without them."""
+    out = out.reshape(len(out), -1)
+    return out[:, :2 * k].reshape(-1, k, 2), (out[:, 2 * k:] if out.shape[1] == 3 * k else None)
+
+
+def predict_with_confidence(model: torch.nn.Module, images: torch.Tensor, k: int, device="cpu"):
     """(N, K, 2) crop coordinates and (N, K) per-point confidences, or None for a model without them."""
     if not gives_confidence(model):
         return predict(model, images, device=device), None
-    out = predict(PointsAndConfidence(model), images, device=device).reshape(len(images), -1)
-    k = out.shape[1] // 3
-    return out[:, :2 * k].reshape(-1, k, 2), out[:, 2 * k:]
+    return split_confidence(predict(PointsAndConfidence(model), images, device=device), k)
 
 
 def confidence_values(pred_px: np.ndarray, true: np.ndarray, conf: np.ndarray, schema: Schema) -> dict:

@@ -27,7 +27,7 @@ import torch
 from kpbench.components import path_detector
 from kpbench.data import crop_from_image, read_image, stack_boxes, to_image_pixels
 from kpbench.errors import KpbenchError
-from kpbench.evaluate import PointsAndConfidence, gives_confidence, predict
+from kpbench.evaluate import PointsAndConfidence, gives_confidence, predict, split_confidence
 from kpbench.keypoints import Schema, get_schema
 from kpbench.log import log
 from kpbench.protocols import FindsFaces
@@ -258,10 +258,8 @@ class Predictor:
     def points_on(self, crops: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The model on crops (F, 1, S, S) cut at ``boxes``: points (F, K, 2) in the image's pixels
         and per-point confidences (F, K), or None for a model without them."""
-        out = predict(self.trained.model, torch.from_numpy(crops)).reshape(len(crops), -1)
-        k = self.schema.num_points
-        conf = out[:, 2 * k:] if out.shape[1] == 3 * k else None
-        return to_image_pixels(out[:, :2 * k].reshape(-1, k, 2), boxes), conf
+        points, conf = split_confidence(predict(self.trained.model, torch.from_numpy(crops)), self.schema.num_points)
+        return to_image_pixels(points, boxes), conf
 
     def crops(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """The model's input for each box: (F, 1, S, S) gray float32, cut as in training."""

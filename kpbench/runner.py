@@ -399,7 +399,7 @@ def test_and_save(model, test_d: Prepared, schema, metrics, dc: dict, mdir: Path
     ``miss_rate`` for a real detector."""
     conf = None
     if pred_crop is None:
-        pred_crop, conf = predict_with_confidence(model, test_d.images, device=device)
+        pred_crop, conf = predict_with_confidence(model, test_d.images, schema.num_points, device=device)
     pred_px, values, per_image = score(pred_crop, test_d, schema, metrics)
     exclude = dc["miss_policy"] == "exclude"  # detector misses are counted, not scored
     if exclude:
