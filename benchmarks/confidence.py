@@ -20,7 +20,7 @@ from kpbench.formulas import roc_auc
 from kpbench.keypoints import convert
 from kpbench.plugins import get_plugins
 from kpbench.predictor import SHIPPED, Predictor
-from kpbench.runner import load_splits
+from kpbench.components import load_splits
 
 
 def main(argv=None) -> None:
@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     predictor = Predictor(args.model, detector=args.detector)
-    sources, splits = load_splits(get_plugins(), predictor.trained.config)
+    sources, splits = load_splits(get_plugins(), predictor.trained.settings)
     a, b = predictor.schema.norm_pair
     errors, confs, face_conf, face_nme = [], [], [], []
     for i in splits[2]:

@@ -15,7 +15,6 @@ same offset both ways). Also the batch-1 forward time of one crop and of the pai
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -23,14 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kpbench.components import make_detector
+from kpbench.components import load_splits, make_detector
 from kpbench.data import prepare
 from kpbench.evaluate import score
 from kpbench.io import atomic_write_json
-from kpbench.keypoints import get_schema
 from kpbench.plugins import get_plugins
 from kpbench.predictor import SHIPPED
-from kpbench.runner import load_splits
 from kpbench.trained import load_trained
 
 
@@ -55,11 +52,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     plugins = get_plugins()
     trained = load_trained(args.model, plugins)
-    config = json.loads(json.dumps(trained.config))
-    dc = config["data"]
-    schema = get_schema(dc["schema"])
-    sources, splits = load_splits(plugins, config)
-    test = prepare(sources[2], splits[2], make_detector(plugins, "gt-box", dc["detector_options"]),
+    schema = trained.schema
+    sources, splits = load_splits(plugins, trained.settings)
+    test = prepare(sources[2], splits[2], make_detector(plugins, "gt-box", trained.settings.data.detector_options),
                    trained.input_size, schema.name)
     model = trained.model.eval()
     model.flip_test = None

@@ -64,12 +64,12 @@ PACKAGES = ("kpbench", "torch", "onnxruntime", "mediapipe", "dlib-bin", "ai-edge
             "numpy", "pillow")
 
 
-def run_test_files(plugins, config: dict, kind: str, path: Path) -> set[Path] | None:
+def run_test_files(plugins, settings, kind: str, path: Path) -> set[Path] | None:
     """The photos of the run's test split among its datasets of ``kind`` that hold or lie in ``path``
     (split as the run split them); None when the run did not train on that data."""
-    dc = config["data"]
-    specs = dc["dataset"] if isinstance(dc["dataset"], list) else [dc["dataset"]]
-    options = dc["options"] if isinstance(dc["options"], list) else [dc["options"]] * len(specs)
+    dc = settings.data
+    specs = dc.dataset if isinstance(dc.dataset, list) else [dc.dataset]
+    options = dc.options if isinstance(dc.options, list) else [dc.options] * len(specs)
     test = None
     for spec, opts in zip(specs, options):
         k, _, p = spec.partition(":")
@@ -78,11 +78,11 @@ def run_test_files(plugins, config: dict, kind: str, path: Path) -> set[Path] | 
             continue
         data = load_dataset(plugins, spec, opts or {})
         test = (test or set()) | {Path(data.files[int(i)]).resolve()
-                                  for i in split_dataset(data, dc["split"], config["run"]["seed"])[2]}
+                                  for i in split_dataset(data, dc.split, settings.run.seed)[2]}
     return test
 
 
-def pick_faces(plugins, spec: str, limit: int, seed: int, config: dict, all_faces: bool):
+def pick_faces(plugins, spec: str, limit: int, seed: int, settings, all_faces: bool):
     """``limit`` photos of the dataset (seeded), sorted by file: their files, 68-point annotations,
     the annotations' schema and a line saying where they were drawn from."""
     data = load_dataset(plugins, spec, {})
@@ -90,8 +90,8 @@ def pick_faces(plugins, spec: str, limit: int, seed: int, config: dict, all_face
         raise SystemExit(f"{spec}: needs a dataset of image files with annotations (ibug, folder68)")
     kind, _, path = spec.partition(":")
     pool = np.arange(len(data))
-    test = None if all_faces or config["data"].get("limit") else run_test_files(plugins, config, kind,
-                                                                                Path(path).resolve())
+    test = None if all_faces or settings.data.limit else run_test_files(plugins, settings, kind,
+                                                                        Path(path).resolve())
     where = f"any of its {len(data)} faces"
     if test is not None:
         pool = np.array([i for i in pool if Path(data.files[i]).resolve() in test], dtype=int)
@@ -340,7 +340,7 @@ def main(argv=None) -> int:
         first = next(iter(paths.values()))
         schema = first.schema
         files, annotated, source_schema, where = pick_faces(plugins, args.dataset, args.limit, args.seed,
-                                                            first.trained.config, args.all_faces)
+                                                            first.trained.settings, args.all_faces)
         if args.dataset.startswith("ibug:"):
             notes.append("dlib's predictor was trained on 300-W's training photos (HELEN, LFPW, AFW trainsets)")
         refs = references(plugins, schema.num_points, first.trained.input_size, args.video, notes)

@@ -82,14 +82,15 @@ def test_predict_per_photo_vs_detector_plus_model(tmp_path):
     from kpbench.photos import predict_photos
     from kpbench.predictor import Predictor
     from kpbench.train import Regressor
+    from kpbench.components import CropConvention
+    from kpbench.keypoints import KAGGLE15
     from kpbench.trained import Trained
 
     torch.manual_seed(0)
     net = get_plugins().models.get("integral").factory(15, 96, 1)
     model = Regressor(net, torch.full((15, 2), 0.5)).eval()
     model.flip_test = list(range(15))
-    trained = Trained(model, "integral", 96, {"data": {"schema": "kaggle15", "detector_options": {}}}, tmp_path,
-                      tmp_path)
+    trained = Trained(model, "integral", 96, KAGGLE15, CropConvention("gt-box", {}, 0.15), None, tmp_path, tmp_path)
     predictor = Predictor.from_trained(trained, detector="mtcnn", runtime="torch")
     det = predictor.detector
     photos = _helen_photos()

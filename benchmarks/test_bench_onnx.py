@@ -10,20 +10,19 @@ from kpbench import config as cfgmod
 from kpbench.keypoints import get_schema
 from kpbench.plugins import get_plugins
 from kpbench.profile import ORT_LATENCY, profile
-from kpbench.components import model_settings
+from kpbench.components import ModelPlan
 
 
 @pytest.mark.parametrize("onnx_latency", ["auto", False])
 def test_profile_the_default_runs_models(benchmark, onnx_latency):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    config = cfgmod.load(Path(__file__).parents[1] / "configs" / "default.yaml")
-    plugins, k = get_plugins(), get_schema(config["data"]["schema"]).num_points
+    settings = cfgmod.Settings.from_dict(cfgmod.load(Path(__file__).parents[1] / "configs" / "default.yaml"))
+    plugins, k = get_plugins(), get_schema(settings.data.schema).num_points
     nets = []
-    for label in config["models"]:
-        spec = plugins.models.get(label)
-        options, size, _ = model_settings(config, label, spec)
-        nets.append((spec.factory(k, size, 1, **options), size))
+    for label in settings.models:
+        m = ModelPlan.of(settings, label, plugins.models.get(label))
+        nets.append((m.build(k), m.input_size))
     rows = benchmark.pedantic(lambda: [profile(net, size, onnx_latency=onnx_latency) for net, size in nets],
                               rounds=5, iterations=1, warmup_rounds=1)
     assert all((ORT_LATENCY in row) == (onnx_latency == "auto") for row in rows)

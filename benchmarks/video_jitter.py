@@ -37,6 +37,7 @@ from kpbench.trained import load_trained
 from kpbench.io import atomic_write_json
 from kpbench.keypoints import get_schema
 from kpbench.plugins import get_plugins
+from kpbench.rundir import RunDir
 from kpbench.components import load_dataset
 from kpbench.video import SMOOTH, face_filter, smoothing
 from kpbench_plugins.datasets import clip_frame
@@ -72,17 +73,17 @@ class WobblyBox:
         return [{"box": (*(centre - side / 2), side), "score": 1.0}]
 
 
-def still_clips(run: Path, model: str, config: dict, boxes: dict, n: int, scale: float, shift: float):
+def still_clips(run: Path, model: str, settings, boxes: dict, n: int, scale: float, shift: float):
     """Each test face (``boxes``: id -> the run's face box) held still for ``n`` frames under a
     :class:`WobblyBox`: predictions, annotations, boxes and (clip, frame) of every frame."""
     plugins = get_plugins()
     predictor = Predictor.from_trained(load_trained(run / "models" / model, plugins), detector="none",
                                        runtime="torch", plugins=plugins)
-    dc = config["data"]
-    data = load_dataset(plugins, dc["dataset"], dc["options"])
+    dc = settings.data
+    data = load_dataset(plugins, dc.dataset, dc.options)
     rng = np.random.default_rng(0)
     pred, true, used, frames = [], [], [], []
-    for i in split_dataset(data, dc["split"], config["run"]["seed"])[2]:
+    for i in split_dataset(data, dc.split, settings.run.seed)[2]:
         s = data[int(i)]
         detector = WobblyBox(boxes[s.id], rng, scale, shift)
         for k in range(n):
@@ -106,19 +107,19 @@ def compare(pred, true, boxes, frames, schema, options, fps_list) -> list[dict]:
 
 def measure(run: Path, model: str | None, fps_list: list[float], options: dict, still: int = 0,
             wobble: tuple[float, float] = (0.075, 0.027)) -> dict:
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    model = model or config["models"][0]
-    schema = get_schema(config["data"]["schema"])
+    settings = RunDir(run).settings()
+    model = model or settings.models[0]
+    schema = get_schema(settings.data.schema)
     with np.load(run / "models" / model / "predictions.npz") as z:
         pred, true, boxes, ids = z["pred"], z["true"], z["boxes"], z["ids"]
     frames = clip_frames(ids)
     motion = scores(np.zeros_like(true), true, MetricContext(schema=schema, boxes=boxes, frames=frames))["jitter"]
-    result = {"run": str(run), "model": model, "dataset": config["data"]["dataset"], "schema": schema.name,
-              "detector": config["data"]["detector"], "detector_options": config["data"]["detector_options"],
+    result = {"run": str(run), "model": model, "dataset": settings.data.dataset, "schema": schema.name,
+              "detector": settings.data.detector, "detector_options": settings.data.detector_options,
               "faces": len(ids), "clips": len({c for c, _ in frames}), "pairs": int(sum(k > 0 for _, k in frames)),
               "smooth": options, "motion": motion, "rows": compare(pred, true, boxes, frames, schema, options, fps_list)}
     if still:
-        clips = still_clips(run, model, config, dict(zip(map(str, ids), boxes)), still, *wobble)
+        clips = still_clips(run, model, settings, dict(zip(map(str, ids), boxes)), still, *wobble)
         result["still"] = {"frames": still, "fps": fps_list[0], "wobble": {"scale": wobble[0], "shift": wobble[1]},
                            "rows": compare(*clips, schema, options, fps_list[:1])}
     return result

@@ -12,9 +12,19 @@ from kpbench.keypoints import Schema, get_schema  # noqa: E402
 from kpbench.registry import (DatasetSpec, DetectorSpec, MetricSpec, ModelSpec, ReportWriterSpec,  # noqa: E402
                               SchemaSpec)
 from kpbench.data import Sample  # noqa: E402
-from kpbench.evaluate import MetricContext  # noqa: E402
+from kpbench.protocols import MetricContext  # noqa: E402
 from kpbench.faces import FaceDetector, RawFace  # noqa: E402
-from kpbench import protocols  # noqa: E402
+from kpbench import keypoints, protocols  # noqa: E402
+
+
+def _plugin_schemas() -> None:
+    """Load the plugins, so that :func:`get_schema` knows the layouts they register."""
+    from kpbench.plugins import get_plugins
+
+    get_plugins()
+
+
+keypoints.SCHEMA_SOURCES.append(_plugin_schemas)
 
 __all__ = [
     "__version__",

@@ -12,29 +12,28 @@ from rich.console import Console
 from rich.table import Table
 
 import kpbench
+from kpbench.config import Settings
 from kpbench.html import fmt
 from kpbench.keypoints import get_schema
 from kpbench.plugins import Plugins
-from kpbench.profile import ORT_LATENCY, profile
+from kpbench.profile import ORT_LATENCY, branch_report, profile
 from kpbench.report import onnx_latency_note
 
 
-def bench(config: dict, plugins: Plugins, console: Console, batch: int = 32) -> list[dict]:
-    from kpbench.components import call_factory, model_settings, resolve_device
-    from kpbench.runner import branch_report
+def bench(settings: Settings, plugins: Plugins, console: Console, batch: int = 32) -> list[dict]:
+    from kpbench.components import ModelPlan, resolve_device
 
-    device = resolve_device(config["run"]["device"])
-    if config["run"]["threads"]:
-        torch.set_num_threads(config["run"]["threads"])
-    schema = get_schema(config["data"]["schema"])
-    specs = [(m, plugins.models.get(m.split("@")[0], where="--models")) for m in config["models"]]
+    device = resolve_device(settings.run.device)
+    if settings.run.threads:
+        torch.set_num_threads(settings.run.threads)
+    schema = get_schema(settings.data.schema)
+    models = [ModelPlan.of(settings, m, plugins.models.get(m.split("@")[0], where="--models")) for m in settings.models]
     rows = []
-    for label, spec in specs:
-        options, size, _ = model_settings(config, label, spec)
+    for m in models:
         torch.manual_seed(0)
-        net = call_factory(spec.factory, f"model {label!r}", schema.num_points, size, 1, **options)
-        row = {"model": label, "input_size": size,
-               **profile(net, size, device, batch=batch, onnx_latency=config["eval"]["onnx_latency"]),
+        net = m.build(schema.num_points)
+        row = {"model": m.label, "input_size": m.input_size,
+               **profile(net, m.input_size, device, batch=batch, onnx_latency=settings.eval.onnx_latency),
                **branch_report(net)}
         rows.append(row)
     cols = ["model", "input_size", "params", "trainable_params", "gmacs", "latency_ms", ORT_LATENCY, "throughput_ips"]

@@ -10,6 +10,7 @@ them, and the SHA-256 of every file (:func:`verify` checks them)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import shutil
 import sys
@@ -75,23 +76,23 @@ def ship(run: str | Path, config_file: str = "configs/wild.yaml", *evaluations: 
          root: Path = SHIPPED_ROOT) -> Path:
     """Copy ``run``'s best model and write its card (with the rows of ``evaluations``: ``kpbench
     evaluate`` folders of the model through other detectors); refuses to write over an earlier one."""
-    from kpbench.config import differences, load
+    from kpbench.config import Settings, differences, load
     from kpbench.plugins import get_plugins
     from kpbench.trained import load_trained
 
     run = Path(run)
     trained = load_trained(run, get_plugins())
-    wanted = load(config_file)
-    changed = differences(trained.config, wanted)  # "key: the run's -> config_file's"
+    wanted = Settings.from_dict(load(config_file), config_file)
+    changed = differences(trained.settings, wanted)  # "key: the run's -> config_file's"
     trained_otherwise = [c for c in changed if not c.startswith("eval.")]
     if trained_otherwise:
         raise KpbenchError(f"{run}: not a run of {config_file} as written ({trained_otherwise[0]})")
     for e in evaluations:  # each evaluated as config_file evaluates (its eval keys but the detectors)
-        other = [c for c in differences(wanted["eval"], read_mapping(Path(e) / "config.yaml")["eval"])
-                 if not c.startswith("detectors")]
+        other = [c.removeprefix("eval.") for c in differences(wanted, RunDir(e).settings())
+                 if c.startswith("eval.") and not c.startswith("eval.detectors")]
         if other:
             raise KpbenchError(f"{e}: not evaluated as {config_file} says (eval.{other[0]})")
-    dest = root / trained.config["run"]["name"]
+    dest = root / trained.settings.run.name
     if dest.exists():
         raise KpbenchError(f"{dest} exists; remove it first to ship another model")
     manifest = read_mapping(trained.run_dir / "manifest.json")
@@ -102,16 +103,16 @@ def ship(run: str | Path, config_file: str = "configs/wild.yaml", *evaluations: 
     model_dir.mkdir(parents=True)
     shutil.copyfile(trained.run_dir / "manifest.json", tmp / "manifest.json")
     # The run's config with config_file's evaluation (eval keys changed after training: ``evaluated_as``).
-    RunDir(tmp).write_config({**trained.config, "eval": wanted["eval"]})
+    RunDir(tmp).write_config(dataclasses.replace(trained.settings, eval=wanted.eval))
     for name in ("best.pt", "result.json"):
         shutil.copyfile(trained.model_dir / name, model_dir / name)
     files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-    datasets = trained.config["data"]["dataset"]
+    datasets = trained.settings.data.dataset
     card = {
         "model": trained.label, "config_file": config_file, "config_hash": manifest.get("config_hash"),
         "git_commit": manifest.get("git_commit"), "trained": manifest.get("started"),
         "machine": {k: manifest.get(k) for k in ("device", "cpu", "threads", "torch", "platform")},
-        "schema": trained.config["data"]["schema"], "input_size": trained.input_size,
+        "schema": trained.schema.name, "input_size": trained.input_size,
         "training_data": [{"dataset": d, "licence": next((v for k, v in LICENCES.items() if k in d), "see its source")}
                           for d in (datasets if isinstance(datasets, list) else [datasets])],
         "licence_note": "trained on data for research, non-commercial use (as dlib's own 68-point model): "
@@ -119,7 +120,7 @@ def ship(run: str | Path, config_file: str = "configs/wild.yaml", *evaluations: 
         "test_split": manifest.get("splits"),
         "evaluated_as": changed,  # eval keys set otherwise than in the training run (then its own rows are left out)
         "accuracy_by_path": _accuracy_rows(trained, evaluations, run_rows=not changed),
-        "latency_flip_test": bool(trained.config["eval"]["flip_test"]),  # how the run timed it
+        "latency_flip_test": trained.settings.eval.flip_test,  # how the run timed it
         "result": {k: result[k] for k in sorted(result) if not isinstance(result[k], (dict, list))},
         "sha256": {f: sha256(tmp / f) for f in files},
     }

@@ -29,53 +29,62 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _settings(path: str | None, changes: dict, assignments=()):
+    """The run's settings: defaults, the config file (the default one where there), the command's
+    options (``changes``: section -> key -> value), then each ``--set`` (the YAML dict stops here)."""
+    from kpbench import config as cfgmod
+
+    if path is None and Path(DEFAULT_CONFIG).is_file():
+        path = DEFAULT_CONFIG
+    settings = cfgmod.Settings.from_dict(cfgmod.load(path), path or "the defaults").replace(**changes)
+    if not assignments:
+        return settings
+    config = settings.to_dict()
+    for assignment in assignments:
+        config = cfgmod.override(config, assignment)
+    return cfgmod.Settings.from_dict(config, "--set")
+
+
 def cmd_run(args, console: Console) -> None:
     from kpbench import config as cfgmod
     from kpbench.runner import run
 
-    path = args.config
-    if path is None and Path(DEFAULT_CONFIG).is_file():
-        path = DEFAULT_CONFIG
-    config = cfgmod.load(path)
+    changes: dict = {"run": {}, "data": {}, "train": {}}
     if args.models is not None:
-        config["models"] = _csv(args.models)
-        if not config["models"]:
+        changes["models"] = _csv(args.models)
+        if not changes["models"]:
             raise KpbenchError(f"--models {args.models!r}: no model names (e.g. --models cnn,integral)")
     if args.dataset:
-        if args.dataset != [config["data"]["dataset"]]:
-            config["data"]["options"] = {}  # options belong to the config's dataset
-        config["data"]["dataset"] = args.dataset[0] if len(args.dataset) == 1 else args.dataset
+        configured = cfgmod.load(args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None))
+        if args.dataset != [configured["data"]["dataset"]]:
+            changes["data"]["options"] = {}  # options belong to the config's dataset
+        changes["data"]["dataset"] = args.dataset[0] if len(args.dataset) == 1 else args.dataset
     if args.detector:
-        config["data"]["detector"] = args.detector
-        config["data"]["detector_options"] = {}
+        changes["data"].update(detector=args.detector, detector_options={})
     if args.eval_dataset:
-        config["data"]["eval_dataset"] = args.eval_dataset
+        changes["data"]["eval_dataset"] = args.eval_dataset
     if args.epochs is not None:
-        config["train"]["epochs"] = args.epochs
+        changes["train"]["epochs"] = args.epochs
     if args.skip_bad:
-        config["data"]["skip_bad"] = True
+        changes["data"]["skip_bad"] = True
     if args.seed is not None:
-        config["run"]["seed"] = args.seed
+        changes["run"]["seed"] = args.seed
     if args.seeds:
         try:
-            config["run"]["seeds"] = [int(s) for s in _csv(args.seeds)]
+            changes["run"]["seeds"] = [int(s) for s in _csv(args.seeds)]
         except ValueError:
             raise KpbenchError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
-    if args.out:
-        config["run"]["out"] = args.out
-    if args.device:
-        config["run"]["device"] = args.device
-    if args.executor:
-        config["run"]["executor"] = args.executor
-    for key in ("address", "cpus_per_job", "gpus_per_job"):
-        if getattr(args, key) is not None:
-            config["run"]["ray"][key] = getattr(args, key)
-    for assignment in args.set or ():
-        config = cfgmod.override(config, assignment)
-    given = [f"--{k.replace('_', '-')}" for k in ("address", "cpus_per_job", "gpus_per_job") if getattr(args, k) is not None]
-    if given and config["run"]["executor"] != "ray":
-        raise KpbenchError(f"{', '.join(given)}: for the Ray executor only; add --executor ray")
-    run(config, _plugins(args), console, resume=args.resume)
+    for key in ("out", "device", "executor"):
+        if getattr(args, key):
+            changes["run"][key] = getattr(args, key)
+    ray = {key: getattr(args, key) for key in ("address", "cpus_per_job", "gpus_per_job") if getattr(args, key) is not None}
+    if ray:
+        changes["run"]["ray"] = ray
+    settings = _settings(args.config, changes, args.set or ())
+    if ray and settings.run.executor != "ray":
+        given = ", ".join(f"--{k.replace('_', '-')}" for k in ray)
+        raise KpbenchError(f"{given}: for the Ray executor only; add --executor ray")
+    run(settings, _plugins(args), console, resume=args.resume)
 
 
 KIND_ALIASES = {"models": "model", "datasets": "dataset", "detectors": "detector", "metrics": "metric",
@@ -214,14 +223,13 @@ def _options(text: str | None, what: str) -> dict:
 def cmd_evaluate(args, console: Console) -> None:
     import time
 
-    from kpbench.components import convention_note
     from kpbench.inference import evaluate
     from kpbench.trained import load_trained
 
     plugins = _plugins(args)
     trained = load_trained(args.model or shipped_model(), plugins)
     if args.detector:
-        note = convention_note(trained, plugins, args.detector)
+        note = trained.convention.note(trained.label, args.detector)
         if note:
             log.warning(f"kpbench: {note}")
     out = args.out or Path("results") / f"{time.strftime('%Y%m%d-%H%M%S')}-evaluate-{trained.label}"
@@ -253,7 +261,6 @@ def cmd_export(args, console: Console) -> None:
 
 
 def cmd_predict(args, console: Console) -> None:
-    from kpbench.components import convention_note
     from kpbench.photos import check_output_dir, expand_paths, predict_photos
     from kpbench.predictor import Predictor
     from kpbench.video import smoothing
@@ -269,7 +276,7 @@ def cmd_predict(args, console: Console) -> None:
     plugins = _plugins(args)
     predictor = Predictor(args.model, detector=args.detector, detector_options=options, runtime=args.runtime,
                           plugins=plugins)
-    note = convention_note(predictor.trained, plugins, predictor.detector_name)
+    note = predictor.trained.convention.note(predictor.label, predictor.detector_name)
     if note:
         log.warning(f"kpbench: {note}")
     elif predictor.margin is not None:
@@ -318,19 +325,18 @@ def cmd_calibrate(args, console: Console) -> None:
 
 
 def cmd_bench(args, console: Console) -> None:
-    from kpbench import config as cfgmod
     from kpbench.bench import bench
 
-    config = cfgmod.load(args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None))
+    changes: dict = {"run": {}, "data": {}}
     if args.models:
-        config["models"] = _csv(args.models)
+        changes["models"] = _csv(args.models)
     if args.input_size is not None:
         if args.input_size < 16:
             raise KpbenchError(f"--input-size must be at least 16, got {args.input_size}")
-        config["data"]["input_size"] = args.input_size
+        changes["data"]["input_size"] = args.input_size
     if args.device:
-        config["run"]["device"] = args.device
-    rows = bench(config, _plugins(args), _quiet(args, console), batch=args.batch)
+        changes["run"]["device"] = args.device
+    rows = bench(_settings(args.config, changes), _plugins(args), _quiet(args, console), batch=args.batch)
     if args.json:
         _print_json(rows)
 

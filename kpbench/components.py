@@ -1,15 +1,19 @@
 """Building a run's components by name: datasets, detectors (set to a model's crop convention),
-model settings and devices. Shared by the run, ``evaluate``, ``predict``, ``calibrate`` and
+models as planned and devices. Shared by the run, ``evaluate``, ``predict``, ``calibrate`` and
 ``bench``; nothing here trains or writes."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
-from kpbench.config import DEFAULTS
-from kpbench.data import Concat, source_names
+from kpbench.config import DEFAULTS, DataSettings, Settings, TrainSettings, validate
+from kpbench.data import Concat, Subset, source_names, split_dataset
 from kpbench.errors import KpbenchError
 from kpbench.plugins import Plugins
 
@@ -42,59 +46,113 @@ def load_dataset(plugins: Plugins, spec, options):
     return call_factory(ds_spec.factory, f"dataset {kind!r}", path or None, **options)
 
 
-def model_settings(config: dict, label: str, spec) -> tuple[dict, int, dict]:
-    """A model's factory options, input size and training settings: ``model_options[label]`` may
-    hold ``input_size`` and ``train`` (overrides of the train section for this model) besides the
-    factory's own options; the model's spec defaults apply where the config kept the default."""
-    from kpbench.config import validate
+@dataclass(frozen=True)
+class ModelPlan:
+    """One model of a run, resolved: its spec, factory options, input size and training settings
+    (``model_options[label]`` may hold ``input_size`` and ``train``, overrides of the train section
+    for this model, besides the factory's own options; the spec's defaults apply where the
+    settings kept the default)."""
+    label: str
+    spec: Any
+    options: dict
+    input_size: int
+    train: TrainSettings
 
-    options = dict(config["model_options"].get(label, {}))
-    size = int(options.pop("input_size", None) or spec.defaults.get("input_size") or config["data"]["input_size"])
-    overrides = options.pop("train", None) or {}
-    validate({"train": overrides}, f"model_options.{label}.train")
-    tc = {**config["train"]}
-    for key, value in spec.defaults.items():
-        if key in tc and tc.get(key) == DEFAULTS["train"].get(key):
-            tc[key] = value
-    tc.update(overrides)
-    return options, size, tc
+    @classmethod
+    def of(cls, settings: Settings, label: str, spec) -> "ModelPlan":
+        options = dict(settings.model_options.get(label, {}))
+        size = int(options.pop("input_size", None) or spec.defaults.get("input_size") or settings.data.input_size)
+        overrides = options.pop("train", None) or {}
+        validate({"train": overrides}, f"model_options.{label}.train")
+        tc = dataclasses.asdict(settings.train)
+        for key, value in spec.defaults.items():
+            if key in tc and tc[key] == DEFAULTS["train"].get(key):
+                tc[key] = value
+        tc.update(overrides)
+        return cls(label, spec, options, size, Settings().replace(train=tc).train)
+
+    def build(self, num_points: int, **changes):
+        """The model's network, untrained (``changes``: options over the configured ones)."""
+        return call_factory(self.spec.factory, f"model {self.label!r}", num_points, self.input_size, 1,
+                            **{**self.options, **changes})
 
 
 CONVENTION_OPTIONS = ("margin", "align")  # what another detector takes over from a run's
 
 
-def run_option(plugins: Plugins, dc: dict, key: str):
-    """A crop-convention option of a run's detector (``margin``, ``align``): set in its options, or
-    that option's default; None for a detector without it (``none`` has no margin: whole images)."""
-    if key in dc["detector_options"]:
-        return dc["detector_options"][key]
-    param = inspect.signature(plugins.detectors.get(dc["detector"], where="data.detector").factory).parameters.get(key)
-    return None if param is None or param.default is inspect.Parameter.empty else param.default
+@dataclass(frozen=True)
+class CropConvention:
+    """How a model's crops are cut: the run's detector with its options, and the ``margin``
+    around the face box and the roll ``align`` that another detector takes over (None: the
+    run's detector has no such option; ``none`` has no margin: whole images). Written once to
+    the manifest (and an export's sidecar) and read back by everything that loads a model."""
+    detector: str
+    detector_options: dict
+    margin: float | None = None
+    align: bool | None = None
+
+    @classmethod
+    def of_run(cls, plugins: Plugins, data: DataSettings) -> "CropConvention":
+        params = inspect.signature(plugins.detectors.get(data.detector, where="data.detector").factory).parameters
+
+        def option(key):  # set in the run's options, or that option's default
+            if key in data.detector_options:
+                return data.detector_options[key]
+            param = params.get(key)
+            return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+        return cls(data.detector, dict(data.detector_options), *(option(k) for k in CONVENTION_OPTIONS))
+
+    @classmethod
+    def from_mapping(cls, entry: dict) -> "CropConvention":
+        """The convention a manifest or sidecar holds (see :meth:`to_mapping`)."""
+        return cls(entry["detector"], dict(entry.get("detector_options") or {}),
+                   *(entry.get(k) for k in CONVENTION_OPTIONS))
+
+    def to_mapping(self) -> dict:
+        return {"face_box": "square around the annotated points (all of the source schema's)",
+                "detector": self.detector, "detector_options": self.detector_options,
+                **{k: getattr(self, k) for k in CONVENTION_OPTIONS}}
+
+    def options_for(self, plugins: Plugins, name: str, options: dict | None = None) -> dict:
+        """Options for detector ``name`` that follow this convention: the run's own detector keeps
+        the run's options; another one gets the ``margin`` and ``align`` where it takes them (a
+        model trained on gt-box(0.15) crops gets mtcnn(0.15) crops); ``options`` override."""
+        opts = {**(self.detector_options if name == self.detector else {}), **(options or {})}
+        params = inspect.signature(plugins.detectors.get(name, where="detector").factory).parameters
+        for key in CONVENTION_OPTIONS:
+            value = getattr(self, key)
+            if key in params and key not in opts and value is not None:
+                opts[key] = value
+        return opts
+
+    def detector_for(self, plugins: Plugins, name: str, options: dict | None = None, cache: bool = True):
+        """Detector ``name`` set to this convention (see :meth:`options_for`)."""
+        return make_detector(plugins, name, self.options_for(plugins, name, options), cache)
+
+    def note(self, label: str, detector: str) -> str | None:
+        """One line when ``detector`` cannot give the crops model ``label`` was trained on, else None."""
+        if self.margin is None and detector != self.detector:
+            return (f"note: {label} was trained on whole images (detector {self.detector!r}); {detector} crops "
+                    f"faces by its own margin, so they may differ from what the model saw in training")
+        if self.margin is not None and detector == "none":
+            return (f"note: {label} was trained on face crops (margin {self.margin} around the face box); detector "
+                    f"'none' gives it whole images, which fit only photos already cropped that way")
+        return None
 
 
-def crop_convention(plugins: Plugins, dc: dict) -> dict:
-    """What a run's crops are, for the manifest and for ``evaluate``/``predict`` to reproduce."""
-    return {"face_box": "square around the annotated points (all of the source schema's)",
-            "detector": dc["detector"], "detector_options": dc["detector_options"],
-            **{k: run_option(plugins, dc, k) for k in CONVENTION_OPTIONS}}
-
-
-def convention_options(plugins: Plugins, name: str, dc: dict, options: dict | None = None) -> dict:
-    """Options for detector ``name`` that follow a run's crop convention: the run's own detector
-    keeps the run's options; another one gets the run's ``margin`` and ``align`` where it takes
-    them (a model trained on gt-box(0.15) crops gets mtcnn(0.15) crops); ``options`` override."""
-    opts = {**(dc["detector_options"] if name == dc["detector"] else {}), **(options or {})}
-    params = inspect.signature(plugins.detectors.get(name, where="detector").factory).parameters
-    for key in CONVENTION_OPTIONS:
-        value = run_option(plugins, dc, key)
-        if key in params and key not in opts and value is not None:
-            opts[key] = value
-    return opts
-
-
-def path_detector(plugins: Plugins, name: str, dc: dict, options: dict | None = None, cache: bool = True):
-    """Detector ``name`` set to a run's crop convention (see :func:`convention_options`)."""
-    return make_detector(plugins, name, convention_options(plugins, name, dc, options), cache)
+def load_splits(plugins: Plugins, settings: Settings) -> tuple[tuple, tuple]:
+    """The datasets of a run and its train/val/test indices: the dataset's split, or (with
+    ``data.eval_dataset``) train/val from it and all of the other one as the test split."""
+    dc, seed = settings.data, settings.run.seed
+    dataset = load_dataset(plugins, dc.dataset, dc.options)
+    if dc.limit:
+        dataset = Subset(dataset, dc.limit, seed)
+    splits = split_dataset(dataset, dc.split, seed)
+    if not dc.eval_dataset:
+        return (dataset, dataset, dataset), splits
+    eval_set = load_dataset(plugins, dc.eval_dataset, dc.eval_options)
+    return (dataset, dataset, eval_set), (splits[0], splits[1], np.arange(len(eval_set)))
 
 
 def make_detector(plugins: Plugins, name: str, options: dict, cache: bool = True):
@@ -106,20 +164,7 @@ def make_detector(plugins: Plugins, name: str, options: dict, cache: bool = True
     return CachedDetector(det, name, options) if cache and getattr(det, "cache_boxes", False) else det
 
 
-def use_flip_test(model, config: dict, schema) -> None:
-    """Test-time flip averaging where the config asks for it and the model does not opt out."""
-    if config["eval"]["flip_test"] and getattr(model.net, "flip_test", True):
+def use_flip_test(model, flip_test: bool, schema) -> None:
+    """Test-time flip averaging where the settings ask for it and the model does not opt out."""
+    if flip_test and getattr(model.net, "flip_test", True):
         model.flip_test = list(schema.flip_permutation)
-
-
-def convention_note(trained, plugins: Plugins, detector: str) -> str | None:
-    """One line when ``detector`` cannot give the crops the model was trained on, else None."""
-    dc = trained.config["data"]
-    if run_option(plugins, dc, "margin") is None and detector != dc["detector"]:
-        return (f"note: {trained.label} was trained on whole images (detector {dc['detector']!r}); {detector} crops "
-                f"faces by its own margin, so they may differ from what the model saw in training")
-    margin = run_option(plugins, dc, "margin")
-    if margin is not None and detector == "none":
-        return (f"note: {trained.label} was trained on face crops (margin {margin} around the face box); detector "
-                f"'none' gives it whole images, which fit only photos already cropped that way")
-    return None

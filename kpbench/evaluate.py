@@ -7,7 +7,6 @@ run as its users run it, on the whole photo: :func:`own_detector_predictions`.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,15 +15,8 @@ from kpbench.data import Prepared, to_crop, to_image_pixels
 from kpbench.formulas import aggregate, confidence_check, point_errors  # aggregate re-exported: metric values aggregate here
 from kpbench.geometry import best_overlap, points_rect, rgb_uint8
 from kpbench.keypoints import Schema
-from kpbench.protocols import GivesConfidence
+from kpbench.protocols import GivesConfidence, MetricContext  # MetricContext re-exported
 from kpbench.registry import MetricSpec
-
-
-@dataclass
-class MetricContext:
-    schema: Schema
-    boxes: np.ndarray  # (N, 3) face boxes the predictions were made in
-    frames: list[tuple[str, int] | None] | None = None  # (clip, index) of each video frame, None for a photo
 
 
 def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 128, device="cpu") -> np.ndarray:
@@ -112,3 +104,35 @@ def score(pred_crop: np.ndarray, data: Prepared, schema: Schema, metrics: list[M
     per_image = {m.name: np.asarray(m(pred_px, data.points, ctx), dtype=np.float64) for m in metrics}
     values = {m.name: aggregate(per_image[m.name], m.aggregate) for m in metrics}
     return pred_px, values, per_image
+
+
+NOT_DETECTORS = ("none", "gt-box")  # face-box paths that find no face: whole images, annotated boxes
+
+
+def test_and_save(model, test_d: Prepared, schema: Schema, metrics: list[MetricSpec], miss_policy: str,
+                  detector: str, mdir, device, pred_crop: np.ndarray | None = None) -> dict:
+    """The one test path of ``kpbench run`` and ``kpbench evaluate``: predict (unless
+    ``pred_crop`` is given), score in the original image's pixels, apply the detector-miss policy
+    (``exclude``: misses are counted, not scored), save ``predictions.npz`` (per-image values
+    included) in ``mdir``; returns the rounded metric values, plus ``miss_rate`` when the faces
+    came through a real ``detector``."""
+    from kpbench.io import atomic_save_npz
+
+    conf = None
+    if pred_crop is None:
+        pred_crop, conf = predict_with_confidence(model, test_d.images, schema.num_points, device=device)
+    pred_px, values, per_image = score(pred_crop, test_d, schema, metrics)
+    exclude = miss_policy == "exclude"
+    if exclude:
+        per_image = {k: np.where(test_d.missed, np.nan, v) for k, v in per_image.items()}
+        values = {m.name: aggregate(per_image[m.name], m.aggregate) for m in metrics}
+    if conf is not None:  # what the confidences are worth on these faces
+        scored = np.where(test_d.missed[:, None, None], np.nan, test_d.points) if exclude else test_d.points
+        values.update(confidence_values(pred_px, scored, conf, schema))
+    atomic_save_npz(mdir / "predictions.npz", pred=pred_px, true=test_d.points, boxes=test_d.boxes,
+                    ids=np.array(test_d.ids), missed=test_d.missed, **({} if conf is None else {"confidence": conf}),
+                    **{f"metric_{k}": v for k, v in per_image.items()})
+    out = {k: round(v, 6) for k, v in values.items()}
+    if detector not in NOT_DETECTORS:  # a detector under test: its miss rate on the test split
+        out["miss_rate"] = round(float(test_d.missed.mean()), 4)
+    return out

@@ -5,8 +5,9 @@ machine and listening on the loopback interface only.
 
 Either way a job that raises fails alone: the executor reports it and runs the others. On Ray, a
 job whose worker dies is retried by Ray and continues from its ``last.pt``. A Ray worker gets
-the job's inputs once through the object store, rebuilds the plugins from their names (the
-``-p`` modules, ``KPBENCH_*``, ``PYTHONPATH`` and ``HF_HUB_OFFLINE`` are passed to it), works in
+the job's inputs, the run's plan among them, once through the object store; unpickling the plan
+imports the plugin modules it names (``KPBENCH_*``, ``PYTHONPATH`` and ``HF_HUB_OFFLINE`` are
+passed to it, so it finds the same ones), works in
 the driver's folder (a shared filesystem, same paths) and sets torch's threads to its CPU share.
 """
 
@@ -22,6 +23,7 @@ from typing import Callable
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from kpbench.config import RunSettings
 from kpbench.errors import KpbenchError, first_line
 from kpbench.log import log
 
@@ -32,14 +34,14 @@ RAY_RETRIES = 2  # a job whose worker died (node lost, out of memory) is run aga
 class LocalExecutor:
     """The jobs one after another, in this process."""
 
-    def __init__(self, config: dict, status: Console):
+    def __init__(self, run: RunSettings, status: Console):
         self.status = status
 
-    def run(self, run_job: Callable, jobs, inputs, plan, on_failure: Callable) -> None:
-        """``run_job(job, inputs, plan, status)`` for each job; ``on_failure(job, exc)`` where it raises."""
+    def run(self, run_job: Callable, jobs, inputs, on_failure: Callable) -> None:
+        """``run_job(job, inputs, status)`` for each job; ``on_failure(job, exc)`` where it raises."""
         for job in jobs:
             try:
-                run_job(job, inputs, plan, self.status)
+                run_job(job, inputs, self.status)
             except Exception as exc:  # noqa: BLE001 - a job fails alone
                 on_failure(job, exc)
 
@@ -60,13 +62,12 @@ def _ray_job(run_job: Callable, job, inputs, threads: int, cwd: str) -> dict:
 class RayExecutor:
     """The jobs as Ray tasks, ``run.ray.cpus_per_job`` CPUs and ``gpus_per_job`` GPUs each."""
 
-    def __init__(self, config: dict, status: Console):
-        rc = config["run"]
+    def __init__(self, run: RunSettings, status: Console):
         self.status = status
-        self.cpus, self.gpus = rc["ray"]["cpus_per_job"], rc["ray"]["gpus_per_job"]
-        self.threads = rc["threads"] or max(1, int(self.cpus))
-        self.ray = connect(rc["ray"]["address"])
-        self.started = not rc["ray"]["address"]
+        self.cpus, self.gpus = run.ray.cpus_per_job, run.ray.gpus_per_job
+        self.threads = run.threads or max(1, int(self.cpus))
+        self.ray = connect(run.ray.address)
+        self.started = not run.ray.address
         try:
             resources = self.ray.cluster_resources()
             for what, need in (("CPU", self.cpus), ("GPU", self.gpus)):
@@ -77,8 +78,8 @@ class RayExecutor:
             self.close()
             raise
 
-    def run(self, run_job: Callable, jobs, inputs, plan, on_failure: Callable) -> None:
-        """``run_job(job, inputs)`` as a Ray task per job (the worker rebuilds the plan);
+    def run(self, run_job: Callable, jobs, inputs, on_failure: Callable) -> None:
+        """``run_job(job, inputs)`` as a Ray task per job (the inputs carry the plan);
         ``on_failure(job, exc)`` where one raises or its worker dies for good."""
         ray = self.ray
         task = ray.remote(_ray_job).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=RAY_RETRIES,
@@ -168,9 +169,9 @@ def check_listening(address: str, timeout: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
-def executor_for(config: dict, status: Console):
+def executor_for(run: RunSettings, status: Console):
     """The executor ``run.executor`` names, closed (a temporary Ray stopped) when the run ends."""
-    executor = (RayExecutor if config["run"]["executor"] == "ray" else LocalExecutor)(config, status)
+    executor = (RayExecutor if run.executor == "ray" else LocalExecutor)(run, status)
     try:
         yield executor
     finally:

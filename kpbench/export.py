@@ -14,9 +14,7 @@ import torch
 
 from kpbench.errors import KpbenchError
 from kpbench.io import atomic_write_bytes, atomic_write_json
-from kpbench.keypoints import get_schema
 from kpbench.profile import median_seconds
-from kpbench.rundir import read_mapping
 from kpbench.runtime import OPSET, OnnxModel, to_onnx
 from kpbench.trained import Trained
 
@@ -41,8 +39,7 @@ def export_onnx(trained: Trained, out: Path) -> dict:
         diff = float((got.reshape(want.shape) - want).abs().max())
         one = crops[:1]  # batch-1 latency: median of 30 runs after 5 warm-up runs
         torch_ms, ort_ms = (median_seconds(lambda: m(one), 5, 30) * 1000 for m in (model, onnx_model))
-    schema = get_schema(trained.config["data"]["schema"])
-    manifest = read_mapping(trained.run_dir / "manifest.json")
+    schema = trained.schema
     sidecar = {
         "model": trained.label, "run": str(trained.run_dir), "onnx_opset": OPSET,
         "input": {"name": "crops", "shape": ["batch", 1, size, size], "dtype": "float32",
@@ -53,7 +50,7 @@ def export_onnx(trained: Trained, out: Path) -> dict:
                            "(x0, y0, side, angle): kpbench.data.to_image_pixels"},
         "schema": schema.name, "points": list(schema.points),
         "flip_test": model.flip_test is not None,
-        "crop_convention": manifest.get("crop_convention"),
+        "crop_convention": trained.convention.to_mapping(),
         "check": {"max_abs_diff_vs_torch": diff, "crops": len(crops), "torch_latency_ms": round(torch_ms, 3),
                   "onnxruntime_latency_ms": round(ort_ms, 3), "threads": torch.get_num_threads()},
     }

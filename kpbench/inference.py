@@ -3,20 +3,18 @@ reports of ``kpbench run``; and the note when a detector cannot cut a model's tr
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from rich.console import Console
 
 from kpbench import report
-from kpbench.components import convention_options, load_dataset, make_detector, resolve_device
+from kpbench.components import load_dataset, load_splits, make_detector, resolve_device
 from kpbench.data import prepare
 from kpbench.errors import KpbenchError
-from kpbench.keypoints import get_schema
+from kpbench.evaluate import test_and_save
 from kpbench.plugins import Plugins
-from kpbench.runner import load_splits, manifest, metrics_meta, test_and_save
-from kpbench.rundir import RunDir, save_result
+from kpbench.rundir import RunDir, manifest, metrics_meta, save_result
 from kpbench.trained import Trained
 
 
@@ -29,41 +27,42 @@ def evaluate(trained: Trained, plugins: Plugins, dataset: str | None, out: Path,
     rd = RunDir(out)
     if rd.path.exists() and (not rd.path.is_dir() or any(rd.path.iterdir())):
         raise KpbenchError(f"--out {rd}: exists and is not an empty directory; choose a new one")
-    config = json.loads(json.dumps(trained.config))  # a copy
-    dc = config["data"]
+    if trained.settings is None:
+        raise KpbenchError(f"{trained.model_dir}: evaluate needs a run folder's model, not an exported graph")
+    data_changes: dict = {}
     if dataset is not None:
-        dc.update(dataset=dataset, options=dataset_options or {}, eval_dataset=None, eval_options={}, limit=None)
+        data_changes.update(dataset=dataset, options=dataset_options or {}, eval_dataset=None, eval_options={},
+                            limit=None)
     elif dataset_options:
         raise KpbenchError("--dataset-options needs --dataset (the run's test split keeps the run's options)")
     if detector:  # another detector, set to the model's crop convention unless told otherwise
-        dc.update(detector=detector, detector_options=convention_options(plugins, detector, trained.config["data"],
-                                                                          detector_options))
+        data_changes.update(detector=detector,
+                            detector_options=trained.convention.options_for(plugins, detector, detector_options))
     elif detector_options:
         raise KpbenchError("--detector-options needs --detector (the run's detector keeps the run's options)")
-    config["models"] = [trained.label]
-    config["eval"]["detectors"] = []  # evaluate scores one face-box path: --detector, or the run's
-    config["run"].update(seeds=None, out=str(out), name=f"evaluate-{trained.label}")
-    metrics = [plugins.metrics.get(m, where="eval.metrics") for m in config["eval"]["metrics"]]
-    schema = get_schema(dc["schema"])
-    detect = make_detector(plugins, dc["detector"], dc["detector_options"])
+    # evaluate scores one face-box path: --detector, or the run's
+    settings = trained.settings.replace(data=data_changes, models=[trained.label], eval={"detectors": []},
+                                        run={"seeds": None, "out": str(out), "name": f"evaluate-{trained.label}"})
+    dc, seed = settings.data, settings.run.seed
+    metrics = [plugins.metrics.get(m, where="eval.metrics") for m in settings.eval.metrics]
+    detect = make_detector(plugins, dc.detector, dc.detector_options)
     if dataset is None:
-        sources, splits = load_splits(plugins, config)
+        sources, splits = load_splits(plugins, settings)
         data, indices = sources[2], splits[2]
     else:
-        data = load_dataset(plugins, dataset, dc["options"])
+        data = load_dataset(plugins, dataset, dc.options)
         indices = range(len(data))
-    test = prepare(data, indices, detect, trained.input_size, schema.name)
+    test = prepare(data, indices, detect, trained.input_size, trained.schema.name)
     device = resolve_device("auto")  # where this machine can run it, whatever the training used
     trained.model.to(device)
-    mdir = rd.model_dir(trained.label, config["run"]["seed"], [config["run"]["seed"]])
-    values = test_and_save(trained.model, test, schema, metrics, dc, mdir, device)
-    rd.write_config(config)
-    meta = manifest(config, device, test.fingerprint()[:8])
-    meta.update(splits={"test": len(test)}, detector=dc["detector"], evaluated_model=str(trained.model_dir),
+    mdir = rd.model_dir(trained.label, seed, [seed])
+    values = test_and_save(trained.model, test, trained.schema, metrics, dc.miss_policy, dc.detector, mdir, device)
+    rd.write_config(settings)
+    meta = manifest(settings, device, test.fingerprint()[:8])
+    meta.update(splits={"test": len(test)}, detector=dc.detector, evaluated_model=str(trained.model_dir),
                 metrics=metrics_meta(metrics), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     rd.write_manifest(meta)
     rd.save_test_faces(test)
-    save_result(mdir, {"model": trained.label, "seed": config["run"]["seed"], **values,
-                       "input_size": trained.input_size})
+    save_result(mdir, {"model": trained.label, "seed": seed, **values, "input_size": trained.input_size})
     report.render(out, console, plugins)
     return out

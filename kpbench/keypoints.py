@@ -124,11 +124,14 @@ def register_schema(spec) -> None:
         MAPPINGS[(spec.name, dst)] = fn
 
 
-def get_schema(name: str) -> Schema:
-    if name not in SCHEMAS:  # a layout a plugin brings is known once the plugins are loaded
-        from kpbench.plugins import get_plugins
+# Called, in order, when get_schema meets an unknown name; each may register more layouts. The
+# package adds the plugin manager here (a layout a plugin brings is known once the plugins load).
+SCHEMA_SOURCES: list[Callable[[], object]] = []
 
-        get_plugins()
+
+def get_schema(name: str) -> Schema:
+    for load in SCHEMA_SOURCES if name not in SCHEMAS else ():
+        load()
     if name not in SCHEMAS:
         raise KpbenchError(f"unknown keypoint schema {name!r}; known: {', '.join(SCHEMAS)}")
     return SCHEMAS[name]

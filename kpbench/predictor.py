@@ -24,11 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from kpbench.components import path_detector
 from kpbench.data import crop_from_image, read_image, stack_boxes, to_image_pixels
 from kpbench.errors import KpbenchError
 from kpbench.evaluate import PointsAndConfidence, gives_confidence, predict, split_confidence
-from kpbench.keypoints import Schema, get_schema
+from kpbench.keypoints import Schema
 from kpbench.log import log
 from kpbench.protocols import FindsFaces
 from kpbench.runtime import OnnxModel
@@ -179,10 +178,9 @@ class Predictor:
         onnx_file = isinstance(trained.model, OnnxModel)
         if not onnx_file and gives_confidence(trained.model):
             trained.model = PointsAndConfidence(trained.model).eval()
-        self.schema: Schema = get_schema(self.trained.config["data"]["schema"])
+        self.schema: Schema = trained.schema
         self.detector_name = detector or default_detector(plugins)
-        self.detector = path_detector(plugins, self.detector_name, self.trained.config["data"], detector_options,
-                                      cache=False)
+        self.detector = trained.convention.detector_for(plugins, self.detector_name, detector_options, cache=False)
         if not isinstance(self.detector, FindsFaces):
             raise KpbenchError(f"detector {self.detector_name!r} needs each photo's annotated points (as gt-box "
                                f"does); use one that finds faces, e.g. blazeface or mtcnn")

@@ -87,3 +87,16 @@ def profile(model: torch.nn.Module, input_size: int, device="cpu", timing: bool 
             row[ORT_LATENCY] = None if ort_s is None else round(ort_s * 1000, 3)
         row["throughput_ips"] = round(batch / latency(model, input_size, device, batch=batch, warmup=1, runs=3), 1)
     return row
+
+
+def branch_report(net: torch.nn.Module) -> dict:
+    """Per-branch parameter counts and learned fusion weights of multi-backbone models (``backbones``
+    ModuleDict, optional ``alpha``), e.g. the hybrid's ``params_vgg16`` and ``alpha_vgg16``."""
+    branches = getattr(net, "backbones", None)
+    if not isinstance(branches, torch.nn.ModuleDict):
+        return {}
+    out = {f"params_{name}": count_params(b)[0] for name, b in branches.items()}
+    alpha = getattr(net, "alpha", None)
+    if alpha is not None:
+        out.update({f"alpha_{name}": round(float(a), 4) for name, a in zip(branches, alpha.detach().cpu())})
+    return out

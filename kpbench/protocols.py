@@ -5,6 +5,7 @@ type checker holds a plugin to them (kpbench ships ``py.typed``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -12,10 +13,17 @@ if TYPE_CHECKING:
     import torch
 
     from kpbench.data import Dataset
-    from kpbench.evaluate import MetricContext
     from kpbench.keypoints import Schema
 
 Box = tuple  # (x0, y0, side) or (x0, y0, side, angle), in the image's pixels
+
+
+@dataclass
+class MetricContext:
+    """What a metric gets besides the points: the schema, the face boxes and (video) the frames."""
+    schema: Schema
+    boxes: np.ndarray  # (N, 3) face boxes the predictions were made in
+    frames: list[tuple[str, int] | None] | None = None  # (clip, index) of each video frame, None for a photo
 
 
 class ModelFactory(Protocol):

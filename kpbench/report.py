@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kpbench import stats
+from kpbench.config import Settings
 from kpbench.formulas import aggregate, point_errors
 from kpbench.writers import Report
 from kpbench.html import fmt as _fmt
@@ -101,17 +102,17 @@ def _print_table(df: pd.DataFrame, cols: list[str], title: str, console: Console
     console.print(table)
 
 
-def collect(run_dir: Path) -> tuple[dict, dict, list[tuple[Path, dict]]]:
-    """A run's config, manifest and (model directory, result row) of every finished model, in
-    the config's order."""
+def collect(run_dir: Path) -> tuple[Settings, dict, list[tuple[Path, dict]]]:
+    """A run's settings, manifest and (model directory, result row) of every finished model, in
+    the settings' order."""
     rd = RunDir(run_dir)
     if not rd.is_run():
         raise KpbenchError(f"{rd}: not a kpbench run directory (no manifest.json and config.yaml)")
-    config = rd.config()
-    found = rd.results(config)
+    settings = rd.settings()
+    found = rd.results(settings)
     if not found:
         raise KpbenchError(f"{rd}: no finished model in this run yet")
-    return config, rd.manifest(), found
+    return settings, rd.manifest(), found
 
 
 def _per_image(found: list[tuple[Path, dict]], path: str | None = None) -> dict[str, dict]:
@@ -163,14 +164,14 @@ def add_statistics(df: pd.DataFrame, per_image: dict[str, dict], metric: str, ho
     return df
 
 
-def by_source(df: pd.DataFrame, per_image: dict[str, dict], config: dict, specs: dict) -> pd.DataFrame | None:
+def by_source(df: pd.DataFrame, per_image: dict[str, dict], settings: Settings, specs: dict) -> pd.DataFrame | None:
     """When the test split combines datasets (``data.dataset``, or ``data.eval_dataset``, given as
     a list): every model's metrics on each source's test faces alone, from the per-image values.
     Since a combined split is the union of the single-dataset splits, these rows compare with
     runs on each dataset alone, image for image."""
     from kpbench.data import source_names, source_of
 
-    spec = config["data"].get("eval_dataset") or config["data"]["dataset"]
+    spec = settings.data.eval_dataset or settings.data.dataset
     if not isinstance(spec, list) or df.empty:
         return None
     names = source_names(spec)
@@ -181,22 +182,22 @@ def by_source(df: pd.DataFrame, per_image: dict[str, dict], config: dict, specs:
         for name in names:
             keep = source == name
             rows.append({"source": name, "model": model, "faces": int(keep.sum()),
-                         **metrics_on(entry, keep, config, specs)})
+                         **metrics_on(entry, keep, settings, specs)})
     return pd.DataFrame(rows).sort_values("source", kind="stable").reset_index(drop=True)
 
 
-def metrics_on(entry: dict, keep: np.ndarray, config: dict, specs: dict) -> dict:
+def metrics_on(entry: dict, keep: np.ndarray, settings: Settings, specs: dict) -> dict:
     """Every metric of the run aggregated over the images in ``keep`` (NaN when there are none)."""
 
     out = {}
-    for metric in config["eval"]["metrics"]:
+    for metric in settings.eval.metrics:
         if f"metric_{metric}" in entry:
             how = specs.get(metric, {}).get("aggregate", "mean")
             out[metric] = round(aggregate(entry[f"metric_{metric}"][keep], how), 6) if keep.any() else float("nan")
     return out
 
 
-def by_path(df: pd.DataFrame, found, per_image: dict[str, dict], config: dict, specs: dict) -> pd.DataFrame | None:
+def by_path(df: pd.DataFrame, found, per_image: dict[str, dict], settings: Settings, specs: dict) -> pd.DataFrame | None:
     """With ``eval.detectors``: every model's metrics through each face-box path (the run's
     detector first, then each extra one, then ``own-detector`` for models that find the faces
     on the whole photo themselves), on all test faces and on each source's alone, with the
@@ -205,13 +206,13 @@ def by_path(df: pd.DataFrame, found, per_image: dict[str, dict], config: dict, s
 
     from kpbench.evaluate import OWN_DETECTOR
 
-    extra = list(config["eval"].get("detectors") or []) + [OWN_DETECTOR]
+    extra = list(settings.eval.detectors) + [OWN_DETECTOR]
     if df.empty:
         return None
-    spec = config["data"].get("eval_dataset") or config["data"]["dataset"]
+    spec = settings.data.eval_dataset or settings.data.dataset
     names = source_names(spec) if isinstance(spec, list) else []
-    sort = config["eval"]["sort_by"]
-    paths = {config["data"]["detector"]: per_image, **{d: _per_image(found, d) for d in extra}}
+    sort = settings.eval.sort_by
+    paths = {settings.data.detector: per_image, **{d: _per_image(found, d) for d in extra}}
     paths = {name: entries for name, entries in paths.items() if entries}
     rows = []
     for model in df["model"]:
@@ -225,7 +226,7 @@ def by_path(df: pd.DataFrame, found, per_image: dict[str, dict], config: dict, s
                 keep = np.ones(len(source), bool) if name == "all" else source == name
                 row = {"path": path, "source": name, "model": model, "faces": int(keep.sum()),
                        "miss_rate": round(float(entry["missed"][keep].mean()), 4) if keep.any() else float("nan"),
-                       **metrics_on(entry, keep, config, specs)}
+                       **metrics_on(entry, keep, settings, specs)}
                 base.setdefault(name, row.get(sort, float("nan")))
                 row[f"{sort}_ratio"] = round(row.get(sort, float("nan")) / base[name], 4) if base[name] else float("nan")
                 rows.append(row)
@@ -235,7 +236,7 @@ def by_path(df: pd.DataFrame, found, per_image: dict[str, dict], config: dict, s
     return out if names else out.drop(columns="source")
 
 
-def render_plots(run_dir: Path, df: pd.DataFrame, found, per_image: dict[str, dict], config: dict) -> dict[str, Path]:
+def render_plots(run_dir: Path, df: pd.DataFrame, found, per_image: dict[str, dict], settings: Settings) -> dict[str, Path]:
     """The report's figures under ``plots/``: training curves, keypoint overlays, CED curves,
     per-keypoint errors, accuracy vs latency."""
     from kpbench import plots
@@ -244,8 +245,8 @@ def render_plots(run_dir: Path, df: pd.DataFrame, found, per_image: dict[str, di
     pdir = run_dir / "plots"
     labels = list(df["model"])
     colors = plots.model_colors(labels)
-    schema = get_schema(config["data"]["schema"])
-    metric = config["eval"]["sort_by"]
+    schema = get_schema(settings.data.schema)
+    metric = settings.eval.sort_by
     figs: dict[str, Path] = {}
     histories = {}
     for mdir, row in found:  # the first seed's curves
@@ -295,16 +296,16 @@ def render(run_dir: Path, console: Console | None = None, plugins=None) -> pd.Da
     from kpbench.plugins import get_plugins
 
     run_dir = Path(run_dir)
-    config, meta, found = collect(run_dir)
-    ec = config["eval"]
+    settings, meta, found = collect(run_dir)
+    ec = settings.eval
     specs = meta.get("metrics", {})
-    sort = ec["sort_by"]
+    sort = ec.sort_by
     higher = bool(specs.get(sort, {}).get("higher_is_better", False))
     rows = [row for _, row in found]
-    df = leaderboard(rows, sort, higher, spread=tuple(ec["metrics"]) + LOSSES)
+    df = leaderboard(rows, sort, higher, spread=tuple(ec.metrics) + LOSSES)
     per_image = _per_image(found)
     df = add_statistics(df, per_image, sort, specs.get(sort, {}).get("aggregate", "mean"), higher)
-    expected = len(config["models"]) * len(seeds_of(config))
+    expected = len(settings.models) * len(seeds_of(settings))
     partial = None
     if "finished" not in meta or len(found) < expected:
         partial = (f"Partial run: {len(found)} of {expected} model runs finished (kpbench run ... --resume "
@@ -313,7 +314,7 @@ def render(run_dir: Path, console: Console | None = None, plugins=None) -> pd.Da
     splits = meta.get("splits", {})
     title = (f"kpbench leaderboard — {meta.get('dataset')} test split ({splits.get('test', '?')} faces), "
              f"{meta.get('device')}")
-    figs = render_plots(run_dir, df, found, per_image, config)
+    figs = render_plots(run_dir, df, found, per_image, settings)
     notes = [f"Sorted by {sort} on the test split; {sort}_lo/{sort}_hi: bootstrap 95% confidence interval; "
              f"p_vs_best: Wilcoxon signed-rank test against the best model on the same images (* p < 0.05)."]
     if "fail_auroc" in df:
@@ -326,11 +327,11 @@ def render(run_dir: Path, console: Console | None = None, plugins=None) -> pd.Da
         notes.append(ort_note)
     if partial:
         notes.insert(0, partial)
-    sources = by_source(df, per_image, config, specs)
+    sources = by_source(df, per_image, settings, specs)
     tables = {}
     if sources is not None:
         tables["leaderboard_by_source"] = ("By test source", sources)
-    paths = by_path(df, found, per_image, config, specs)
+    paths = by_path(df, found, per_image, settings, specs)
     if paths is not None:
         tables["leaderboard_by_path"] = ("By face-box path (the run's detector, then eval.detectors, then own-detector)",
                                          paths)
@@ -345,7 +346,7 @@ def render(run_dir: Path, console: Console | None = None, plugins=None) -> pd.Da
                     "reinstall it, e.g. pip install -e .); only the plots were written")
     for writer in writers:
         writer.write(out)
-    metrics = [sort] + [m for m in ec["metrics"] if m != sort]
+    metrics = [sort] + [m for m in ec.metrics if m != sort]
     show(df, title, console, metrics)
     if sources is not None:
         _print_table(sources, ["source", "model", "faces"] + [m for m in metrics if m in sources], "By test source",
@@ -369,13 +370,13 @@ def compare(run_a: Path, run_b: Path, console: Console | None = None) -> pd.Data
         raise KpbenchError(
             f"cannot compare {run_a} and {run_b}: their test data differ (dataset {ma.get('dataset')} fingerprint "
             f"{ma.get('dataset_fingerprint')} vs {mb.get('dataset')} fingerprint {mb.get('dataset_fingerprint')})")
-    metric = ca["eval"]["sort_by"]
+    metric = ca.eval.sort_by
     pa, pb = _per_image(fa), _per_image(fb)
     rows = []
     key = f"metric_{metric}"
     for label in [m for m in pa if m in pb]:
         a, b = pa[label], pb[label]
-        for m in [m for m in ca["eval"]["metrics"] if f"metric_{m}" in a and f"metric_{m}" in b]:
+        for m in [m for m in ca.eval.metrics if f"metric_{m}" in a and f"metric_{m}" in b]:
             how = ma.get("metrics", {}).get(m, {}).get("aggregate", "mean")
             va, vb = (aggregate(x[f"metric_{m}"], how) for x in (a, b))
             p = (stats.wilcoxon_signed_rank(a[key], b[key])["p"] if m == metric and len(a[key]) == len(b[key])

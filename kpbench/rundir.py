@@ -14,13 +14,16 @@ A job writes only its own model folder; the run-level files are the driver's.
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
+import time
 import traceback
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from kpbench.config import DEFAULTS, merge, config_hash, differences
+from kpbench.config import Settings, config_hash, differences
 from kpbench.errors import KpbenchError
 from kpbench.io import atomic_save_npz, atomic_write_json, atomic_write_text
 
@@ -36,13 +39,15 @@ class RunDir:
     def is_run(self) -> bool:
         return (self.path / "manifest.json").is_file() and (self.path / "config.yaml").is_file()
 
-    def config(self) -> dict:
-        return read_mapping(self.path / "config.yaml")
+    def settings(self) -> Settings:
+        """The run's settings as this version reads them (a key added since it ran has its default)."""
+        path = self.path / "config.yaml"
+        return Settings.from_dict(read_mapping(path), str(path))
 
     def manifest(self) -> dict:
         return read_mapping(self.path / "manifest.json")
 
-    def check_can_start(self, config: dict, fingerprint: str, resume: bool) -> None:
+    def check_can_start(self, settings: Settings, fingerprint: str, resume: bool) -> None:
         """A new run needs an absent or empty folder; a resumed one the same config (where-keys
         aside) and the same data. Each refusal is one line naming what differs."""
         if self.path.exists() and not self.path.is_dir():
@@ -55,10 +60,9 @@ class RunDir:
         if not (resume and (self.path / "manifest.json").is_file()):
             return
         old = self.manifest()
-        # The old config as this version reads it: a key added since then has its default.
-        before = merge(DEFAULTS, self.config()) if (self.path / "config.yaml").is_file() else None
-        if (config_hash(before) if before else old.get("config_hash")) != config_hash(config):
-            diff = differences(before or {}, config)
+        before = self.settings() if (self.path / "config.yaml").is_file() else None
+        if (config_hash(before) if before else old.get("config_hash")) != config_hash(settings):
+            diff = differences(before, settings) if before else []
             raise KpbenchError(f"{self}: cannot resume, its config differs from this run's: "
                                + ("; ".join(diff[:3]) + (f" (and {len(diff) - 3} more)" if len(diff) > 3 else "")
                                   if diff else "it was written by another kpbench version"))
@@ -66,8 +70,8 @@ class RunDir:
             raise KpbenchError(f"{self}: cannot resume, its data differ from this run's (fingerprint "
                                f"{old.get('dataset_fingerprint')} vs {fingerprint})")
 
-    def write_config(self, config: dict) -> None:
-        atomic_write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    def write_config(self, settings: Settings) -> None:
+        atomic_write_text(self.path / "config.yaml", yaml.safe_dump(settings.to_dict(), sort_keys=False))
 
     def write_manifest(self, meta: dict) -> None:
         atomic_write_json(self.path / "manifest.json", meta)
@@ -90,11 +94,11 @@ class RunDir:
         base = self.path / "models" / label
         return base if len(seeds) == 1 else base / f"seed{seed}"
 
-    def results(self, config: dict) -> list[tuple[Path, dict]]:
-        """(model folder, result row) of every finished job, in the config's order."""
-        seeds = seeds_of(config)
+    def results(self, settings: Settings) -> list[tuple[Path, dict]]:
+        """(model folder, result row) of every finished job, in the settings' order."""
+        seeds = seeds_of(settings)
         found = []
-        for label in config["models"]:
+        for label in settings.models:
             for seed in seeds:
                 mdir = self.model_dir(label, seed, seeds)
                 if (mdir / "result.json").is_file():
@@ -118,9 +122,9 @@ def read_mapping(path: Path) -> dict:
     return value
 
 
-def seeds_of(config: dict) -> list[int]:
+def seeds_of(settings: Settings) -> list[int]:
     """The training seeds of a run: ``run.seeds``, or the one ``run.seed``."""
-    return list(config["run"].get("seeds") or [config["run"]["seed"]])
+    return list(settings.run.seeds or [settings.run.seed])
 
 
 def save_result(mdir: Path, row: dict) -> None:
@@ -136,3 +140,50 @@ def save_error(mdir: Path, exc: BaseException) -> Path:
     path = mdir / "error.txt"
     atomic_write_text(path, "".join(traceback.format_exception(exc)))
     return path
+
+
+def _git_commit() -> str | None:
+    import kpbench
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(kpbench.__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux: /proc/cpuinfo; elsewhere what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def manifest(settings: Settings, device: str, fingerprint: str) -> dict:
+    """A manifest's first entries: versions, machine, seed, config hash and data fingerprint."""
+    import timm
+    import torch
+
+    import kpbench
+
+    return {
+        "kpbench": kpbench.__version__, "torch": torch.__version__, "timm": timm.__version__,
+        "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "device": device, "cpu": platform.processor() or platform.machine(), "cpu_model": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the instruction set torch's kernels use
+        "threads": torch.get_num_threads(),
+        "git_commit": _git_commit(), "seed": settings.run.seed, "config_hash": config_hash(settings),
+        "dataset": settings.data.dataset, "dataset_fingerprint": fingerprint,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def metrics_meta(metrics) -> dict:
+    """What the report path needs to know of each metric, kept in the manifest."""
+    return {m.name: {"aggregate": m.aggregate, "higher_is_better": m.higher_is_better, "unit": m.unit}
+            for m in metrics}

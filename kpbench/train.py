@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from kpbench.augment import affine_batch, jitter_crops
+from kpbench.config import TrainSettings
 from kpbench.data import Prepared
 from kpbench.evaluate import predict
 from kpbench.io import atomic_torch_save
@@ -38,9 +39,9 @@ AUGMENT_KEYS = ("rotate", "scale", "translate", "brightness", "contrast")
 JITTER_KEYS = ("scale", "shift", "rotate")
 
 
-def box_jitter(cfg: dict) -> dict:
+def box_jitter(cfg: TrainSettings) -> dict:
     """``train.box_jitter`` as floats; empty when every magnitude is 0."""
-    jitter = {k: float((cfg.get("box_jitter") or {}).get(k) or 0.0) for k in JITTER_KEYS}
+    jitter = {k: float(getattr(cfg.box_jitter, k)) for k in JITTER_KEYS}
     return jitter if any(jitter.values()) else {}
 
 
@@ -211,17 +212,16 @@ class History:
     best_score: float = math.inf
 
 
-def can_cache(net: nn.Module, cfg: dict) -> bool:
+def can_cache(net: nn.Module, cfg: TrainSettings) -> bool:
     """Frozen-phase feature caching applies: the model splits in two, it has a frozen phase and
     the augmentation is deterministic (at most the flip)."""
-    aug = cfg.get("augment") or {}
-    return (bool(cfg.get("feature_cache", True)) and int(cfg.get("freeze_epochs") or 0) > 0
+    return (cfg.feature_cache and cfg.freeze_epochs > 0
             and hasattr(net, "frozen_features") and hasattr(net, "head_forward") and bool(backbone_modules(net))
-            and not cfg.get("erase") and not any(aug.get(k) for k in AUGMENT_KEYS) and not box_jitter(cfg))
+            and not cfg.erase and not any(getattr(cfg.augment, k) for k in AUGMENT_KEYS) and not box_jitter(cfg))
 
 
-def _scheduler(opt, cfg: dict, epochs: int):
-    kind = cfg.get("schedule") or "none"
+def _scheduler(opt, cfg: TrainSettings, epochs: int):
+    kind = cfg.schedule
     if kind == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     if kind == "plateau":
@@ -229,14 +229,14 @@ def _scheduler(opt, cfg: dict, epochs: int):
     return None
 
 
-def param_groups(model: Regressor, cfg: dict) -> list[dict]:
+def param_groups(model: Regressor, cfg: TrainSettings) -> list[dict]:
     """Adam's parameter groups: the head at ``lr``, the pretrained backbones at ``lr`` x
     ``backbone_lr`` (empty groups left out)."""
     backbone_ids = {id(p) for m in backbone_modules(model.net) for p in m.parameters()}
     params = list(model.parameters())
-    lr = float(cfg["lr"])
+    lr = float(cfg.lr)
     groups = [{"params": [p for p in params if id(p) not in backbone_ids], "lr": lr},
-              {"params": [p for p in params if id(p) in backbone_ids], "lr": lr * float(cfg.get("backbone_lr", 1.0))}]
+              {"params": [p for p in params if id(p) in backbone_ids], "lr": lr * float(cfg.backbone_lr)}]
     return [g for g in groups if g["params"]]
 
 
@@ -244,14 +244,13 @@ def param_groups(model: Regressor, cfg: dict) -> list[dict]:
 class Batches:
     """What one training epoch draws its batches from and how it augments them."""
     data: Prepared
-    cfg: dict
+    cfg: TrainSettings
     perm: list[int]
     side: float
 
     def __post_init__(self):
-        aug = self.cfg.get("augment") or {}
-        self.aug = {k: float(aug.get(k) or 0.0) for k in AUGMENT_KEYS}
-        self.prob = float(aug.get("prob", 1.0))
+        self.aug = {k: float(getattr(self.cfg.augment, k)) for k in AUGMENT_KEYS}
+        self.prob = float(self.cfg.augment.prob)
         self.jitter = box_jitter(self.cfg)
         if self.jitter and self.data.context is None:
             raise ValueError("train.box_jitter needs training crops prepared with context (prepare(context=...))")
@@ -260,7 +259,7 @@ class Batches:
         """The batch ``idx``, augmented (flip, box jitter, affine, erasing; only the flip on cached
         features): the model's prediction and the targets."""
         y = self.data.targets[idx]
-        which = torch.rand(len(idx), generator=gen) < 0.5 if self.cfg["flip"] else None
+        which = torch.rand(len(idx), generator=gen) < 0.5 if self.cfg.flip else None
         if cached is not None:
             z = cached["train"][idx]
             if which is not None:
@@ -275,8 +274,8 @@ class Batches:
             x, y = flip_batch(x, y, which, self.perm)
         if any(self.aug.values()):
             x, y = affine_batch(x, y, gen, **self.aug, prob=self.prob)
-        if self.cfg.get("erase"):
-            x = erase_batch(x, float(self.cfg["erase"]), gen)
+        if self.cfg.erase:
+            x = erase_batch(x, float(self.cfg.erase), gen)
         return model(x.to(device)), y.to(device)
 
 
@@ -286,8 +285,8 @@ def train_epoch(model: Regressor, batches: Batches, opt, gen: torch.Generator, c
     model.train()
     frozen_norms_to_eval(model.net)
     cfg, side = batches.cfg, batches.side
-    loss_kind = cfg.get("loss") or "mse"
-    bs, n = int(cfg["batch_size"]), len(batches.data)
+    loss_kind = cfg.loss
+    bs, n = int(cfg.batch_size), len(batches.data)
     order = torch.randperm(n, generator=gen)
     chunks = [order[i:i + bs] for i in range(0, n, bs)]
     if len(chunks) > 1 and len(chunks[-1]) < 2:  # BatchNorm cannot train on a batch of one
@@ -370,7 +369,7 @@ def train(
     train_data: Prepared,
     val_data: Prepared,
     schema: Schema,
-    cfg: dict,
+    cfg: TrainSettings,
     seed: int,
     evaluate: Callable[[np.ndarray], dict],
     ckpt_dir: Path,
@@ -384,24 +383,23 @@ def train(
 
     ``evaluate(pred_crop)`` rates validation predictions: a dict of metric values whose "score"
     is minimised. ``ckpt_dir`` receives ``best.pt`` and the epoch checkpoint ``last.pt``; with
-    ``resume`` training continues from ``last.pt``. ``features(model, frozen_phase_key)`` returns
+    ``resume`` training continues from ``last.pt``. ``features(model)`` returns the
     cached frozen features (see :func:`kpbench.features.cached_features`); ``on_batch(epoch, done,
     total)`` and ``on_epoch(row)`` report progress.
     """
-    side = float(train_data.images.shape[-1]) if cfg.get("targets") == "pixels" else 1.0
+    side = float(train_data.images.shape[-1]) if cfg.targets == "pixels" else 1.0
     model = Regressor(net, mean_shape(train_data.targets), side).to(device)
-    if cfg.get("channels_last", True):
+    if cfg.channels_last:
         model.use_channels_last()
     groups = param_groups(model, cfg)
-    epochs = int(cfg["epochs"]) if groups else 0
-    opt = torch.optim.Adam(groups, weight_decay=float(cfg["weight_decay"])) if groups else None
+    epochs = int(cfg.epochs) if groups else 0
+    opt = torch.optim.Adam(groups, weight_decay=float(cfg.weight_decay)) if groups else None
     sched = _scheduler(opt, cfg, epochs) if opt else None
-    freeze_epochs = int(cfg.get("freeze_epochs") or 0)
-    unfreeze = cfg.get("unfreeze") or "all"
+    freeze_epochs, unfreeze = int(cfg.freeze_epochs), cfg.unfreeze
     batches = Batches(train_data, cfg, list(schema.flip_permutation), side)
     use_cache = features is not None and can_cache(net, cfg)
     gen = torch.Generator().manual_seed(seed)
-    checkpoints = Checkpointer(ckpt_dir, cfg.get("checkpoint_interval", 60))
+    checkpoints = Checkpointer(ckpt_dir, cfg.checkpoint_interval)
     hist, stale, start = History(), 0, 0
     best_state = copy.deepcopy(model.state_dict())
     restored = checkpoints.restore(model, opt, sched, gen) if resume else None
@@ -416,7 +414,7 @@ def train(
         if not (use_cache and frozen):
             cached = None
         elif cached is None:  # once per frozen phase: the frozen weights do not change within it
-            cached = features(model, "frozen")
+            cached = features(model)
         train_loss = float("nan")
         if epoch > 0:
             train_loss = train_epoch(model, batches, opt, gen, cached, device,
@@ -435,7 +433,7 @@ def train(
             stale += 1
         if sched is not None and epoch > 0:
             sched.step(scores["score"]) if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) else sched.step()
-        stop = bool(cfg.get("patience")) and stale >= int(cfg["patience"])
+        stop = bool(cfg.patience) and stale >= int(cfg.patience)
         checkpoints.save(epoch == epochs or stop, best_state, hist, model, opt, sched, gen, stale, epoch)
         if on_epoch:
             on_epoch(row)

@@ -4,6 +4,7 @@ wrote. :class:`kpbench.Predictor` and ``evaluate`` and ``export`` get their mode
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 from dataclasses import dataclass
@@ -12,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kpbench.components import model_settings, use_flip_test
+from kpbench.components import CropConvention, ModelPlan, use_flip_test
+from kpbench.config import Settings
 from kpbench.errors import KpbenchError, first_line
-from kpbench.keypoints import get_schema
+from kpbench.keypoints import Schema, get_schema
 from kpbench.plugins import Plugins
 from kpbench.rundir import RunDir, read_mapping
 from kpbench.runtime import OnnxModel
@@ -24,10 +26,13 @@ from kpbench.weights import read_checkpoint
 
 @dataclass
 class Trained:
+    """A trained model with what using it needs: its schema and the crop convention it was trained on."""
     model: torch.nn.Module  # a Regressor, or an OnnxModel in its place
     label: str
     input_size: int
-    config: dict
+    schema: Schema
+    convention: CropConvention
+    settings: Settings | None  # its run's settings (None for an exported graph)
     run_dir: Path
     model_dir: Path
 
@@ -56,8 +61,8 @@ def load_trained(path: str | Path, plugins: Plugins) -> Trained:
         raise KpbenchError(f"--model {path}: no such file or directory")
     run_dir = _run_dir_of(path.resolve())
     rd = RunDir(run_dir)
-    config = rd.config()
-    found = rd.results(config)
+    settings = rd.settings()
+    found = rd.results(settings)
     if not found:
         raise KpbenchError(f"{rd}: no finished model in this run yet")
     path = path.resolve()
@@ -73,22 +78,31 @@ def load_trained(path: str | Path, plugins: Plugins) -> Trained:
             raise KpbenchError(f"{path}: not a finished model of run {run_dir}")
         mdir, row = match[0]
     label = row["model"]
-    spec = plugins.models.get(label.split("@")[0], where="--model")
-    options, _, train_cfg = model_settings(config, label, spec)
-    if "weights" in inspect.signature(spec.factory).parameters or "weights" in options:
-        options["weights"] = "none"  # the checkpoint holds every weight; do not look for the start
-    size = int(row.get("input_size") or config["data"]["input_size"])
-    schema = get_schema(config["data"]["schema"])
-    net = spec.factory(schema.num_points, size, 1, **options)
-    model = Regressor(net, torch.zeros(schema.num_points, 2), size if train_cfg.get("targets") == "pixels" else 1)
+    m = ModelPlan.of(settings, label, plugins.models.get(label.split("@")[0], where="--model"))
+    if row.get("input_size"):
+        m = dataclasses.replace(m, input_size=int(row["input_size"]))
+    schema = get_schema(settings.data.schema)
+    takes_weights = "weights" in inspect.signature(m.spec.factory).parameters or "weights" in m.options
+    no_start = {"weights": "none"} if takes_weights else {}  # the checkpoint holds every weight
+    net = m.build(schema.num_points, **no_start)
+    model = Regressor(net, torch.zeros(schema.num_points, 2), m.input_size if m.train.targets == "pixels" else 1)
     state = read_checkpoint(mdir / "best.pt")["state_dict"]
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise KpbenchError(f"{mdir / 'best.pt'}: does not fit model {label!r}: missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]}")
     model.eval()
-    use_flip_test(model, config, schema)
-    return Trained(model, label, size, config, run_dir, mdir)
+    use_flip_test(model, settings.eval.flip_test, schema)
+    return Trained(model, label, m.input_size, schema, run_convention(rd, settings, plugins), settings, run_dir, mdir)
+
+
+def run_convention(rd: RunDir, settings: Settings, plugins: Plugins) -> CropConvention:
+    """The crop convention a run's manifest holds (one written before manifests had it: worked
+    out from its settings)."""
+    entry = rd.manifest().get("crop_convention")
+    if isinstance(entry, dict) and isinstance(entry.get("detector"), str):
+        return CropConvention.from_mapping(entry)
+    return CropConvention.of_run(plugins, settings.data)
 
 
 def load_onnx(path: str | Path) -> Trained:
@@ -113,9 +127,6 @@ def load_onnx(path: str | Path) -> Trained:
         raise KpbenchError(f"{sidecar_path}: not the sidecar kpbench export writes (crop_convention with detector "
                            f"and detector_options, model, schema, input.shape [batch, 1, S, S])")
     schema = get_schema(sidecar["schema"])
-    options = {**convention["detector_options"],
-               **{k: convention[k] for k in ("margin", "align") if convention.get(k) is not None}}
-    config = {"data": {"schema": schema.name, "detector": convention["detector"], "detector_options": options}}
     try:
         graph = OnnxModel(path)
     except KpbenchError:
@@ -123,7 +134,8 @@ def load_onnx(path: str | Path) -> Trained:
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors: not a graph it can read
         raise KpbenchError(f"--model {path}: ONNX Runtime cannot load it: {first_line(exc)[:300]}") from None
     check_graph(graph, path, shape[1:], schema.num_points)
-    return Trained(graph, sidecar["model"], shape[-1], config, Path(str(sidecar.get("run", ""))), path)
+    return Trained(graph, sidecar["model"], shape[-1], schema, CropConvention.from_mapping(convention), None,
+                   Path(str(sidecar.get("run", ""))), path)
 
 
 def check_graph(graph: OnnxModel, path: Path, input_shape: list[int], points: int) -> None:

@@ -218,6 +218,7 @@ def test_box_jitter_off_is_the_nominal_crop():
 def test_train_augment_prob_reaches_the_augmentation():
     """``train.augment.prob`` is what the training batches augment with: prob 0 leaves every
     training image as prepared (before the fix, every run augmented with probability 1)."""
+    from kpbench.config import Settings
     from kpbench.data import Prepared
     from kpbench.train import Batches, Regressor
 
@@ -228,7 +229,7 @@ def test_train_augment_prob_reaches_the_augmentation():
     idx = torch.arange(n)
     seen = {}
     for prob in (0.0, 1.0):
-        cfg = {"flip": False, "augment": {"rotate": 30.0, "brightness": 0.3, "prob": prob}}
+        cfg = Settings().replace(train={"flip": False, "augment": {"rotate": 30.0, "brightness": 0.3, "prob": prob}}).train
         batches = Batches(data, cfg, list(range(15)), 1.0)
         captured = []
         model.forward = lambda x, captured=captured: (captured.append(x), torch.zeros(len(x), 15, 2))[1]

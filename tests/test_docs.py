@@ -131,7 +131,7 @@ def test_headline_table_has_every_tool_on_every_set_with_measured_figures():
 
 
 def test_configs_page_lists_the_defaults_and_a_config_that_validates():
-    from kpbench.config import DEFAULTS, check, merge, validate
+    from kpbench.config import DEFAULTS, Settings, check, merge, validate
 
     text = (DOCS / "configs.md").read_text()
     blocks = re.findall(r"^```yaml\n(.*?)^```", text, re.S | re.M)
@@ -139,7 +139,7 @@ def test_configs_page_lists_the_defaults_and_a_config_that_validates():
     mine, defaults = (yaml.safe_load(b) for b in blocks)
     assert defaults == DEFAULTS, "docs/configs.md's defaults differ from kpbench/config.py's"
     validate(mine, "docs/configs.md")
-    check(merge(DEFAULTS, mine))
+    check(Settings.from_dict(merge(DEFAULTS, mine)))
 
 
 # --- the Python blocks ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from kpbench import KpbenchError
+from kpbench.config import TrainSettings
 from kpbench.plugins import get_plugins
 from kpbench.weights import create_backbone
 
@@ -132,7 +133,7 @@ def test_gan_discriminator_trains_but_is_not_part_of_the_model(tmp_path):
     detect = plugins.detectors.get("none").factory()
     tr, va, _ = (prepare(ds, i, detect, 32, "kaggle15") for i in split_indices(40, [0.6, 0.2, 0.2], 0))
     cfg = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "weight_decay": 0.0, "flip": False, "erase": 0.5}
-    train(gan, tr, va, KAGGLE15, cfg, 0, _improving(), tmp_path)  # epoch 1 is kept, with its discriminator
+    train(gan, tr, va, KAGGLE15, TrainSettings(**cfg), 0, _improving(), tmp_path)  # epoch 1 is kept, with its discriminator
     assert gan._gan["steps"] == 3
     assert any(not torch.equal(a, b) for a, b in zip(before, gan.discriminator.parameters()))
 
@@ -174,7 +175,7 @@ def test_frozen_backbone_trains_only_the_head(tmp_path):
     net = get_plugins().models.get("resnet10t").factory(15, 32, 1)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     tr, va, _ = _tiny_splits()
-    train(net, tr, va, KAGGLE15, {**CFG, "freeze_epochs": 1}, 0, _improving(), tmp_path)
+    train(net, tr, va, KAGGLE15, TrainSettings(**CFG, freeze_epochs=1), 0, _improving(), tmp_path)
     after = net.state_dict()
     backbone = [k for k in before if k.startswith("backbone.")]
     assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)  # BN statistics included
@@ -194,7 +195,7 @@ def test_partial_fine_tuning_trains_only_the_last_stage_after_the_switch(tmp_pat
     before = {k: v.clone() for k, v in net.state_dict().items()}
     tr, va, _ = _tiny_splits()
     cfg = {**CFG, "epochs": 2, "freeze_epochs": 1, "unfreeze": "last_stage", "backbone_lr": 0.1}
-    train(net, tr, va, KAGGLE15, cfg, 0, _improving(), tmp_path)
+    train(net, tr, va, KAGGLE15, TrainSettings(**cfg), 0, _improving(), tmp_path)
     after = net.state_dict()
     changed = {k for k in before if k.startswith("backbone.") and not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("backbone.layer4.") for k in changed)
@@ -232,10 +233,10 @@ def test_cached_features_give_the_same_training_as_recomputing(tmp_path, monkeyp
         net = get_plugins().models.get("resnet10t").factory(15, 32, 1)
         seen = []
 
-        def features(model, _phase):
+        def features(model):
             return cached_features(model, tr, va, True, "cpu", backbone_modules(model.net), on_compute=seen.append)
 
-        _, hist = train(net, tr, va, KAGGLE15, cfg, 0, lambda p: {"score": float(np.mean(p))},
+        _, hist = train(net, tr, va, KAGGLE15, TrainSettings(**cfg), 0, lambda p: {"score": float(np.mean(p))},
                         tmp_path / str(use_cache), features=features if use_cache else None)
         results.append(hist.rows)
         assert len(seen) == (1 if use_cache else 0)  # computed once, then read from disk
@@ -287,7 +288,7 @@ def test_pixel_targets_regress_crop_pixels_and_report_losses_in_square_pixels(tm
     tr, va, _ = _tiny_splits()
     torch.manual_seed(0)
     net = get_plugins().models.get("cnn").factory(15, 32, 1, width=4)
-    model, hist = train(net, tr, va, KAGGLE15, {**CFG, "epochs": 2, "targets": "pixels"}, 0, _improving(), tmp_path)
+    model, hist = train(net, tr, va, KAGGLE15, TrainSettings(**{**CFG, "epochs": 2, "targets": "pixels"}), 0, _improving(), tmp_path)
     assert model.output_scale == 32.0
     x = va.images[:4]
     model.eval()

@@ -179,14 +179,14 @@ def test_mtcnn_options_that_would_hang_or_crash_are_refused():
 
 def test_the_shipped_model_is_what_its_card_says():
     from kpbench.card import verify
-    from kpbench.config import differences, load
+    from kpbench.config import Settings, differences, load
     from kpbench.predictor import SHIPPED
 
     if not (SHIPPED / "card.json").is_file():
         pytest.skip("no shipped model in this checkout")
     card = verify(SHIPPED)
-    config = load(SHIPPED / "config.yaml")
-    assert differences(load(ROOT / card["config_file"]), config) == []
+    settings = Settings.from_dict(load(SHIPPED / "config.yaml"))
+    assert differences(Settings.from_dict(load(ROOT / card["config_file"])), settings) == []
     p = kpbench.Predictor(detector="none", runtime="torch")
     assert p.label == card["model"] and p.trained.input_size == card["input_size"]
     assert p(np.full((64, 64, 3), 128, np.uint8))[0].points.shape == (15, 2)

@@ -14,7 +14,7 @@ from kpbench.runner import run
 
 def _run(config, out):
     config["run"]["out"] = str(out)
-    return run(config, get_plugins(), Console(width=160, file=open("/dev/null", "w")))
+    return run(cfgmod.Settings.from_dict(config), get_plugins(), Console(width=160, file=open("/dev/null", "w")))
 
 
 def test_run_writes_results_and_report_reprints_them(tmp_path, tiny_config):
@@ -57,7 +57,7 @@ def test_same_seed_same_metrics_and_resume_keeps_finished_models(tmp_path, tiny_
     (b_dir / "models" / "mean-shape" / "result.json").unlink()
     (b_dir / "leaderboard.csv").unlink()
     mtime = (b_dir / "models" / "cnn" / "best.pt").stat().st_mtime
-    run(config, get_plugins(), Console(file=open("/dev/null", "w")), resume=True)
+    run(cfgmod.Settings.from_dict(config), get_plugins(), Console(file=open("/dev/null", "w")), resume=True)
     assert (b_dir / "models" / "cnn" / "best.pt").stat().st_mtime == mtime
     pd.testing.assert_frame_equal(pd.read_csv(b_dir / "leaderboard.csv")[cols], b[cols])
 
@@ -101,7 +101,7 @@ def test_every_shipped_config_is_valid_and_names_registered_components(path):
     for spec in specs if isinstance(specs, list) else [specs]:
         plugins.datasets.get(spec.partition(":")[0])
     assert config["eval"]["sort_by"] in config["eval"]["metrics"]
-    cfgmod.check(config)
+    cfgmod.check(cfgmod.Settings.from_dict(config))
 
 
 @pytest.mark.parametrize("args, says", [

@@ -27,7 +27,7 @@ def _quiet():
 
 def _run(config, out, plugins=None, resume=False):
     config["run"]["out"] = str(out)
-    return run(config, plugins or get_plugins(), _quiet(), resume=resume)
+    return run(cfgmod.Settings.from_dict(config), plugins or get_plugins(), _quiet(), resume=resume)
 
 
 def test_seeds_give_mean_and_std_and_keep_per_seed_rows(tmp_path, tiny_config):
