@@ -81,7 +81,7 @@ def test_predict_per_photo_vs_detector_plus_model(tmp_path):
     from kpbench.data import crop_resize, read_image, to_gray
     from kpbench.photos import predict_photos
     from kpbench.predictor import Predictor
-    from kpbench.train import Regressor
+    from kpbench.regressor import Regressor
     from kpbench.components import CropConvention
     from kpbench.keypoints import KAGGLE15
     from kpbench.trained import Trained

@@ -12,7 +12,8 @@ from kpbench.augment import affine_batch
 from kpbench.keypoints import KAGGLE15
 from kpbench.plugins import get_plugins
 from kpbench.profile import median_seconds
-from kpbench.train import Regressor, erase_batch, flip_batch, masked_mse
+from kpbench.regressor import Regressor
+from kpbench.train import erase_batch, flip_batch, masked_mse
 
 SIZE = 96
 

@@ -162,9 +162,3 @@ def make_detector(plugins: Plugins, name: str, options: dict, cache: bool = True
 
     det = call_factory(plugins.detectors.get(name, where="data.detector").factory, f"detector {name!r}", **options)
     return CachedDetector(det, name, options) if cache and getattr(det, "cache_boxes", False) else det
-
-
-def use_flip_test(model, flip_test: bool, schema) -> None:
-    """Test-time flip averaging where the settings ask for it and the model does not opt out."""
-    if flip_test and getattr(model.net, "flip_test", True):
-        model.flip_test = list(schema.flip_permutation)

@@ -54,6 +54,12 @@ def atomic_output(path: Path):
         raise
 
 
+def is_leftover(path: Path) -> bool:
+    """A temporary file of :func:`atomic_output` (``.NAME.XXXX.tmp``), left by a process that was
+    killed before it could rename or remove it."""
+    return path.is_file() and path.name.startswith(".") and path.name.endswith(".tmp") and path.name.count(".") >= 3
+
+
 def _atomic(path: Path, write) -> None:
     with atomic_output(path) as tmp, open(tmp, "wb") as f, _signals_held():
         write(f)

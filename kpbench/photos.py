@@ -15,7 +15,7 @@ import numpy as np
 
 from kpbench.data import IMAGE_SUFFIXES, read_image, stack_boxes
 from kpbench.errors import KpbenchError
-from kpbench.io import atomic_output, atomic_write_json, strict
+from kpbench.io import atomic_output, atomic_write_json, is_leftover, strict
 from kpbench.log import log, status_console
 from kpbench.predictor import FaceTracker, Predictor
 from kpbench.video import VIDEO_SUFFIXES, is_video, require_av
@@ -66,6 +66,11 @@ def check_output_dir(out: Path, inputs: list[Path]) -> None:
     written over; refused before any work."""
     if out.exists() and not out.is_dir():
         raise KpbenchError(f"--out {out}: is a file, not a directory")
+    leftovers = [p for p in out.iterdir() if is_leftover(p)] if out.is_dir() else []
+    if leftovers and len(leftovers) == len(list(out.iterdir())):  # all a killed predict left: not the user's
+        for p in leftovers:
+            p.unlink()
+        log.info(f"--out {out}: removed {len(leftovers)} half-written file(s) an interrupted predict left")
     if out.is_dir() and any(out.iterdir()):
         inside = any(p.resolve().parent == out.resolve() for p in inputs)
         why = "it holds the input photos" if inside else "it is not empty"

@@ -82,6 +82,25 @@ class GivesConfidence(Protocol):
     def with_confidence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+@runtime_checkable
+class SplitsInTwo(Protocol):
+    """A network whose ``forward`` is ``head_forward(frozen_features(x))``: while its backbones are
+    frozen (and the augmentation deterministic) the head trains on features computed once per
+    image (:mod:`kpbench.features`)."""
+
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def head_forward(self, z: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class AuxiliaryLoss(Protocol):
+    """A network that adds a term to its training loss (the two-stage model's first-stage error),
+    given its prediction and the targets, both (B, K, 2) in the targets' unit."""
+
+    def auxiliary_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+
+
 class SchemaFactory(Protocol):
     def __call__(self) -> Schema: ...
 

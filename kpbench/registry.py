@@ -45,9 +45,10 @@ class ModelSpec(_Spec):
       part that ``train.freeze_epochs`` freezes and ``unfreeze: last_stage`` partly thaws (its
       ``last_stage_parameters()`` if it has one, else timm's ``feature_info``); ``alpha`` (one
       weight per branch) is reported per branch.
-    - ``frozen_features(x)`` and ``head_forward(z)`` (``forward`` = their composition): the frozen
-      phase trains the head on cached features.
-    - ``auxiliary_loss(pred, target)``: a term added to the training loss.
+    - ``frozen_features(x)`` and ``head_forward(z)`` (``forward`` = their composition,
+      :class:`kpbench.protocols.SplitsInTwo`): the frozen phase trains the head on cached features.
+    - ``auxiliary_loss(pred, target)`` (:class:`kpbench.protocols.AuxiliaryLoss`): a term added to
+      the training loss.
     - ``flip_test = False``: no test-time flip averaging for this model.
     - ``photo_keypoints(image)``: a model that finds faces itself returns, for an (H, W, 3) uint8
       photo, one (K, 2) array per face in the photo's pixels; it is then also scored on the whole

@@ -21,8 +21,7 @@ import torch
 from rich.console import Console
 
 from kpbench import report
-from kpbench.components import (CropConvention, ModelPlan, load_splits, make_detector, resolve_device,
-                                use_flip_test)
+from kpbench.components import CropConvention, ModelPlan, load_splits, make_detector, resolve_device
 from kpbench.config import Settings, check
 from kpbench.data import Prepared, prepare
 from kpbench.errors import KpbenchError, first_line
@@ -34,8 +33,9 @@ from kpbench.log import log, progress_bar, status_console
 from kpbench.plugins import Plugins
 from kpbench.profile import branch_report, profile
 from kpbench.protocols import FindsOwnFaces
+from kpbench.regressor import backbone_modules, use_flip_test
 from kpbench.rundir import RunDir, manifest, metrics_meta, save_error, save_result, seeds_of
-from kpbench.train import backbone_modules, box_jitter, train
+from kpbench.train import box_jitter, train
 
 JITTER_CONTEXT = 0.25  # context around training crops for train.box_jitter, a fraction of the side each way
 
@@ -313,4 +313,5 @@ def run_model(m: ModelPlan, p: Plan, data: tuple[Prepared, Prepared, Prepared], 
                        onnx_latency=settings.eval.onnx_latency))
     row.update(branch_report(model.net))
     row["train_s"] = round(train_s, 1)
+    row["threads"] = torch.get_num_threads()  # what it trained and was timed with (figures move with it)
     return row

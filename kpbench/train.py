@@ -33,6 +33,8 @@ from kpbench.data import Prepared
 from kpbench.evaluate import predict
 from kpbench.io import atomic_torch_save
 from kpbench.keypoints import Schema
+from kpbench.protocols import AuxiliaryLoss, SplitsInTwo
+from kpbench.regressor import Regressor, backbone_modules, frozen_norms_to_eval, set_trainable
 from kpbench.weights import read_checkpoint
 
 AUGMENT_KEYS = ("rotate", "scale", "translate", "brightness", "contrast")
@@ -43,112 +45,6 @@ def box_jitter(cfg: TrainSettings) -> dict:
     """``train.box_jitter`` as floats; empty when every magnitude is 0."""
     jitter = {k: float(getattr(cfg.box_jitter, k)) for k in JITTER_KEYS}
     return jitter if any(jitter.values()) else {}
-
-
-class Regressor(nn.Module):
-    """A model plugin's network plus the training mean shape it predicts offsets from (unless the
-    network says ``absolute_output = True``, as heatmap models do)."""
-
-    def __init__(self, net: nn.Module, mean_shape: torch.Tensor, output_scale: float = 1.0):
-        super().__init__()
-        self.net = net
-        # The network's own output unit: 1 (a fraction of the crop side) or the crop side in pixels
-        # (``train.targets: pixels``, the network regresses pixel coordinates). Predictions leave
-        # ``forward`` in crop fractions either way.
-        self.output_scale = float(output_scale)
-        self.register_buffer("mean_shape", mean_shape.float().clone())
-        self.channels_last = False
-        self.flip_test: list[int] | None = None  # set: eval-mode predictions average the mirrored image's
-
-    def use_channels_last(self) -> "Regressor":
-        """NHWC weights and inputs: 25-30 % faster training steps on CPU (see README, Speed)."""
-        self.channels_last = True
-        return self.to(memory_format=torch.channels_last)
-
-    def finish(self, out: torch.Tensor) -> torch.Tensor:
-        out = out.view(out.shape[0], -1, 2)
-        if self.output_scale != 1.0:
-            out = out / self.output_scale
-        return out if getattr(self.net, "absolute_output", False) else out + self.mean_shape
-
-    def forward(self, x):
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if self.flip_test is None or self.training:
-            return self.finish(self.net(x))
-        # Test-time flip averaging: the image and its mirror as one batch of two.
-        out, mirrored = self.finish(self.net(torch.cat([x, x.flip(-1)]))).chunk(2)
-        mirrored = mirrored[:, self.flip_test]
-        return (out + torch.stack([1 - mirrored[..., 0], mirrored[..., 1]], -1)) / 2
-
-    def with_confidence(self, x) -> torch.Tensor:
-        """Points and per-point confidence as one (B, 3K) tensor (x, y per point, then one
-        confidence per point), for a network that gives confidences (``net.with_confidence``,
-        :class:`kpbench.protocols.GivesConfidence`); flip averaging as in ``forward``."""
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        flip = self.flip_test is not None and not self.training
-        out, conf = self.net.with_confidence(torch.cat([x, x.flip(-1)]) if flip else x)
-        points = self.finish(out)
-        if flip:
-            (points, mirrored), (conf, conf_m) = points.chunk(2), conf.chunk(2)
-            mirrored = mirrored[:, self.flip_test]
-            points = (points + torch.stack([1 - mirrored[..., 0], mirrored[..., 1]], -1)) / 2
-            conf = (conf + conf_m[:, self.flip_test]) / 2
-        return torch.cat([points.flatten(1), conf], 1)
-
-    def from_features(self, z):
-        """The prediction from cached ``net.frozen_features`` (models that split in two)."""
-        return self.finish(self.net.head_forward(z))
-
-
-def backbone_modules(net: nn.Module) -> list[nn.Module]:
-    """The pretrained part of a model, by convention ``net.backbone`` or ``net.backbones``
-    (a ModuleDict, one per branch); what the frozen phase freezes."""
-    if isinstance(getattr(net, "backbones", None), nn.ModuleDict):
-        return list(net.backbones.values())
-    return [net.backbone] if isinstance(getattr(net, "backbone", None), nn.Module) else []
-
-
-def last_stage_parameters(backbone: nn.Module) -> list[nn.Parameter]:
-    """The parameters of a backbone's last stage, the part "partial fine-tuning" trains: those
-    registered after the module that ends the previous stage in timm's ``feature_info`` (ResNet's
-    layer4, MobileNetV2's blocks 5-6 and head conv, VGG's conv5 block). A backbone can say
-    otherwise with a ``last_stage_parameters()`` method; one without stage information is all
-    last stage."""
-    if hasattr(backbone, "last_stage_parameters"):
-        return list(backbone.last_stage_parameters())
-    info = getattr(backbone, "feature_info", None)
-    names = [n for n, _ in backbone.named_modules()]
-    for entry in reversed(list(info or [])[:-1]):
-        if not isinstance(entry, dict) or entry.get("module") not in names:
-            continue
-        start = names.index(entry["module"]) + 1
-        while start < len(names) and names[start].startswith(entry["module"] + "."):
-            start += 1
-        after = set(names[start:])
-        params = [p for n, p in backbone.named_parameters() if n.rpartition(".")[0] in after]
-        if params:
-            return params
-    return list(backbone.parameters())
-
-
-def set_trainable(net: nn.Module, frozen: bool, unfreeze: str) -> None:
-    """Backbones frozen, or after the switch: ``unfreeze`` = "all" or "last_stage"."""
-    for bb in backbone_modules(net):
-        bb.requires_grad_(not frozen and unfreeze == "all")
-        if not frozen and unfreeze == "last_stage":
-            for p in last_stage_parameters(bb):
-                p.requires_grad_(True)
-
-
-def frozen_norms_to_eval(net: nn.Module) -> None:
-    """Normalization layers whose parameters are frozen keep their running statistics too."""
-    for bb in backbone_modules(net):
-        for m in bb.modules():
-            if isinstance(m, nn.modules.batchnorm._NormBase) and not any(
-                    p.requires_grad for p in m.parameters(recurse=False)):
-                m.eval()
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -216,7 +112,7 @@ def can_cache(net: nn.Module, cfg: TrainSettings) -> bool:
     """Frozen-phase feature caching applies: the model splits in two, it has a frozen phase and
     the augmentation is deterministic (at most the flip)."""
     return (cfg.feature_cache and cfg.freeze_epochs > 0
-            and hasattr(net, "frozen_features") and hasattr(net, "head_forward") and bool(backbone_modules(net))
+            and isinstance(net, SplitsInTwo) and bool(backbone_modules(net))
             and not cfg.erase and not any(getattr(cfg.augment, k) for k in AUGMENT_KEYS) and not box_jitter(cfg))
 
 
@@ -296,7 +192,7 @@ def train_epoch(model: Regressor, batches: Batches, opt, gen: torch.Generator, c
         pred, y = batches.inputs(model, idx, gen, cached, device)
         mse = masked_mse(pred * side, y * side)  # in the targets' unit
         loss = mse if loss_kind == "mse" else masked_loss(pred * side, y * side, loss_kind, side)
-        if hasattr(model.net, "auxiliary_loss"):
+        if isinstance(model.net, AuxiliaryLoss):
             loss = loss + model.net.auxiliary_loss(pred, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

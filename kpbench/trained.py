@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kpbench.components import CropConvention, ModelPlan, use_flip_test
+from kpbench.components import CropConvention, ModelPlan
 from kpbench.config import Settings
 from kpbench.errors import KpbenchError, first_line
 from kpbench.keypoints import Schema, get_schema
 from kpbench.plugins import Plugins
+from kpbench.regressor import Regressor, use_flip_test
 from kpbench.rundir import RunDir, read_mapping
 from kpbench.runtime import OnnxModel
-from kpbench.train import Regressor
 from kpbench.weights import read_checkpoint
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import kpbench
 from kpbench.data import IMAGE_SUFFIXES, Sample
 from kpbench.data import read_image as _read_image
+from kpbench.log import log
 
 
 
@@ -64,7 +65,7 @@ def folder68(path=None, images: str | None = None, group_by_person: bool = True)
         p = csvs[0]
     if not p.is_file():
         raise kpbench.KpbenchError(f"folder68: no such file or folder: {path}")
-    rows = []
+    rows, with_nan = [], []
     with p.open(newline="") as fh:
         for lineno, row in enumerate(csv.reader(fh), start=1):
             if not row or (lineno == 1 and not row[0].lower().endswith(IMAGE_SUFFIXES)):
@@ -75,9 +76,16 @@ def folder68(path=None, images: str | None = None, group_by_person: bool = True)
                 pts = np.asarray(row[1:], dtype=np.float32).reshape(68, 2)
             except ValueError as exc:
                 raise kpbench.KpbenchError(f"{p}:{lineno}: {exc}") from None
+            if np.isinf(pts).any():
+                raise kpbench.KpbenchError(f"{p}:{lineno}: coordinates must be finite numbers (or nan: missing)")
+            if np.isnan(pts).any():
+                with_nan.append(lineno)
             rows.append((row[0], pts))
     if not rows:
         raise kpbench.KpbenchError(f"{p}: no annotation rows")
+    if with_nan:  # a convention (points not annotated), but say so: it may be a broken export
+        log.warning(f"kpbench: warning: {p}: {len(with_nan)} row(s) have nan coordinates, read as missing points "
+                    f"(first at line {with_nan[0]})")
     candidates = [Path(images)] if images else [p.parent, *sorted(d for d in p.parent.iterdir() if d.is_dir())]
     root = next((d for d in candidates if (d / rows[0][0]).is_file()), None)
     if root is None:

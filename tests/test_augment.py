@@ -220,7 +220,8 @@ def test_train_augment_prob_reaches_the_augmentation():
     training image as prepared (before the fix, every run augmented with probability 1)."""
     from kpbench.config import Settings
     from kpbench.data import Prepared
-    from kpbench.train import Batches, Regressor
+    from kpbench.regressor import Regressor
+    from kpbench.train import Batches
 
     n, size = 6, 16
     data = Prepared(images=torch.rand(n, 1, size, size), targets=torch.rand(n, 15, 2) * 0.5 + 0.25,

@@ -68,3 +68,35 @@ def test_hostile_input_is_one_clear_line(scratch, command, args, says):
     assert "Traceback" not in r.stderr and lines and says in lines[-1], r.stderr
     assert lines[-1].startswith("kpbench"), lines[-1]
     assert not any(p.name not in ("face.jpg", "empty", "afile") for p in scratch.iterdir())  # nothing written
+
+
+def test_predict_into_a_folder_a_killed_predict_left_only_temporary_files_in(tmp_path):
+    """kill -9 during a video leaves a hidden ``.NAME.XXXX.tmp``: that folder is not the user's
+    files, so the next ``predict`` into it cleans it and runs; a folder with anything else is refused."""
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "face.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".clip.mp4.k2j4x9.tmp").write_bytes(b"half a video")
+    r = run_cli("predict", tmp_path / "face.jpg", "--out", out, "--detector", "none", "--no-overlay", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert not (out / ".clip.mp4.k2j4x9.tmp").exists() and (out / "predictions.json").is_file()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / ".notes.tmp").write_text("a user's file")  # not the pattern of kpbench's temporary files
+    r = run_cli("predict", tmp_path / "face.jpg", "--out", mine, "--detector", "none", timeout=120)
+    assert r.returncode == 2 and "it is not empty" in r.stderr and (mine / ".notes.tmp").read_text() == "a user's file"
+
+
+def test_folder68_says_which_rows_hold_nan_and_refuses_infinite_coordinates(tmp_path, capfd):
+    from kpbench.plugins import get_plugins
+
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a_01.jpg")
+    row = ["a_01.jpg"] + ["10.0"] * 136
+    (tmp_path / "k.csv").write_text(",".join(row) + "\n" + ",".join(row[:1] + ["nan"] + row[2:]) + "\n")
+    factory = get_plugins().datasets.get("folder68").factory
+    data = factory(str(tmp_path))
+    assert len(data) == 2 and np.isnan(data[1].points[0, 0])
+    assert "1 row(s) have nan coordinates, read as missing points (first at line 2)" in capfd.readouterr().err
+    (tmp_path / "k.csv").write_text(",".join(row[:1] + ["inf"] + row[2:]) + "\n")
+    with pytest.raises(Exception, match=r"k.csv:1: coordinates must be finite numbers"):
+        factory(str(tmp_path))

@@ -150,7 +150,7 @@ def test_face_like_input_gives_finite_plausible_points(predictor_path, box):
     mapped = convert(out68.view(3, 68, 2).numpy(), "ibug68", "kaggle15")
     np.testing.assert_allclose(out.view(3, 15, 2).numpy(), mapped, atol=1e-6)
     # kpbench wraps it as it wraps any model: absolute output, the mean shape is not added
-    from kpbench.train import Regressor
+    from kpbench.regressor import Regressor
 
     reg = Regressor(net, torch.full((15, 2), 0.5))
     with torch.inference_mode():

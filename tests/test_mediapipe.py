@@ -129,7 +129,7 @@ def test_photo_landmarks_find_the_annotated_face():
 @needs_helen
 def test_real_helen_crops_nme():
     from kpbench.data import crop_resize, points_box, to_gray, to_image_pixels
-    from kpbench.train import Regressor
+    from kpbench.regressor import Regressor
 
     boxes, crops, truth = [], [], []
     for image, pts in _helen(20):

@@ -94,7 +94,7 @@ def test_effnet_lite0_under_onnx_runtime_gives_pytorchs_points():
     pytest.importorskip("onnxruntime")
     from kpbench.runtime import OnnxModel, to_onnx
     from kpbench.keypoints import get_schema
-    from kpbench.train import Regressor
+    from kpbench.regressor import Regressor
 
     torch.manual_seed(0)
     net = get_plugins().models.get("effnet-lite0").factory(15, 96, 1)
@@ -185,7 +185,8 @@ def test_frozen_backbone_trains_only_the_head(tmp_path):
 
 def test_partial_fine_tuning_trains_only_the_last_stage_after_the_switch(tmp_path):
     from kpbench.keypoints import KAGGLE15
-    from kpbench.train import last_stage_parameters, train
+    from kpbench.regressor import last_stage_parameters
+    from kpbench.train import train
 
     torch.manual_seed(0)
     net = get_plugins().models.get("resnet10t").factory(15, 32, 1)
@@ -206,7 +207,7 @@ def test_partial_fine_tuning_trains_only_the_last_stage_after_the_switch(tmp_pat
 def test_last_stage_of_timm_backbones(name, prefixes):
     import timm
 
-    from kpbench.train import last_stage_parameters
+    from kpbench.regressor import last_stage_parameters
 
     with torch.device("meta"):
         bb = timm.create_model(name, num_classes=0)
@@ -222,7 +223,8 @@ def test_cached_features_give_the_same_training_as_recomputing(tmp_path, monkeyp
     """The frozen phase on cached features follows the same trajectory as recomputing the backbone."""
     from kpbench.features import cached_features
     from kpbench.keypoints import KAGGLE15
-    from kpbench.train import backbone_modules, train
+    from kpbench.regressor import backbone_modules
+    from kpbench.train import train
 
     monkeypatch.setenv("KPBENCH_CACHE_DIR", str(tmp_path / "cache"))
     tr, va, _ = _tiny_splits()
