@@ -107,6 +107,7 @@ class TrainSettings:
     patience: int | None = None
     targets: Literal["unit", "pixels"] = "unit"
     checkpoint_interval: int | float = 60
+    ema: float | None = None  # decay of an exponential moving average of the weights, validated and kept
 
 
 @dataclass(frozen=True)
@@ -328,6 +329,8 @@ def check(settings: Settings) -> None:
         raise KpbenchError(f"run.threads must be at least 1 (or null: torch's default), got {rc.threads}")
     if tc.patience is not None and tc.patience < 0:
         raise KpbenchError(f"train.patience must be non-negative (or null: no early stop), got {tc.patience}")
+    if tc.ema is not None and not 0 < tc.ema < 1:
+        raise KpbenchError(f"train.ema must be a decay in (0, 1), e.g. 0.998 (or null: off), got {tc.ema}")
     if not 0 <= tc.augment.prob <= 1:
         raise KpbenchError(f"train.augment.prob must be in [0, 1], got {tc.augment.prob}")
     if rc.seeds is not None and len(set(rc.seeds)) != len(rc.seeds):

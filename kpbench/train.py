@@ -175,9 +175,38 @@ class Batches:
         return model(x.to(device)), y.to(device)
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights (``train.ema``: the decay), updated after
+    every optimizer step, with timm's warm-up (the decay grows as ``(1 + t) / (10 + t)`` to its
+    value, so the first steps do not drag the untrained weights along). The averaged copy is what
+    is validated and kept: a steadier pick than the weights of one step."""
+
+    def __init__(self, model: Regressor, decay: float):
+        self.model, self.decay, self.steps = copy.deepcopy(model), float(decay), 0
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: Regressor) -> None:
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for avg, now in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if avg.dtype.is_floating_point:
+                avg.mul_(d).add_(now.detach(), alpha=1 - d)
+            else:
+                avg.copy_(now)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.steps = int(state["steps"])
+
+
 def train_epoch(model: Regressor, batches: Batches, opt, gen: torch.Generator, cached: dict | None, device,
-                on_batch: Callable[[int], None] | None = None) -> float:
-    """One pass over the training data in a seeded random order; returns the mean training MSE."""
+                on_batch: Callable[[int], None] | None = None, average: WeightAverage | None = None) -> float:
+    """One pass over the training data in a seeded random order (``average`` updated after each
+    step); returns the mean training MSE."""
     model.train()
     frozen_norms_to_eval(model.net)
     cfg, side = batches.cfg, batches.side
@@ -197,6 +226,8 @@ def train_epoch(model: Regressor, batches: Batches, opt, gen: torch.Generator, c
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if average is not None:
+            average.update(model)
         total += mse.item() * len(idx)  # the reported training loss is the MSE alone
         count += len(idx)
         if on_batch:
@@ -224,7 +255,8 @@ class Checkpointer:
         self.saved_at = time.perf_counter()
         self.best_saved = False
 
-    def restore(self, model: Regressor, opt, sched, gen: torch.Generator) -> tuple[History, int, int, dict] | None:
+    def restore(self, model: Regressor, opt, sched, gen: torch.Generator,
+                average: WeightAverage | None = None) -> tuple[History, int, int, dict] | None:
         """From ``last.pt`` (if any): the history, the stale-epoch count, the epoch to start at and
         the best weights; the model, optimizer, scheduler and random generators set as they were."""
         last = self.dir / "last.pt"
@@ -238,12 +270,16 @@ class Checkpointer:
             sched.load_state_dict(ck["sched"])
         gen.set_state(ck["gen"])
         torch.set_rng_state(ck["torch_rng"])
+        if average is not None:
+            if not ck.get("average"):
+                raise ValueError(f"{last}: written without train.ema; resume it with the settings it ran with")
+            average.load_state_dict(ck["average"])
         self.best_saved = True
         best_state = read_checkpoint(self.dir / "best.pt")["state_dict"]
         return History(ck["rows"], ck["best_epoch"], ck["best_score"]), ck["stale"], ck["epoch"] + 1, best_state
 
     def save(self, force: bool, best_state: dict, hist: History, model: Regressor, opt, sched, gen, stale: int,
-             epoch: int) -> None:
+             epoch: int, average: WeightAverage | None = None) -> None:
         """Write both checkpoints when ``force`` or when ``checkpoint_interval`` has passed (a
         cached frozen epoch of the hybrid trains in about a second; writing its 400 MB every epoch
         would triple that)."""
@@ -256,7 +292,8 @@ class Checkpointer:
         atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict() if opt else None,
                            "sched": sched.state_dict() if sched else None, "gen": gen.get_state(),
                            "torch_rng": torch.get_rng_state(), "rows": hist.rows, "best_epoch": hist.best_epoch,
-                           "best_score": hist.best_score, "stale": stale, "epoch": epoch}, self.dir / "last.pt")
+                           "best_score": hist.best_score, "stale": stale, "epoch": epoch,
+                           "average": average.state_dict() if average is not None else None}, self.dir / "last.pt")
         self.saved_at = time.perf_counter()
 
 
@@ -298,7 +335,9 @@ def train(
     checkpoints = Checkpointer(ckpt_dir, cfg.checkpoint_interval)
     hist, stale, start = History(), 0, 0
     best_state = copy.deepcopy(model.state_dict())
-    restored = checkpoints.restore(model, opt, sched, gen) if resume else None
+    average = WeightAverage(model, cfg.ema) if cfg.ema and opt else None
+    judged = average.model if average else model  # the weights validated and kept
+    restored = checkpoints.restore(model, opt, sched, gen, average) if resume else None
     if restored:
         hist, stale, start, best_state = restored
     cached = None
@@ -314,8 +353,8 @@ def train(
         train_loss = float("nan")
         if epoch > 0:
             train_loss = train_epoch(model, batches, opt, gen, cached, device,
-                                     on_batch and (lambda done, total, e=epoch: on_batch(e, done, total)))
-        pred = validation_predictions(model, val_data, cached, device)
+                                     on_batch and (lambda done, total, e=epoch: on_batch(e, done, total)), average)
+        pred = validation_predictions(judged, val_data, cached, device)
         val_loss = float(masked_mse(torch.from_numpy(pred) * side, val_data.targets * side))
         scores = evaluate(pred)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **scores,
@@ -323,14 +362,14 @@ def train(
         hist.rows.append(row)
         if scores["score"] < hist.best_score or epoch == 0:
             hist.best_epoch, hist.best_score, stale = epoch, scores["score"], 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(judged.state_dict())
             checkpoints.best_saved = False
         else:
             stale += 1
         if sched is not None and epoch > 0:
             sched.step(scores["score"]) if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) else sched.step()
         stop = bool(cfg.patience) and stale >= int(cfg.patience)
-        checkpoints.save(epoch == epochs or stop, best_state, hist, model, opt, sched, gen, stale, epoch)
+        checkpoints.save(epoch == epochs or stop, best_state, hist, model, opt, sched, gen, stale, epoch, average)
         if on_epoch:
             on_epoch(row)
         if stop:

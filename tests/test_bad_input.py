@@ -22,6 +22,7 @@ CASES = {
         (["--set", "run.threads=-1"], "run.threads must be at least 1"),
         (["--models", "nosuch"], "unknown model 'nosuch'"),
         (["--set", "train.augment.prob=5"], "train.augment.prob must be in [0, 1], got 5"),
+        (["--set", "train.ema=1.5"], "train.ema must be a decay in (0, 1)"),
         (["--set", "run.name=a/../../../escaped"], "run.name must be a plain folder name"),
     ],
     "predict": [

