@@ -29,14 +29,21 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _settings(path: str | None, changes: dict, assignments=()):
-    """The run's settings: defaults, the config file (the default one where there), the command's
-    options (``changes``: section -> key -> value), then each ``--set`` (the YAML dict stops here)."""
+def _configured(path: str | None):
+    """The defaults with the config file over them (the default one where there is one)."""
     from kpbench import config as cfgmod
 
     if path is None and Path(DEFAULT_CONFIG).is_file():
         path = DEFAULT_CONFIG
-    settings = cfgmod.Settings.from_dict(cfgmod.load(path), path or "the defaults").replace(**changes)
+    return cfgmod.Settings.from_dict(cfgmod.load(path), path or "the defaults")
+
+
+def _settings(configured, changes: dict, assignments=()):
+    """The run's settings: the configured ones, the command's options (``changes``: section ->
+    key -> value), then each ``--set`` (the YAML dict stops here)."""
+    from kpbench import config as cfgmod
+
+    settings = configured.replace(**changes)
     if not assignments:
         return settings
     config = settings.to_dict()
@@ -46,17 +53,16 @@ def _settings(path: str | None, changes: dict, assignments=()):
 
 
 def cmd_run(args, console: Console) -> None:
-    from kpbench import config as cfgmod
     from kpbench.runner import run
 
+    configured = _configured(args.config)
     changes: dict = {"run": {}, "data": {}, "train": {}}
     if args.models is not None:
         changes["models"] = _csv(args.models)
         if not changes["models"]:
             raise KpbenchError(f"--models {args.models!r}: no model names (e.g. --models cnn,integral)")
     if args.dataset:
-        configured = cfgmod.load(args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None))
-        if args.dataset != [configured["data"]["dataset"]]:
+        if args.dataset != [configured.data.dataset]:
             changes["data"]["options"] = {}  # options belong to the config's dataset
         changes["data"]["dataset"] = args.dataset[0] if len(args.dataset) == 1 else args.dataset
     if args.detector:
@@ -80,7 +86,7 @@ def cmd_run(args, console: Console) -> None:
     ray = {key: getattr(args, key) for key in ("address", "cpus_per_job", "gpus_per_job") if getattr(args, key) is not None}
     if ray:
         changes["run"]["ray"] = ray
-    settings = _settings(args.config, changes, args.set or ())
+    settings = _settings(configured, changes, args.set or ())
     if ray and settings.run.executor != "ray":
         given = ", ".join(f"--{k.replace('_', '-')}" for k in ray)
         raise KpbenchError(f"{given}: for the Ray executor only; add --executor ray")
@@ -336,7 +342,7 @@ def cmd_bench(args, console: Console) -> None:
         changes["data"]["input_size"] = args.input_size
     if args.device:
         changes["run"]["device"] = args.device
-    rows = bench(_settings(args.config, changes), _plugins(args), _quiet(args, console), batch=args.batch)
+    rows = bench(_settings(_configured(args.config), changes), _plugins(args), _quiet(args, console), batch=args.batch)
     if args.json:
         _print_json(rows)
 

@@ -172,8 +172,8 @@ def _runtime_type(hint):
         kinds = tuple(dict.fromkeys(type(a) for a in args))
         return kinds if len(kinds) > 1 else kinds[0]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return tuple(t for a in args for t in (_runtime_type(a) if isinstance(_runtime_type(a), tuple)
-                                               else (_runtime_type(a),)))
+        members = [_runtime_type(a) for a in args]
+        return tuple(t for m in members for t in (m if isinstance(m, tuple) else (m,)))
     return typing.get_origin(hint) or hint
 
 

@@ -14,6 +14,7 @@ import torch
 from kpbench.data import Prepared, to_crop, to_image_pixels
 from kpbench.formulas import aggregate, confidence_check, point_errors  # aggregate re-exported: metric values aggregate here
 from kpbench.geometry import best_overlap, points_rect, rgb_uint8
+from kpbench.io import atomic_save_npz
 from kpbench.keypoints import Schema
 from kpbench.protocols import GivesConfidence, MetricContext  # MetricContext re-exported
 from kpbench.registry import MetricSpec
@@ -116,8 +117,6 @@ def test_and_save(model, test_d: Prepared, schema: Schema, metrics: list[MetricS
     (``exclude``: misses are counted, not scored), save ``predictions.npz`` (per-image values
     included) in ``mdir``; returns the rounded metric values, plus ``miss_rate`` when the faces
     came through a real ``detector``."""
-    from kpbench.io import atomic_save_npz
-
     conf = None
     if pred_crop is None:
         pred_crop, conf = predict_with_confidence(model, test_d.images, schema.num_points, device=device)

@@ -130,8 +130,9 @@ SCHEMA_SOURCES: list[Callable[[], object]] = []
 
 
 def get_schema(name: str) -> Schema:
-    for load in SCHEMA_SOURCES if name not in SCHEMAS else ():
-        load()
+    if name not in SCHEMAS:
+        for load in SCHEMA_SOURCES:
+            load()
     if name not in SCHEMAS:
         raise KpbenchError(f"unknown keypoint schema {name!r}; known: {', '.join(SCHEMAS)}")
     return SCHEMAS[name]

@@ -66,12 +66,13 @@ def check_output_dir(out: Path, inputs: list[Path]) -> None:
     written over; refused before any work."""
     if out.exists() and not out.is_dir():
         raise KpbenchError(f"--out {out}: is a file, not a directory")
-    leftovers = [p for p in out.iterdir() if is_leftover(p)] if out.is_dir() else []
-    if leftovers and len(leftovers) == len(list(out.iterdir())):  # all a killed predict left: not the user's
-        for p in leftovers:
+    entries = list(out.iterdir()) if out.is_dir() else []
+    if entries and all(is_leftover(p) for p in entries):  # all a killed predict left: not the user's
+        for p in entries:
             p.unlink()
-        log.info(f"--out {out}: removed {len(leftovers)} half-written file(s) an interrupted predict left")
-    if out.is_dir() and any(out.iterdir()):
+        log.info(f"--out {out}: removed {len(entries)} half-written file(s) an interrupted predict left")
+        entries = []
+    if entries:
         inside = any(p.resolve().parent == out.resolve() for p in inputs)
         why = "it holds the input photos" if inside else "it is not empty"
         raise KpbenchError(f"--out {out}: {why}; kpbench predict never writes over files, choose a new folder")

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from kpbench import report
 from kpbench.components import CropConvention, ModelPlan, load_splits, make_detector, resolve_device
-from kpbench.config import Settings, check
+from kpbench.config import RaySettings, Settings, check
 from kpbench.data import Prepared, prepare
 from kpbench.errors import KpbenchError, first_line
 from kpbench.evaluate import NOT_DETECTORS, OWN_DETECTOR, own_detector_predictions, predict, score, test_and_save
@@ -143,7 +143,7 @@ def run(settings: Settings, plugins: Plugins, console: Console | None = None, re
     if rc.threads:
         torch.set_num_threads(rc.threads)
     local = rc.executor == "local"
-    if local and rc.ray != Settings().run.ray:
+    if local and rc.ray != RaySettings():
         log.warning("kpbench: warning: run.ray is set but run.executor is local: the jobs run in this process "
                     "(--executor ray uses them)")
     device = resolve_device(rc.device) if local else f"{rc.device} on Ray workers"
