@@ -9,6 +9,7 @@ back, so every metric is computed in the original image's pixels.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import warnings
@@ -160,12 +161,17 @@ def read_image(path) -> np.ndarray:
         raise KpbenchError(f"{path}: cannot read image: {exc}") from None
 
 
+GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 luma
+
+
 def to_gray(image: np.ndarray) -> np.ndarray:
+    """An image as float32 gray in [0, 1] (uint8 scaled by 1/255; RGB by :data:`GRAY`)."""
     img = np.asarray(image)
-    img = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
-    if img.ndim == 3:
-        img = img[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return img
+    scale = np.float32(1 / 255) if img.dtype == np.uint8 else np.float32(1)
+    if img.ndim < 3:
+        return img.astype(np.float32) * scale
+    w = GRAY * scale  # elementwise, not a matrix product: BLAS's threads would spin on the other core
+    return img[..., 0] * w[0] + img[..., 1] * w[1] + img[..., 2] * w[2]
 
 
 def _square_grid(theta: torch.Tensor, out: int) -> torch.Tensor:
@@ -175,6 +181,52 @@ def _square_grid(theta: torch.Tensor, out: int) -> torch.Tensor:
     gx = (theta[0, 0] * u)[None, :] + (theta[0, 1] * u + theta[0, 2])[:, None]
     gy = (theta[1, 0] * u)[None, :] + (theta[1, 1] * u + theta[1, 2])[:, None]
     return torch.stack([gx, gy], -1)[None]
+
+
+def _bilinear(start: float, side: float, out: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``F.grid_sample``'s taps (bilinear, align_corners=False) along one axis, sampling ``out``
+    pixel centres evenly over [start, start + side) of ``n`` pixels: per sample its two pixels,
+    counted from 1 (0 and n + 1 stand for any pixel off the image: zero padding), and the
+    second one's weight."""
+    at = start + side * (2 * np.arange(out, dtype=np.float64) + 1) / (2 * out) - 0.5
+    low = np.floor(at)
+    frac, low = (at - low).astype(np.float32), low.astype(np.int64)
+    return np.clip(low, -1, n) + 1, np.clip(low + 1, -1, n) + 1, frac
+
+
+@functools.lru_cache(maxsize=64)
+def _antialias(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``F.interpolate(mode="bilinear", antialias=True, align_corners=False)`` shrinking ``n``
+    pixels to ``size`` along one axis (PIL's triangle filter widened by the scale, normalised per
+    output pixel): per output pixel the indices of its K input pixels and their weights, (size, K)."""
+    scale = n / size
+    centre = scale * (np.arange(size) + 0.5)
+    lo = np.maximum((centre - scale + 0.5).astype(np.int64), 0)  # truncation, as torch's
+    hi = np.minimum((centre + scale + 0.5).astype(np.int64), n)
+    index = lo[:, None] + np.arange(int((hi - lo).max()))
+    weight = np.clip(1 - np.abs((index - centre[:, None] + 0.5) / scale), 0, None) * (index < hi[:, None])
+    return np.minimum(index, n - 1), (weight / weight.sum(1, keepdims=True)).astype(np.float32)
+
+
+def _axis_taps(start: float, side: float, out: int, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Along one axis, each of the crop's ``size`` pixels as a weighted sum of K neighbouring
+    pixels of the ``n``: their indices and weights, both (size, K). The weights are
+    :func:`crop_resize`'s: bilinear sampling at ``out`` points, then, when ``out > size``, the
+    antialiased shrink, composed here tap by tap (no matrix product, so no BLAS threads woken)."""
+    left, right, frac = _bilinear(start, side, out, n)
+    if out == size:
+        samples, weights = np.arange(size)[:, None], np.ones((size, 1), np.float32)
+    else:
+        samples, weights = _antialias(out, size)
+    base = left[samples[:, 0]]
+    taps = np.zeros((size, int((right[samples[:, -1]] - base).max()) + 1), np.float32)
+    rows = np.arange(size)
+    for r, w in zip(samples.T, weights.T):
+        taps[rows, left[r] - base] += w * (1 - frac[r])
+        taps[rows, right[r] - base] += w * frac[r]
+    index = base[:, None] + np.arange(taps.shape[1]) - 1  # from the padded count back to pixels
+    taps[(index < 0) | (index >= n)] = 0  # zero padding
+    return np.clip(index, 0, n - 1), taps
 
 
 def crop_resize(gray: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
@@ -188,6 +240,17 @@ def crop_resize(gray: np.ndarray, box: Sequence[float], size: int) -> np.ndarray
     if (h, w) == (size, size) and (x0, y0, side, angle) == (0.0, 0.0, float(size), 0.0):
         return gray
     scale = side / size
+    out = size if scale <= 1.5 else max(size, int(round(side)))  # see the comment below
+    if angle == 0.0:  # the same crop in numpy, a few taps per pixel: no torch threads woken
+        (rows, wy), (cols, wx) = _axis_taps(y0, side, out, h, size), _axis_taps(x0, side, out, w, size)
+        g = np.asarray(gray, dtype=np.float32)
+        tall = wy[:, :1] * g[rows[:, 0]]
+        for k in range(1, rows.shape[1]):
+            tall += wy[:, k:k + 1] * g[rows[:, k]]
+        crop = tall[:, cols[:, 0]] * wx[:, 0]
+        for k in range(1, cols.shape[1]):
+            crop += tall[:, cols[:, k]] * wx[:, k]
+        return crop
     # Output pixel at normalized u samples the input at edge coordinate centre + R(angle) (u * side / 2).
     cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     theta = torch.tensor(
@@ -196,8 +259,7 @@ def crop_resize(gray: np.ndarray, box: Sequence[float], size: int) -> np.ndarray
         dtype=torch.float32,
     )
     src = torch.from_numpy(np.ascontiguousarray(gray, dtype=np.float32))[None, None]
-    # Downscaling by more than 1.5x: sample at native resolution, then shrink with antialiasing.
-    out = size if scale <= 1.5 else max(size, int(round(side)))
+    # Downscaling by more than 1.5x: sample at native resolution (out), then shrink with antialiasing.
     crop = F.grid_sample(src, _square_grid(theta[0], out), mode="bilinear", padding_mode="zeros", align_corners=False)
     if out != size:
         crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)

@@ -81,8 +81,10 @@ class OnnxModel(torch.nn.Module):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        # Idle threads sleep instead of spinning: the detector, crops and decoding share the cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Threads spin between the operators of one run (waking a sleeping one costs more than most
+        # operators here) and stop when it returns: the detector, crops and decoding share the cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         self.session = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
                                             providers=["CPUExecutionProvider"])
 

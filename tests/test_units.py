@@ -234,6 +234,44 @@ def test_crop_resize_pads_outside_the_image_with_zeros():
     assert np.allclose(out[:, :15], 1) and np.allclose(out[:, 17:], 0)
 
 
+def _torch_crop(gray, box, size):
+    """crop_resize's definition in torch: grid_sample at the box's pixel centres (at native
+    resolution when shrinking by more than 1.5x), then an antialiased shrink."""
+    import torch.nn.functional as F
+
+    h, w = gray.shape
+    x0, y0, side = box
+    out = size if side / size <= 1.5 else max(size, int(round(side)))
+    theta = torch.tensor([[[side / w, 0.0, (2 * x0 + side) / w - 1], [0.0, side / h, (2 * y0 + side) / h - 1]]])
+    grid = F.affine_grid(theta, [1, 1, out, out], align_corners=False)
+    crop = F.grid_sample(torch.from_numpy(gray)[None, None], grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
+    if out != size:
+        crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return crop[0, 0].numpy()
+
+
+def test_crop_resize_is_grid_sample_then_antialiased_shrink():
+    # the upright crop is computed in numpy, tap by tap; it must be the torch definition's crop
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(1, 300, 2))
+        gray = rng.random((h, w), dtype=np.float32)
+        size = int(rng.choice([8, 32, 64]))
+        side = float(rng.uniform(1, 1.5 * max(h, w)))
+        box = (float(rng.uniform(-side, w)), float(rng.uniform(-side, h)), side)  # inside, over an edge, off
+        got = crop_resize(gray, box, size)
+        assert got.shape == (size, size) and got.dtype == np.float32
+        np.testing.assert_allclose(got, _torch_crop(gray, box, size), atol=1e-4, err_msg=str((h, w, size, box)))
+
+
+def test_to_gray_weights_rgb_and_scales_uint8():
+    img = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]]], dtype=np.uint8)
+    np.testing.assert_allclose(to_gray(img), [[0.299, 0.587, 0.114, (2.99 + 11.74 + 3.42) / 255]], rtol=1e-6)
+    np.testing.assert_allclose(to_gray(img.astype(np.float32) / 255), to_gray(img), rtol=1e-6)
+    assert to_gray(img[..., 0]).dtype == np.float32 and to_gray(img[..., 0])[0, 0] == 1.0
+
+
 def test_crop_from_image_is_the_crop_of_the_whole_gray_image():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
