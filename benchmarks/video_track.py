@@ -31,6 +31,7 @@ from kpbench.evaluate import MetricContext, aggregate, match_face
 from kpbench.keypoints import convert, get_schema
 from kpbench.plugins import get_plugins
 from kpbench.predictor import SHIPPED, FaceTracker, Predictor
+from kpbench.video import SMOOTH, FaceTracks, face_filter
 
 SIZE, FPS = 256, 30.0
 
@@ -63,13 +64,19 @@ def held_out_clips(n: int, frames: int):
     return [film(s.image, s.points.astype(np.float64), frames, rng) for s in (data[int(i)] for i in test)]
 
 
-def kpbench_path(predictor: Predictor, clips, track: bool):
+def kpbench_path(predictor: Predictor, clips, track: bool, smooth: dict | None = None):
+    """Every frame of every clip through ``predictor`` (tracking or detecting on every frame; with
+    ``smooth``, each face's points One-Euro filtered as ``kpbench predict --smooth`` does)."""
     preds, seconds, detected = [], 0.0, 0
     for images, truth in clips:
         step = FaceTracker(predictor) if track else predictor.predict_arrays
-        for image, true in zip(images, truth):
+        tracks, filters = FaceTracks(), {}
+        for index, (image, true) in enumerate(zip(images, truth)):
             t = time.perf_counter()
-            _, _, pts, _ = step(image)
+            _, boxes, pts, _ = step(image)
+            if smooth is not None and len(pts):
+                pts = np.stack([filters.setdefault(k, face_filter(smooth, b[2]))(p, index / FPS)
+                                for k, b, p in zip(tracks.follow(boxes), boxes, pts)])
             seconds += time.perf_counter() - t
             k = match_face(list(pts), convert(true, "ibug68", "kaggle15"))
             preds.append(pts[k] if k is not None else np.full((15, 2), np.nan))
@@ -124,6 +131,8 @@ def main(argv=None) -> None:
     predictor.predict_arrays(clips[0][0][0])  # warm up
     rows = []
     for name, run in ((f"kpbench {predictor.detector_name}, tracking", lambda: kpbench_path(predictor, clips, True)),
+                      (f"kpbench {predictor.detector_name}, tracking, --smooth",
+                       lambda: kpbench_path(predictor, clips, True, SMOOTH)),
                       (f"kpbench {predictor.detector_name}, every frame", lambda: kpbench_path(predictor, clips, False)),
                       ("MediaPipe Face Mesh, video mode", lambda: mediapipe_path(clips, True)),
                       ("MediaPipe Face Mesh, static mode", lambda: mediapipe_path(clips, False))):
@@ -133,9 +142,9 @@ def main(argv=None) -> None:
                      "detector_frames": detected / frames})
     print(f"{args.clips} clips x {args.frames} frames ({SIZE} px, {FPS:.0f} fps, made from held-out HELEN photos); "
           f"{predictor!r}; {args.threads} threads; {platform.processor() or platform.machine()}")
-    print(f"{'path':38s} {'NME':>7s} {'jitter':>7s} {'missed':>7s} {'ms/frame':>9s} {'detector':>9s}")
+    print(f"{'path':40s} {'NME':>7s} {'jitter':>7s} {'missed':>7s} {'ms/frame':>9s} {'detector':>9s}")
     for r in rows:
-        print(f"{r['path']:38s} {r['nme']:7.4f} {r['jitter']:7.4f} {r['missed']:7.1%} {r['ms_per_frame']:9.2f} "
+        print(f"{r['path']:40s} {r['nme']:7.4f} {r['jitter']:7.4f} {r['missed']:7.1%} {r['ms_per_frame']:9.2f} "
               f"{r['detector_frames']:9.1%}")
     if args.json:
         with open(args.json, "w") as fh:

@@ -104,13 +104,15 @@ def _graph_cache(trained: Trained) -> Path:
     regressor = getattr(trained.model, "regressor", trained.model)
     for obj in (type(getattr(regressor, "net", regressor)), type(regressor), type(trained.model)):
         h.update(Path(inspect.getsourcefile(obj)).read_bytes())
-    h.update(f"{torch.__version__} flip {getattr(regressor, 'flip_test', None)}".encode())
+    h.update(f"{torch.__version__} flip {getattr(regressor, 'flip_test', None)} batch 1".encode())
     return cache_root() / "onnx" / f"{trained.label}-{h.hexdigest()[:16]}.onnx"
 
 
 def onnx_in_place(trained: Trained) -> bool:
     """Run ``trained``'s PyTorch model under ONNX Runtime from now on, if the graph (exported once,
-    cached) gives the same points within ONNX_TOLERANCE; True when it does."""
+    cached) gives the same points within ONNX_TOLERANCE; True when it does. The graph takes one
+    crop at a time (every shape fixed, so ONNX Runtime folds the shape arithmetic away; the faces
+    of a photo run one after the other)."""
     from kpbench import runtime
     from kpbench.io import atomic_write_bytes
 
@@ -122,7 +124,7 @@ def onnx_in_place(trained: Trained) -> bool:
         if cache.is_file():
             graph = runtime.OnnxModel(cache, torch.get_num_threads())
         else:
-            data = runtime.to_onnx(model, torch.rand(2, 1, size, size), trained.label)
+            data = runtime.to_onnx(model, torch.rand(1, 1, size, size), trained.label, any_batch=False)
             atomic_write_bytes(cache, data)
             graph = runtime.OnnxModel(data, torch.get_num_threads())
         crops = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))

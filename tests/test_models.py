@@ -109,6 +109,11 @@ def test_effnet_lite0_under_onnx_runtime_gives_pytorchs_points():
     print(f"effnet-lite0, ONNX Runtime vs PyTorch: max abs difference {diff:.2e} (crop side 1)")
     assert got.shape == want.shape == (5, 15, 2) and diff < 1e-5
     assert float(want.std(0).mean()) > 1e-3  # the points differ between crops: not a constant graph
+    # a graph of one crop at a time (every shape fixed, as the Predictor runs it) takes any batch too
+    single = OnnxModel(to_onnx(model, crops[:1], "effnet-lite0", any_batch=False))
+    assert single.batch == 1 and onnx_model.batch is None
+    with torch.inference_mode():
+        assert float((single(crops) - want).abs().max()) < 1e-5
 
 @pytest.mark.parametrize("name", ["inception", "mobilenetv2", "effnet-lite0"])
 def test_timm_models_take_grayscale_64px(name):
