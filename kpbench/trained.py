@@ -35,6 +35,29 @@ class Trained:
     settings: Settings | None  # its run's settings (None for an exported graph)
     run_dir: Path
     model_dir: Path
+    source: Path | None = None  # the module of its network's factory, where that is a class
+
+
+@dataclass
+class Located:
+    """A run's finished model, found but not built: what building or loading it needs."""
+    plan: ModelPlan
+    settings: Settings
+    schema: Schema
+    convention: CropConvention
+    run_dir: Path
+    model_dir: Path
+
+    @property
+    def label(self) -> str:
+        return self.plan.label
+
+    def trained(self, model: torch.nn.Module) -> Trained:
+        """This model as a :class:`Trained` around ``model`` (built here, or its ONNX graph)."""
+        factory = self.plan.spec.factory
+        source = Path(inspect.getsourcefile(factory)) if isinstance(factory, type) else None
+        return Trained(model, self.label, self.plan.input_size, self.schema, self.convention, self.settings,
+                       self.run_dir, self.model_dir, source)
 
 
 def _run_dir_of(path: Path) -> Path:
@@ -53,8 +76,8 @@ def _leaderboard_rows(run_dir: Path) -> list[dict]:
     return [r for r in rows if isinstance(r, dict) and "model" in r] if isinstance(rows, list) else []
 
 
-def load_trained(path: str | Path, plugins: Plugins) -> Trained:
-    """A trained model from a run directory (its best model), a model directory
+def locate_trained(path: str | Path, plugins: Plugins) -> Located:
+    """A finished model of a run: the run directory (its best model), a model directory
     (``models/<label>[/seed<k>]``) or a ``best.pt`` inside one."""
     path = Path(path)
     if not path.exists():
@@ -81,7 +104,14 @@ def load_trained(path: str | Path, plugins: Plugins) -> Trained:
     m = ModelPlan.of(settings, label, plugins.models.get(label.split("@")[0], where="--model"))
     if row.get("input_size"):
         m = dataclasses.replace(m, input_size=int(row["input_size"]))
-    schema = get_schema(settings.data.schema)
+    return Located(m, settings, get_schema(settings.data.schema), run_convention(rd, settings, plugins), run_dir,
+                   mdir)
+
+
+def load_trained(path: str | Path, plugins: Plugins) -> Trained:
+    """A trained model (see :func:`locate_trained`), built and given its best checkpoint's weights."""
+    found = locate_trained(path, plugins)
+    m, schema, mdir = found.plan, found.schema, found.model_dir
     takes_weights = "weights" in inspect.signature(m.spec.factory).parameters or "weights" in m.options
     no_start = {"weights": "none"} if takes_weights else {}  # the checkpoint holds every weight
     net = m.build(schema.num_points, **no_start)
@@ -89,11 +119,11 @@ def load_trained(path: str | Path, plugins: Plugins) -> Trained:
     state = read_checkpoint(mdir / "best.pt")["state_dict"]
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise KpbenchError(f"{mdir / 'best.pt'}: does not fit model {label!r}: missing {missing[:3]}, "
+        raise KpbenchError(f"{mdir / 'best.pt'}: does not fit model {found.label!r}: missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]}")
     model.eval()
-    use_flip_test(model, settings.eval.flip_test, schema)
-    return Trained(model, label, m.input_size, schema, run_convention(rd, settings, plugins), settings, run_dir, mdir)
+    use_flip_test(model, found.settings.eval.flip_test, schema)
+    return found.trained(model)
 
 
 def run_convention(rd: RunDir, settings: Settings, plugins: Plugins) -> CropConvention:

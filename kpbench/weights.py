@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import timm
 import torch
 
 from kpbench.errors import KpbenchError
@@ -67,6 +66,8 @@ def _offline() -> bool:
 
 def create_backbone(name: str, weights: str = "none", **kwargs) -> torch.nn.Module:
     """A timm model without its classifier, with weights from ``weights``."""
+    import timm  # here, not above: seconds of imports a run of an exported graph does without
+
     try:
         model = timm.create_model(name, pretrained=False, **kwargs)
     except RuntimeError as exc:

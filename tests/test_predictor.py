@@ -95,6 +95,31 @@ def test_onnx_runtime_gives_the_pytorch_points(tiny_run, face_image):
     np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-4)
 
 
+def test_a_cached_graph_starts_without_building_the_pytorch_model(tiny_run, face_image, monkeypatch, tmp_path):
+    """The second Predictor of a run takes the graph the first exported (checked then) and never
+    builds the PyTorch model; the points are the first one's."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import kpbench.predictor as predictor
+
+    monkeypatch.setenv("KPBENCH_CACHE_DIR", str(tmp_path))
+    image, _ = face_image
+    model = tiny_run / "models" / "integral"
+    first = kpbench.Predictor.from_run(model, detector="none")
+    assert first.runtime == "onnxruntime" and len(list((tmp_path / "onnx").glob("integral-*.onnx"))) == 1
+
+    def not_built(*args, **kwargs):
+        raise AssertionError("the PyTorch model was built")
+
+    monkeypatch.setattr(predictor, "load_trained", not_built)
+    second = kpbench.Predictor.from_run(model, detector="none")
+    assert second.runtime == "onnxruntime" and second.trained.settings is not None
+    (a,), (b,) = first(image), second(image)
+    np.testing.assert_allclose(a.points, b.points, atol=1e-4)
+    with pytest.raises(AssertionError, match="was built"):  # runtime torch still builds it
+        kpbench.Predictor.from_run(model, detector="none", runtime="torch")
+
+
 def test_the_onnx_graph_cache_tells_flip_averaging_apart(tiny_run):
     from kpbench.predictor import _graph_cache
     from kpbench.trained import load_trained
