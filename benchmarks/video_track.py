@@ -31,7 +31,7 @@ from kpbench.evaluate import MetricContext, aggregate, match_face
 from kpbench.keypoints import convert, get_schema
 from kpbench.plugins import get_plugins
 from kpbench.predictor import SHIPPED, FaceTracker, Predictor
-from kpbench.video import SMOOTH, FaceTracks, face_filter
+from kpbench.video import SMOOTH, FaceTracks, smoothed
 
 SIZE, FPS = 256, 30.0
 
@@ -75,8 +75,7 @@ def kpbench_path(predictor: Predictor, clips, track: bool, smooth: dict | None =
             t = time.perf_counter()
             _, boxes, pts, _ = step(image)
             if smooth is not None and len(pts):
-                pts = np.stack([filters.setdefault(k, face_filter(smooth, b[2]))(p, index / FPS)
-                                for k, b, p in zip(tracks.follow(boxes), boxes, pts)])
+                pts = smoothed(filters, smooth, tracks.follow(boxes), boxes, pts, index / FPS)
             seconds += time.perf_counter() - t
             k = match_face(list(pts), convert(true, "ibug68", "kaggle15"))
             preds.append(pts[k] if k is not None else np.full((15, 2), np.nan))

@@ -167,6 +167,8 @@ GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 luma
 def to_gray(image: np.ndarray) -> np.ndarray:
     """An image as float32 gray in [0, 1] (uint8 scaled by 1/255; RGB by :data:`GRAY`)."""
     img = np.asarray(image)
+    if img.dtype not in (np.uint8, np.float32):  # float64 and the rest: float32 out, as for these two
+        img = img.astype(np.float32)
     scale = np.float32(1 / 255) if img.dtype == np.uint8 else np.float32(1)
     if img.ndim < 3:
         return img.astype(np.float32) * scale

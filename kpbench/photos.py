@@ -167,7 +167,7 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
     from rich.progress import Progress
 
     from kpbench import plots
-    from kpbench.video import FaceTracks, VideoWriter, face_filter, frame_rate, frames, open_video
+    from kpbench.video import FaceTracks, VideoWriter, frame_rate, frames, open_video, smoothed
 
     schema = predictor.schema
     tracker = FaceTracker(predictor) if track else None
@@ -196,8 +196,7 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
             faces, boxes, pts, conf = step(image)
             numbers = tracks.follow(boxes)
             if smooth is not None and faces:
-                pts = np.stack([filters.setdefault(k, face_filter(smooth, b[2]))(p, t)
-                                for k, b, p in zip(numbers, boxes, pts)])
+                pts = smoothed(filters, smooth, numbers, boxes, pts, t)
             entries = [{"face": k, **face.to_json()} for k, face in zip(numbers, predictor.as_faces(faces, pts, conf))]
             for e in entries:
                 confidence = e["confidence"] or dict.fromkeys(schema.points, "")  # empty cells: the model gives none

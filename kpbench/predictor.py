@@ -30,9 +30,9 @@ from kpbench.evaluate import PointsAndConfidence, gives_confidence, predict, spl
 from kpbench.keypoints import Schema
 from kpbench.log import log
 from kpbench.protocols import FindsFaces
+from kpbench.regressor import Regressor, flips
 from kpbench.runtime import OnnxModel
-from kpbench.regressor import Regressor
-from kpbench.trained import Trained, load_onnx, load_trained
+from kpbench.trained import Located, Trained, build_trained, load_onnx, locate_trained
 
 SHIPPED = Path(__file__).resolve().parent / "shipped" / "wild"  # the recommended model, as its run left it
 RUNTIMES = ("auto", "onnxruntime", "torch")
@@ -93,55 +93,47 @@ def as_image(image: Any) -> np.ndarray:
     return arr
 
 
-def graph_cache(model_dir: Path, label: str, code: list[Path], flip: bool) -> Path:
+def graph_cache(model_dir: Path, label: str, net_source: Path, flip: bool) -> Path:
     """Where a model's ONNX graph is kept: keyed by the checkpoint's bytes, the source of the code
-    that computes it (``code``: the network's module, the Regressor's, the confidence wrapper's),
-    its test-time flip averaging, its form (one crop at a time) and torch's version, so that a
-    changed model or kpbench exports anew."""
+    that computes it (``net_source``, the network's module, with the Regressor's and the confidence
+    wrapper's), its test-time flip averaging, its form (one crop at a time) and torch's version,
+    so that a changed model or kpbench exports anew."""
+    import inspect
+
     from kpbench.features import cache_root
 
     h = hashlib.sha256((model_dir / "best.pt").read_bytes())
-    for file in code:
+    for file in (net_source, inspect.getsourcefile(Regressor), inspect.getsourcefile(PointsAndConfidence)):
         h.update(Path(file).read_bytes())
     h.update(f"{torch.__version__} flip {bool(flip)} batch 1".encode())
     return cache_root() / "onnx" / f"{label}-{h.hexdigest()[:16]}.onnx"
 
 
 def _graph_cache(trained: Trained) -> Path:
-    """:func:`graph_cache` of a loaded model: its code is the module of its network's factory
+    """:func:`graph_cache` of a loaded model: its network's module is that of its factory
     (``trained.source``) or, for a model built in code, of its network's class."""
     import inspect
 
     regressor = getattr(trained.model, "regressor", trained.model)
     net = trained.source or inspect.getsourcefile(type(getattr(regressor, "net", regressor)))
-    code = [Path(net), Path(inspect.getsourcefile(Regressor)), Path(inspect.getsourcefile(PointsAndConfidence))]
-    return graph_cache(trained.model_dir, trained.label, code, bool(getattr(regressor, "flip_test", None)))
+    return graph_cache(trained.model_dir, trained.label, Path(net), bool(getattr(regressor, "flip_test", None)))
 
 
-def cached_graph(path: Path, plugins) -> Trained | None:
-    """The run's model as its cached ONNX graph (exported and checked against PyTorch when it was
+def cached_graph(found: Located) -> Trained | None:
+    """A located model as its cached ONNX graph (exported and checked against PyTorch when it was
     written), without building the PyTorch model or importing its libraries: None where there
     is no such graph yet (or ONNX Runtime is not installed)."""
-    import inspect
-
     from kpbench import runtime
-    from kpbench.trained import locate_trained
 
-    if not runtime.available():
+    if found.source is None:  # whether it opts out of flip averaging is known only once built
         return None
-    found = locate_trained(path, plugins)
-    factory = found.plan.spec.factory
-    if not isinstance(factory, type):  # whether it opts out of flip averaging is known only once built
-        return None
-    flip = found.settings.eval.flip_test and getattr(factory, "flip_test", True)
-    code = [Path(inspect.getsourcefile(factory)), Path(inspect.getsourcefile(Regressor)),
-            Path(inspect.getsourcefile(PointsAndConfidence))]
-    cache = graph_cache(found.model_dir, found.label, code, flip)
+    cache = graph_cache(found.model_dir, found.label, found.source, flips(found.settings.eval.flip_test,
+                                                                          found.plan.spec.factory))
     if not cache.is_file():
         return None
     try:
         graph = runtime.OnnxModel(cache, torch.get_num_threads())
-    except Exception:  # noqa: BLE001 - an unreadable cache file: export it again
+    except Exception:  # noqa: BLE001 - no ONNX Runtime, or an unreadable cache file: export it again
         return None
     return found.trained(graph)
 
@@ -201,7 +193,8 @@ class Predictor:
         if source.suffix == ".onnx":
             trained = load_onnx(source)
         else:  # a graph exported by an earlier Predictor needs no PyTorch model (a faster start)
-            trained = (cached_graph(source, plugins) if runtime != "torch" else None) or load_trained(source, plugins)
+            found = locate_trained(source, plugins)
+            trained = (cached_graph(found) if runtime != "torch" else None) or build_trained(found)
         self._setup(trained, detector, detector_options, runtime, plugins)
 
     @classmethod

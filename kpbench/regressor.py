@@ -115,8 +115,13 @@ def frozen_norms_to_eval(net: nn.Module) -> None:
                 m.eval()
 
 
+def flips(flip_test: bool, net) -> bool:
+    """Whether a network (or its class) gets test-time flip averaging: the settings ask for it and
+    it does not opt out (``flip_test = False`` on the network)."""
+    return bool(flip_test and getattr(net, "flip_test", True))
+
+
 def use_flip_test(model: Regressor, flip_test: bool, schema) -> None:
-    """Test-time flip averaging where the settings ask for it and the network does not opt out
-    (``flip_test = False`` on the network)."""
-    if flip_test and getattr(model.net, "flip_test", True):
+    """Test-time flip averaging where :func:`flips` says so."""
+    if flips(flip_test, model.net):
         model.flip_test = list(schema.flip_permutation)

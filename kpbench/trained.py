@@ -52,12 +52,16 @@ class Located:
     def label(self) -> str:
         return self.plan.label
 
+    @property
+    def source(self) -> Path | None:
+        """The module of the network's factory, where the factory is a class (else None)."""
+        factory = self.plan.spec.factory
+        return Path(inspect.getsourcefile(factory)) if isinstance(factory, type) else None
+
     def trained(self, model: torch.nn.Module) -> Trained:
         """This model as a :class:`Trained` around ``model`` (built here, or its ONNX graph)."""
-        factory = self.plan.spec.factory
-        source = Path(inspect.getsourcefile(factory)) if isinstance(factory, type) else None
         return Trained(model, self.label, self.plan.input_size, self.schema, self.convention, self.settings,
-                       self.run_dir, self.model_dir, source)
+                       self.run_dir, self.model_dir, self.source)
 
 
 def _run_dir_of(path: Path) -> Path:
@@ -110,7 +114,11 @@ def locate_trained(path: str | Path, plugins: Plugins) -> Located:
 
 def load_trained(path: str | Path, plugins: Plugins) -> Trained:
     """A trained model (see :func:`locate_trained`), built and given its best checkpoint's weights."""
-    found = locate_trained(path, plugins)
+    return build_trained(locate_trained(path, plugins))
+
+
+def build_trained(found: Located) -> Trained:
+    """A located model built and given its best checkpoint's weights."""
     m, schema, mdir = found.plan, found.schema, found.model_dir
     takes_weights = "weights" in inspect.signature(m.spec.factory).parameters or "weights" in m.options
     no_start = {"weights": "none"} if takes_weights else {}  # the checkpoint holds every weight

@@ -77,6 +77,15 @@ def smoothing(options: dict) -> dict:
     return {k: float(v) for k, v in merged.items()}
 
 
+def smoothed(filters: dict, options: dict, numbers, boxes: np.ndarray, points: np.ndarray, t: float) -> np.ndarray:
+    """Each face's points (F, K, 2) through its own One-Euro filter in ``filters`` (by face
+    number; made on the face's first frame, scaled to its box there, :func:`face_filter`)."""
+    for k, box in zip(numbers, boxes):
+        if k not in filters:
+            filters[k] = face_filter(options, box[2])
+    return np.stack([filters[k](p, t) for k, p in zip(numbers, points)])
+
+
 def face_filter(options: dict, side: float) -> OneEuro:
     """A One-Euro filter for one face's points in pixels, ``options`` (:func:`smoothing`) given in
     units of the face box's ``side``: only ``beta`` depends on the unit (it multiplies a speed)."""

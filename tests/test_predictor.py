@@ -111,7 +111,7 @@ def test_a_cached_graph_starts_without_building_the_pytorch_model(tiny_run, face
     def not_built(*args, **kwargs):
         raise AssertionError("the PyTorch model was built")
 
-    monkeypatch.setattr(predictor, "load_trained", not_built)
+    monkeypatch.setattr(predictor, "build_trained", not_built)
     second = kpbench.Predictor.from_run(model, detector="none")
     assert second.runtime == "onnxruntime" and second.trained.settings is not None
     (a,), (b,) = first(image), second(image)

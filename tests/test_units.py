@@ -270,6 +270,8 @@ def test_to_gray_weights_rgb_and_scales_uint8():
     np.testing.assert_allclose(to_gray(img), [[0.299, 0.587, 0.114, (2.99 + 11.74 + 3.42) / 255]], rtol=1e-6)
     np.testing.assert_allclose(to_gray(img.astype(np.float32) / 255), to_gray(img), rtol=1e-6)
     assert to_gray(img[..., 0]).dtype == np.float32 and to_gray(img[..., 0])[0, 0] == 1.0
+    assert to_gray(img / 255.0).dtype == np.float32  # float64 in, float32 out
+    np.testing.assert_allclose(to_gray(img / 255.0), to_gray(img), rtol=1e-6)
 
 
 def test_crop_from_image_is_the_crop_of_the_whole_gray_image():
