@@ -6,9 +6,8 @@
 Reads ``RUN/models/<model>/predictions.npz`` (the test faces' predictions in the images' pixels,
 the annotations, face boxes and sample ids), groups the frames into clips by their names
 (:func:`kpbench_plugins.datasets.clip_frame`: the shared YouTube Faces frames come in clips of
-three), runs each clip's predictions through the filter ``kpbench predict --smooth`` uses
-(:func:`kpbench.video.face_filter`, frames ``1 / fps`` seconds apart, set by the clip's first face
-box) and scores both with the registered ``nme`` and ``jitter`` metrics. ``motion`` is the annotated
+three), runs each clip's predictions through the filter ``kpbench predict`` smooths videos with
+(:class:`kpbench.video.ShapeFilter`, frames ``1 / fps`` seconds apart) and scores both with the registered ``nme`` and ``jitter`` metrics. ``motion`` is the annotated
 points' own mean frame-to-frame displacement over the inter-ocular distance (``jitter`` of a
 prediction fixed at zero), for scale. Nothing is re-predicted: the figures are those of the run's
 model on its own face boxes.
@@ -39,7 +38,7 @@ from kpbench.keypoints import get_schema
 from kpbench.plugins import get_plugins
 from kpbench.rundir import RunDir
 from kpbench.components import load_dataset
-from kpbench.video import SMOOTH, face_filter, smoothing
+from kpbench.video import SMOOTH, ShapeFilter, smoothing
 from kpbench_plugins.datasets import clip_frame
 
 
@@ -48,13 +47,12 @@ def clip_frames(ids) -> list[tuple[str, int]]:
     return [(f"{Path(i).parent}/{clip}", k) for i in map(str, ids) for clip, k in [clip_frame(i)]]
 
 
-def smooth_clips(pred: np.ndarray, boxes: np.ndarray, frames: list[tuple[str, int]], options: dict,
-                 fps: float) -> np.ndarray:
-    """Each clip's predictions One-Euro filtered in frame order, as ``kpbench predict --smooth``."""
+def smooth_clips(pred: np.ndarray, frames: list[tuple[str, int]], options: dict, fps: float) -> np.ndarray:
+    """Each clip's predictions smoothed in frame order, as ``kpbench predict`` smooths a video's."""
     out = pred.copy()
     for clip in sorted({c for c, _ in frames}):
         members = sorted((k, i) for i, (c, k) in enumerate(frames) if c == clip)
-        f = face_filter(options, boxes[members[0][1], 2])
+        f = ShapeFilter(options)
         for k, i in members:
             out[i] = f(pred[i], k / fps)
     return out
@@ -102,7 +100,7 @@ def compare(pred, true, boxes, frames, schema, options, fps_list) -> list[dict]:
     ctx = MetricContext(schema=schema, boxes=boxes, frames=frames)
     rows = [{"predictions": "as predicted", "fps": None, **scores(pred, true, ctx)}]
     return rows + [{"predictions": "One-Euro smoothed", "fps": fps,
-                    **scores(smooth_clips(pred, boxes, frames, options, fps), true, ctx)} for fps in fps_list]
+                    **scores(smooth_clips(pred, frames, options, fps), true, ctx)} for fps in fps_list]
 
 
 def measure(run: Path, model: str | None, fps_list: list[float], options: dict, still: int = 0,

@@ -1,4 +1,4 @@
-"""Tracking against detecting on every frame, on real faces moving at a real frame rate:
+"""Tracking against detecting on every frame, smoothed or not, on real faces moving at a real frame rate:
 
     python benchmarks/video_track.py [--model RUN] [--clips 20] [--frames 60] [--threads 2] [--json OUT]
 
@@ -8,10 +8,19 @@ splits it) filmed by a hand-held camera: a 256 x 256 window that drifts (6 % of 
 zooms (+-8 %) and re-encodes every frame as JPEG (quality 80), ``--frames`` frames at 30 fps,
 the annotation carried through the same transform. Each clip goes through kpbench's video path
 with tracking (:class:`kpbench.predictor.FaceTracker`, ``kpbench predict`` on a video) and with
-the detector on every frame (``--detect-every-frame``), and through MediaPipe Face Mesh in video
-mode (its own tracker) and static mode. Printed per path: NME (15 points, inter-ocular), jitter
-(the registered ``jitter`` metric: the frame-to-frame change of the error), ms per frame and the
-share of frames the detector ran on."""
+the detector on every frame (``--detect-every-frame``), each with the face's shape smoothed as
+``kpbench predict`` smooths it (:class:`kpbench.video.ShapeFilter`) and without (``--no-smooth``),
+and through MediaPipe Face Mesh in video mode (its own tracker) and static mode. Printed per path:
+NME (15 points, inter-ocular), jitter (the registered ``jitter`` metric: the frame-to-frame change
+of the error) and its two parts (of the error's mean over the points, the face's place; and of the
+rest, its shape), ms per frame and the share of frames the detector ran on.
+
+A filmed photo's shape never changes, which flatters smoothing the shape. So a second table
+measures what the filter costs where the shape does change: the shared YouTube Faces clips' own
+annotated shapes (3 frames of one person each), each held 5 frames and turning into the next over
+``--change`` frames at 30 fps, with per-frame noise on the shape as large as the model's own
+flicker on the filmed clips (measured above, unsmoothed tracking), predicted by nothing: the
+annotation plus that noise, smoothed and not."""
 
 from __future__ import annotations
 
@@ -31,6 +40,7 @@ from kpbench.evaluate import MetricContext, aggregate, match_face
 from kpbench.keypoints import convert, get_schema
 from kpbench.plugins import get_plugins
 from kpbench.predictor import SHIPPED, FaceTracker, Predictor
+from kpbench.geometry import centre_and_spread
 from kpbench.video import SMOOTH, FaceTracks, smoothed
 
 SIZE, FPS = 256, 30.0
@@ -66,7 +76,7 @@ def held_out_clips(n: int, frames: int):
 
 def kpbench_path(predictor: Predictor, clips, track: bool, smooth: dict | None = None):
     """Every frame of every clip through ``predictor`` (tracking or detecting on every frame; with
-    ``smooth``, each face's points One-Euro filtered as ``kpbench predict --smooth`` does)."""
+    ``smooth``, each face's shape smoothed as ``kpbench predict`` does)."""
     preds, seconds, detected = [], 0.0, 0
     for images, truth in clips:
         step = FaceTracker(predictor) if track else predictor.predict_arrays
@@ -75,7 +85,7 @@ def kpbench_path(predictor: Predictor, clips, track: bool, smooth: dict | None =
             t = time.perf_counter()
             _, boxes, pts, _ = step(image)
             if smooth is not None and len(pts):
-                pts = smoothed(filters, smooth, tracks.follow(boxes), boxes, pts, index / FPS)
+                pts = smoothed(filters, smooth, tracks.follow(boxes), pts, index / FPS)
             seconds += time.perf_counter() - t
             k = match_face(list(pts), convert(true, "ibug68", "kaggle15"))
             preds.append(pts[k] if k is not None else np.full((15, 2), np.nan))
@@ -108,11 +118,69 @@ def mediapipe_path(clips, video_mode: bool):
 def scores(pred, clips) -> dict:
     true = np.concatenate([convert(t, "ibug68", "kaggle15") for _, t in clips])
     frames = [(c, k) for c, (images, _) in enumerate(clips) for k in range(len(images))]
+    return scored(pred, true, frames)
+
+
+def scored(pred: np.ndarray, true: np.ndarray, frames: list) -> dict:
+    """NME, jitter and jitter's two parts: of the error's mean over the points (where the face is)
+    and of the error less that mean (its shape); and the share of frames missed."""
     ctx = MetricContext(schema=get_schema("kaggle15"), boxes=np.zeros((len(true), 3)), frames=frames)
     metrics = get_plugins().metrics
-    missed = np.isnan(pred).any(axis=(1, 2))
-    return {"nme": aggregate(metrics.get("nme")(pred, true, ctx), "mean"),
-            "jitter": aggregate(metrics.get("jitter")(pred, true, ctx), "mean"), "missed": float(missed.mean())}
+    err = pred - true
+    place = np.repeat(err.mean(axis=1, keepdims=True), err.shape[1], axis=1)
+    jitter = {name: aggregate(metrics.get("jitter")(true + e, true, ctx), "mean")
+              for name, e in (("jitter", err), ("jitter_place", place), ("jitter_shape", err - place))}
+    return {"nme": aggregate(metrics.get("nme")(pred, true, ctx), "mean"), **jitter,
+            "missed": float(np.isnan(pred).any(axis=(1, 2)).mean())}
+
+
+def shape_noise(pred: np.ndarray, clips) -> float:
+    """The model's flicker on a still shape: the RMS over frames, points and axes of each clip's
+    shape error (points about their centroid, in units of their spread) less its mean over the clip."""
+    true = np.concatenate([convert(t, "ibug68", "kaggle15") for _, t in clips])
+    dev, i = [], 0
+    for images, _ in clips:
+        e = np.stack([_shape(p) - _shape(t) for p, t in zip(pred[i:i + len(images)], true[i:i + len(images)])])
+        dev.append(e - e.mean(axis=0))
+        i += len(images)
+    return float(np.sqrt(np.mean(np.concatenate(dev) ** 2)))
+
+
+def _shape(points: np.ndarray) -> np.ndarray:
+    centre, spread = centre_and_spread(points)
+    return (points - centre) / spread
+
+
+def changing_shapes(change: int, noise: float, hold: int = 5):
+    """The shared YouTube clips' annotated shapes at a real rate: each held ``hold`` frames and
+    turning linearly into the next over ``change`` frames, placed where and as large as the clip's
+    first; (points per frame, (clip, frame) per frame) and the same with Gaussian noise of ``noise``
+    spreads on every coordinate (seed 0)."""
+    plugins = get_plugins()
+    data = load_dataset(plugins, "folder68:../shared/data/youtube-faces-68", {})
+    clips: dict = {}
+    for s in (data[i] for i in range(len(data))):
+        clips.setdefault(s.frame[0], {})[s.frame[1]] = convert(s.points.astype(np.float64), "ibug68", "kaggle15")
+    rng = np.random.default_rng(0)
+    true, frames = [], []
+    for name, members in clips.items():
+        shapes = [members[k] for k in sorted(members)]
+        centre, spread = centre_and_spread(shapes[0])
+        qs = [_shape(p) for p in shapes]
+        path = [qs[0]] * hold
+        for a, b in zip(qs, qs[1:]):
+            path += [a + (b - a) * (j + 1) / change for j in range(change)] + [b] * hold
+        true += [centre + spread * q for q in path]
+        frames += [(name, k) for k in range(len(path))]
+    true = np.stack(true)
+    spreads = np.array([centre_and_spread(p)[1] for p in true])
+    return true, true + noise * spreads[:, None, None] * rng.standard_normal(true.shape), frames
+
+
+def smooth_sequence(points: np.ndarray, frames: list, options: dict) -> np.ndarray:
+    """Each clip's points smoothed in frame order (``FPS``), as ``kpbench predict`` smooths a face."""
+    filters = {}
+    return np.concatenate([smoothed(filters, options, [clip], p[None], k / FPS) for p, (clip, k) in zip(points, frames)])
 
 
 def main(argv=None) -> None:
@@ -121,6 +189,8 @@ def main(argv=None) -> None:
     ap.add_argument("--detector", default=None)
     ap.add_argument("--clips", type=int, default=20)
     ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--change", type=int, nargs="+", default=[3, 8],
+                    help="frames a shape takes to change in the second table (30 fps)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
@@ -128,27 +198,41 @@ def main(argv=None) -> None:
     clips = held_out_clips(args.clips, args.frames)
     predictor = Predictor(args.model, detector=args.detector)
     predictor.predict_arrays(clips[0][0][0])  # warm up
-    rows = []
-    for name, run in ((f"kpbench {predictor.detector_name}, tracking", lambda: kpbench_path(predictor, clips, True)),
-                      (f"kpbench {predictor.detector_name}, tracking, --smooth",
-                       lambda: kpbench_path(predictor, clips, True, SMOOTH)),
-                      (f"kpbench {predictor.detector_name}, every frame", lambda: kpbench_path(predictor, clips, False)),
+    rows, kp = [], f"kpbench {predictor.detector_name}"
+    for name, run in ((f"{kp}, tracking (predict's default)", lambda: kpbench_path(predictor, clips, True, SMOOTH)),
+                      (f"{kp}, tracking, --no-smooth", lambda: kpbench_path(predictor, clips, True)),
+                      (f"{kp}, every frame", lambda: kpbench_path(predictor, clips, False, SMOOTH)),
+                      (f"{kp}, every frame, --no-smooth", lambda: kpbench_path(predictor, clips, False)),
                       ("MediaPipe Face Mesh, video mode", lambda: mediapipe_path(clips, True)),
                       ("MediaPipe Face Mesh, static mode", lambda: mediapipe_path(clips, False))):
         pred, seconds, detected = run()
         frames = len(pred)
-        rows.append({"path": name, **scores(pred, clips), "ms_per_frame": 1000 * seconds / frames,
-                     "detector_frames": detected / frames})
+        row = {"path": name, **scores(pred, clips), "ms_per_frame": 1000 * seconds / frames,
+               "detector_frames": detected / frames}
+        if name.endswith("tracking, --no-smooth"):
+            noise = row["shape_noise"] = shape_noise(pred, clips)
+        rows.append(row)
     print(f"{args.clips} clips x {args.frames} frames ({SIZE} px, {FPS:.0f} fps, made from held-out HELEN photos); "
           f"{predictor!r}; {args.threads} threads; {platform.processor() or platform.machine()}")
-    print(f"{'path':40s} {'NME':>7s} {'jitter':>7s} {'missed':>7s} {'ms/frame':>9s} {'detector':>9s}")
+    print(f"{'path':48s} {'NME':>7s} {'jitter':>7s} {'(place':>7s} {'shape)':>7s} {'missed':>7s} {'ms/frame':>9s} "
+          f"{'detector':>9s}")
     for r in rows:
-        print(f"{r['path']:40s} {r['nme']:7.4f} {r['jitter']:7.4f} {r['missed']:7.1%} {r['ms_per_frame']:9.2f} "
-              f"{r['detector_frames']:9.1%}")
+        print(f"{r['path']:48s} {r['nme']:7.4f} {r['jitter']:7.4f} {r['jitter_place']:7.4f} {r['jitter_shape']:7.4f} "
+              f"{r['missed']:7.1%} {r['ms_per_frame']:9.2f} {r['detector_frames']:9.1%}")
+    changes = []
+    print(f"\nShapes that change (the YouTube clips' annotations, noise {noise:.4f} spreads: the model's own "
+          f"shape flicker, unsmoothed tracking, above)")
+    print(f"{'change over':12s} {'points':24s} {'NME':>7s} {'jitter':>7s}")
+    for change in args.change:
+        true, noisy, frames = changing_shapes(change, noise)
+        for name, pts in (("as given (--no-smooth)", noisy), ("smoothed", smooth_sequence(noisy, frames, SMOOTH))):
+            r = {"change_frames": change, "points": name, **scored(pts, true, frames)}
+            changes.append(r)
+            print(f"{1000 * change / FPS:6.0f} ms    {name:24s} {r['nme']:7.4f} {r['jitter']:7.4f}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"clips": args.clips, "frames": args.frames, "threads": args.threads, "rows": rows}, fh,
-                      indent=1, allow_nan=False)
+            json.dump({"clips": args.clips, "frames": args.frames, "threads": args.threads, "smooth": SMOOTH,
+                       "rows": rows, "changing_shapes": changes}, fh, indent=1, allow_nan=False)
 
 
 if __name__ == "__main__":

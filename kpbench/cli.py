@@ -273,7 +273,7 @@ def cmd_predict(args, console: Console) -> None:
 
     options = _options(args.detector_options, "--detector-options")
     if args.smooth_options and not args.smooth:
-        raise KpbenchError("--smooth-options needs --smooth (the One-Euro filter is off without it)")
+        raise KpbenchError("--smooth-options and --no-smooth contradict each other (smoothing is off with --no-smooth)")
     smooth = smoothing(_options(args.smooth_options, "--smooth-options")) if args.smooth else None
     paths = expand_paths(args.paths)
     if not paths:
@@ -415,9 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--detect-every-frame", action="store_true",
                     help="videos: run the face detector on every frame (default: track each face from its points "
                          "and detect on the first frame, every 30 frames and when a track is lost)")
-    pr.add_argument("--smooth", action="store_true", help="videos: One-Euro filter each face's points over time")
+    pr.add_argument("--smooth", action=argparse.BooleanOptionalAction, default=True,
+                    help="videos: One-Euro filter each face's shape over time, its motion and zoom passing "
+                         "unfiltered (default: on; --no-smooth: the points as predicted)")
     pr.add_argument("--smooth-options", help="YAML mapping over the filter's defaults "
-                    "'{min_cutoff: 1.0, beta: 10.0, d_cutoff: 1.0}' (Hz; beta in Hz per face-box side per second)")
+                    "'{min_cutoff: 1.0, beta: 10.0, d_cutoff: 1.0}' (Hz; beta in Hz per unit of shape "
+                    "change per second, the unit the points' spread)")
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="a trained model as ONNX for ONNX Runtime, checked against PyTorch")

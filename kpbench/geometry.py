@@ -1,5 +1,5 @@
 """Plane geometry of faces, in one place: rectangles around points, overlap, the square crop box
-of a detector's rectangle, the eye line's angle, which found face an annotation describes, and
+of a detector's rectangle, the eye line's angle, the points' centre and spread, which found face an annotation describes, and
 images as plain RGB arrays. Rectangles are ``(x1, y1, x2, y2)``, boxes ``(x0, y0, side[, angle])``,
 both in pixel-edge coordinates (a point at pixel centre ``i`` spans ``[i, i + 1]``)."""
 
@@ -59,6 +59,16 @@ def square_box(rect: Sequence[float], margin: float, scale: float = 1.0, shift_x
     side = scale * extent * (1 + 2 * margin)
     cx, cy = (x1 + x2) / 2 + shift_x * extent, (y1 + y2) / 2 + shift_y * extent
     return (cx - side / 2, cy - side / 2, side)
+
+
+def centre_and_spread(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """The points' centroid (x, y) and their RMS distance from it (NaN points left out; NaN and 0
+    when none is left)."""
+    p = points[np.isfinite(points).all(axis=1)]
+    if not len(p):
+        return np.full(2, np.nan), 0.0
+    centre = p.mean(axis=0)
+    return centre, float(np.sqrt(((p - centre) ** 2).sum(axis=1).mean()))
 
 
 def eye_angle(eyes: np.ndarray) -> float:

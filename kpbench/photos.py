@@ -18,7 +18,7 @@ from kpbench.errors import KpbenchError
 from kpbench.io import atomic_output, atomic_write_json, is_leftover, strict
 from kpbench.log import log, status_console
 from kpbench.predictor import FaceTracker, Predictor
-from kpbench.video import VIDEO_SUFFIXES, is_video, require_av
+from kpbench.video import SMOOTH, VIDEO_SUFFIXES, is_video, require_av
 
 
 def expand_paths(patterns: list[str]) -> list[Path]:
@@ -104,12 +104,12 @@ def read_ahead(paths: list[Path]):
 
 
 def predict_photos(predictor: Predictor, paths: list[Path], out: Path, overlays: bool = True,
-                   smooth: dict | None = None, track: bool = True) -> tuple[list[dict], list[dict]]:
+                   smooth: dict | None = SMOOTH, track: bool = True) -> tuple[list[dict], list[dict]]:
     """Every face in every photo: box, score and named keypoints in the photo's pixels, written as
     ``<name>.json`` and, with ``overlays``, ``<name>.jpg`` (boxes and points drawn) under ``out``,
     plus ``predictions.json`` (also when interrupted: then marked ``partial``); each photo is
     decoded while the one before it is predicted (:func:`read_ahead`). Videos among
-    ``paths`` go through :func:`predict_video` (``smooth``: its One-Euro options, or None). A file
+    ``paths`` go through :func:`predict_video` (``smooth``: its smoothing options, None for none). A file
     that cannot be read is reported and counted; the rest go on. Returns the photos' and videos'
     entries and the unreadable files' errors."""
     from kpbench import plots
@@ -153,15 +153,16 @@ def predict_photos(predictor: Predictor, paths: list[Path], out: Path, overlays:
 
 
 def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overlays: bool = True,
-                  smooth: dict | None = None, track: bool = True) -> dict:
+                  smooth: dict | None = SMOOTH, track: bool = True) -> dict:
     """Every face in every frame of a video, decoded one frame at a time and predicted by
     :class:`~kpbench.Predictor`: ``<name>.csv`` (one row per frame and face: frame, time in seconds, face
     number, box, score, the named points, the face's and each point's confidence, empty for a model
     without them), ``<name>.json`` (the same as strict JSON, every frame
     listed, also those without a face) and, with ``overlays``, ``<name>.mp4`` (boxes and points
     drawn), each written whole or not at all. Faces keep their number across frames
-    (:class:`~kpbench.video.FaceTracks`); with ``smooth`` (:func:`~kpbench.video.smoothing`) each
-    face's points are One-Euro filtered over time. With ``track`` the detector runs only where
+    (:class:`~kpbench.video.FaceTracks`); with ``smooth`` (:func:`~kpbench.video.smoothing`; the
+    default, :data:`~kpbench.video.SMOOTH`) each face's shape is One-Euro filtered over time
+    (:class:`~kpbench.video.ShapeFilter`), None leaves the points as predicted. With ``track`` the detector runs only where
     :class:`~kpbench.predictor.FaceTracker` needs it; else on every frame. Returns the video's
     summary."""
     from rich.progress import Progress
@@ -196,7 +197,7 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
             faces, boxes, pts, conf = step(image)
             numbers = tracks.follow(boxes)
             if smooth is not None and faces:
-                pts = smoothed(filters, smooth, numbers, boxes, pts, t)
+                pts = smoothed(filters, smooth, numbers, pts, t)
             entries = [{"face": k, **face.to_json()} for k, face in zip(numbers, predictor.as_faces(faces, pts, conf))]
             for e in entries:
                 confidence = e["confidence"] or dict.fromkeys(schema.points, "")  # empty cells: the model gives none

@@ -27,6 +27,7 @@ import torch
 from kpbench.data import crop_from_image, read_image, stack_boxes, to_image_pixels
 from kpbench.errors import KpbenchError
 from kpbench.evaluate import PointsAndConfidence, gives_confidence, predict, split_confidence
+from kpbench.geometry import centre_and_spread
 from kpbench.keypoints import Schema
 from kpbench.log import log
 from kpbench.protocols import FindsFaces
@@ -301,13 +302,6 @@ class Predictor:
         return np.stack([crop_from_image(image, b, size) for b in boxes])[:, None].astype(np.float32)
 
 
-def _centre_and_spread(points: np.ndarray) -> tuple[np.ndarray, float]:
-    """The points' centroid and their RMS distance from it (NaN points left out)."""
-    p = points[np.isfinite(points).all(axis=1)]
-    centre = p.mean(axis=0)
-    return centre, float(np.sqrt(((p - centre) ** 2).sum(axis=1).mean()))
-
-
 class FaceTracker:
     """Faces through the frames of a video, as MediaPipe tracks them: the detector runs on the first
     frame, every ``redetect_every`` frames (to find new faces) and whenever a track is lost; on the
@@ -343,7 +337,7 @@ class FaceTracker:
         found, boxes, points, conf = self.predictor.predict_arrays(image)
         self.tracks = []
         for i, (face, box, pts) in enumerate(zip(found, boxes, points)):
-            centre, spread = _centre_and_spread(pts)
+            centre, spread = centre_and_spread(pts)
             side = float(box[2])
             if not spread > 0:
                 continue
@@ -363,7 +357,7 @@ class FaceTracker:
             found.append({**t["face"], "box": (cx - side / 2, cy - side / 2, side)})
         _, boxes, points, conf = self.predictor.predict_arrays(image, found)
         for i, (t, pts) in enumerate(zip(self.tracks, points)):
-            centre, spread = _centre_and_spread(pts)
+            centre, spread = centre_and_spread(pts)
             inside = 0 <= centre[0] <= w and 0 <= centre[1] <= h
             sure = conf is None or t["confidence"] is None or conf[i].mean() >= self.keep * t["confidence"]
             if not (inside and sure and spread > 2.0):

@@ -1,6 +1,6 @@
 """Videos for ``kpbench predict``: frames decoded one at a time and the annotated video written with
-PyAV (the optional ``kpbench[video]`` extra), faces numbered across frames, and the One-Euro filter
-that smooths each face's keypoints over time (``--smooth``)."""
+PyAV (the optional ``kpbench[video]`` extra), faces numbered across frames, and the smoothing of each
+face's keypoints over time (a One-Euro filter on the face's shape, on by default; ``--no-smooth``)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from typing import Iterator
 import numpy as np
 
 from kpbench.errors import KpbenchError
+from kpbench.geometry import centre_and_spread
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 ENCODERS = ("libx264", "mpeg4")  # H.264 where this PyAV build has it, else MPEG-4 Part 2; both play in .mp4
 DEFAULT_FPS = 25.0  # a stream that states no frame rate
-# One-Euro defaults for face keypoints, in units of the face box's side (the filter is set per face):
-# at rest the cutoff is 1 Hz (flicker smoothed hard: at 30 fps a frame moves 17 % of the way to a
-# new value); a face moving 0.5 box sides per second raises it to 6 Hz (56 %), so motion lags little.
+# One-Euro defaults for a face's shape (its points about their centroid, in units of their spread,
+# see ShapeFilter): at rest the cutoff is 1 Hz (flicker smoothed hard: at 30 fps a frame moves 17 %
+# of the way to a new value); a shape changing by half its spread per second (a mouth opening)
+# raises it to 6 Hz (56 %), so expressions lag little. Where the face moves or zooms, nothing lags.
 SMOOTH = {"min_cutoff": 1.0, "beta": 10.0, "d_cutoff": 1.0}
 
 
@@ -77,19 +79,32 @@ def smoothing(options: dict) -> dict:
     return {k: float(v) for k, v in merged.items()}
 
 
-def smoothed(filters: dict, options: dict, numbers, boxes: np.ndarray, points: np.ndarray, t: float) -> np.ndarray:
-    """Each face's points (F, K, 2) through its own One-Euro filter in ``filters`` (by face
-    number; made on the face's first frame, scaled to its box there, :func:`face_filter`)."""
-    for k, box in zip(numbers, boxes):
+class ShapeFilter:
+    """One face's points (K, 2) smoothed over time in the face's own frame: each frame's points are
+    taken about their centroid in units of their spread (RMS distance from it), that shape goes
+    through a One-Euro filter, and is put back at this frame's centroid and spread. The face's motion
+    across the picture and its zoom pass unfiltered, so they never lag; only the shape is smoothed,
+    which is where most of a keypoint model's frame-to-frame flicker is (``benchmarks/video_track.py``
+    measures both parts). A frame with a missing point passes as it is."""
+
+    def __init__(self, options: dict):
+        self.filter = OneEuro(options["min_cutoff"], options["beta"], options["d_cutoff"])
+
+    def __call__(self, points, t: float) -> np.ndarray:
+        points = np.asarray(points, dtype=np.float64)
+        centre, spread = centre_and_spread(points)
+        if not (np.isfinite(points).all() and spread > 0):
+            return points
+        return centre + spread * self.filter((points - centre) / spread, t)
+
+
+def smoothed(filters: dict, options: dict, numbers, points: np.ndarray, t: float) -> np.ndarray:
+    """Each face's points (F, K, 2) through its own :class:`ShapeFilter` in ``filters`` (by face
+    number, made on the face's first frame), at time ``t`` in seconds."""
+    for k in numbers:
         if k not in filters:
-            filters[k] = face_filter(options, box[2])
+            filters[k] = ShapeFilter(options)
     return np.stack([filters[k](p, t) for k, p in zip(numbers, points)])
-
-
-def face_filter(options: dict, side: float) -> OneEuro:
-    """A One-Euro filter for one face's points in pixels, ``options`` (:func:`smoothing`) given in
-    units of the face box's ``side``: only ``beta`` depends on the unit (it multiplies a speed)."""
-    return OneEuro(options["min_cutoff"], options["beta"] / max(float(side), 1e-6), options["d_cutoff"])
 
 
 class FaceTracks:

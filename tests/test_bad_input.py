@@ -32,7 +32,8 @@ CASES = {
         (["face.jpg", "--detector", "mtcnn", "--detector-options", "{factor: 1.0}"], "factor"),
         (["face.jpg", "--detector-options", "{margin: .nan}"], "detector option margin: must be a finite number"),
         (["face.jpg", "--out", "afile"], "--out afile: is a file, not a directory"),
-        (["face.jpg", "--smooth-options", "{beta: -1}"], "--smooth-options needs --smooth"),
+        (["face.jpg", "--smooth-options", "{beta: -1}"], "--smooth-options: beta: -1 is not a positive number"),
+        (["face.jpg", "--no-smooth", "--smooth-options", "{beta: 1}"], "--smooth-options and --no-smooth contradict"),
     ],
     "evaluate": [
         (["--dataset", "nosuch:path"], "unknown dataset 'nosuch'"),

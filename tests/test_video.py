@@ -42,6 +42,28 @@ def test_one_euro_keeps_a_constant_follows_a_step_with_lag_and_reduces_noise():
     assert smooth[30:].std() < 0.5 * noise[30:].std()
 
 
+def test_shape_filter_lets_motion_and_zoom_through_and_smooths_the_shape():
+    from kpbench.video import SMOOTH, ShapeFilter
+
+    rng = np.random.default_rng(0)
+    shape = rng.normal(0, 1, (15, 2))
+    # a face that moves fast and zooms, its shape unchanged: the points come out as they went in
+    moving = [shape * (20 + k) + [5.0 * k, -3.0 * k] for k in range(30)]
+    f = ShapeFilter(SMOOTH)
+    assert np.allclose(np.stack([f(p, k / 30) for k, p in enumerate(moving)]), moving)
+    # a still face whose shape flickers: the flicker shrinks, the face stays where it is
+    noisy = [shape * 20 + rng.normal(0, 0.5, shape.shape) for _ in range(120)]
+    f = ShapeFilter(SMOOTH)
+    out = np.stack([f(p, k / 30) for k, p in enumerate(noisy)])
+    step_in, step_out = np.abs(np.diff(noisy, axis=0)).mean(), np.abs(np.diff(out, axis=0)).mean()
+    assert step_out < 0.5 * step_in
+    assert np.allclose(out.mean(axis=(0, 1)), np.mean(noisy, axis=(0, 1)), atol=0.05)
+    # a frame with a missing point passes as it is, and the next frames are filtered again
+    gap = np.array(noisy[0])
+    gap[3] = np.nan
+    assert np.array_equal(f(gap, 5.0), gap, equal_nan=True) and np.isfinite(f(noisy[1], 5.1)).all()
+
+
 def test_smoothing_options_are_checked():
     from kpbench.errors import KpbenchError
     from kpbench.video import SMOOTH, smoothing
@@ -154,7 +176,7 @@ def test_predict_on_a_video_writes_a_row_per_frame_and_a_playable_video(tmp_path
     Image.fromarray(frames[0]).save(inputs / "photo.png")  # photos and videos in one call
     (inputs / "broken.mp4").write_bytes(b"not a video")
     out = tmp_path / "out"
-    r = run_cli("predict", inputs, "--model", run, "--detector", "none", "--out", out, "--smooth")
+    r = run_cli("predict", inputs, "--model", run, "--detector", "none", "--out", out)  # smoothed by default
     assert r.returncode == 0, r.stderr
     assert "1 photo(s) (0 without a face), 1 video(s), 1 unreadable" in r.stdout and "broken.mp4" in r.stderr
 
@@ -175,9 +197,11 @@ def test_predict_on_a_video_writes_a_row_per_frame_and_a_playable_video(tmp_path
     summary = _strict_json(out / "predictions.json")
     assert [v["frames"] for v in summary["videos"]] == [n] and len(summary["images"]) == 1
     assert summary["detector"] == "none"  # the detector's name, as the command line gave it
-    r = run_cli("predict", inputs, "--model", run, "--detector", "none", "--out", tmp_path / "o2",
-                "--smooth-options", "{beta: 1}")
-    assert r.returncode == 2 and "--smooth-options needs --smooth" in r.stderr
+    r = run_cli("predict", inputs / "clip.mp4", "--model", run, "--detector", "none", "--out", tmp_path / "o2",
+                "--no-smooth", "--no-overlay")
+    assert r.returncode == 0, r.stderr
+    plain = _strict_json(tmp_path / "o2" / "clip.json")
+    assert plain["smooth"] is None and len(plain["frames"]) == n
     assert summary["errors"][0]["video"].endswith("broken.mp4")
     assert (out / "photo.json").is_file() and (out / "photo.jpg").is_file()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind
