@@ -20,7 +20,12 @@ measures what the filter costs where the shape does change: the shared YouTube F
 annotated shapes (3 frames of one person each), each held 5 frames and turning into the next over
 ``--change`` frames at 30 fps, with per-frame noise on the shape as large as the model's own
 flicker on the filmed clips (measured above, unsmoothed tracking), predicted by nothing: the
-annotation plus that noise, smoothed and not."""
+annotation plus that noise, smoothed and not.
+
+``--end-to-end N`` also writes the first ``N`` frames of the filmed clips as one .mp4 (kpbench's
+own writer) and times what a user runs on it: ``kpbench predict clip.mp4 --no-overlay`` (decode,
+track, smooth, write CSV and JSON) less ``kpbench predict`` on one photo (start-up), against
+MediaPipe video mode on the same frames decoded by PyAV in this process, frames per second of each."""
 
 from __future__ import annotations
 
@@ -28,7 +33,11 @@ import argparse
 import io
 import json
 import platform
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,7 +50,7 @@ from kpbench.keypoints import convert, get_schema
 from kpbench.plugins import get_plugins
 from kpbench.predictor import SHIPPED, FaceTracker, Predictor
 from kpbench.geometry import centre_and_spread
-from kpbench.video import SMOOTH, FaceTracks, smoothed
+from kpbench.video import SMOOTH, FaceTracks, VideoWriter, frames, open_video, smoothed
 
 SIZE, FPS = 256, 30.0
 
@@ -183,6 +192,40 @@ def smooth_sequence(points: np.ndarray, frames: list, options: dict) -> np.ndarr
     return np.concatenate([smoothed(filters, options, [clip], p[None], k / FPS) for p, (clip, k) in zip(points, frames)])
 
 
+def end_to_end(model: str, clips, n: int) -> dict:
+    """ms per frame of ``kpbench predict`` on an ``n``-frame .mp4 of the filmed clips (less its
+    start-up, timed on one photo; its own threads: all cores) and of PyAV decoding + MediaPipe video
+    mode on that file."""
+    import mediapipe as mp
+
+    images = [im for c, _ in clips for im in c][:n]
+    with tempfile.TemporaryDirectory() as tmp:
+        clip, photo = Path(tmp) / "clip.mp4", Path(tmp) / "photo.png"
+        writer = VideoWriter(clip, FPS, SIZE, SIZE)
+        for im in images:
+            writer.write(im)
+        writer.close()
+        Image.fromarray(images[0]).save(photo)
+
+        def predict(path, out):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "kpbench", "predict", str(path), "--model", model, "--no-overlay",
+                            "--out", str(Path(tmp) / out)], check=True, capture_output=True)
+            return time.perf_counter() - t
+
+        predict(photo, "warm")  # the graph cache and the page cache, as on a user's second run
+        start, whole = predict(photo, "photo"), predict(clip, "clip")
+        mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1)
+        t = time.perf_counter()
+        with open_video(clip) as (container, stream):
+            found = sum(mesh.process(image).multi_face_landmarks is not None
+                          for _, _, image in frames(clip, container, stream))
+        mediapipe_s = time.perf_counter() - t
+        mesh.close()
+    return {"frames": n, "kpbench_predict_ms": 1000 * (whole - start) / n, "startup_s": start,
+            "mediapipe_pyav_ms": 1000 * mediapipe_s / n, "mediapipe_found": found / n}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(SHIPPED))
@@ -192,6 +235,8 @@ def main(argv=None) -> None:
     ap.add_argument("--change", type=int, nargs="+", default=[3, 8],
                     help="frames a shape takes to change in the second table (30 fps)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--end-to-end", type=int, default=0, metavar="N",
+                    help="also time kpbench predict on an N-frame .mp4 against PyAV + MediaPipe video mode")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -229,10 +274,15 @@ def main(argv=None) -> None:
             r = {"change_frames": change, "points": name, **scored(pts, true, frames)}
             changes.append(r)
             print(f"{1000 * change / FPS:6.0f} ms    {name:24s} {r['nme']:7.4f} {r['jitter']:7.4f}")
+    e2e = end_to_end(args.model, clips, args.end_to_end) if args.end_to_end else None
+    if e2e:
+        print(f"\nEnd to end on a {e2e['frames']}-frame .mp4: kpbench predict --no-overlay {e2e['kpbench_predict_ms']:.2f} "
+              f"ms a frame after its start-up ({e2e['startup_s']:.1f} s); PyAV + MediaPipe video mode "
+              f"{e2e['mediapipe_pyav_ms']:.2f} ms a frame: {e2e['kpbench_predict_ms'] / e2e['mediapipe_pyav_ms']:.2f}x")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"clips": args.clips, "frames": args.frames, "threads": args.threads, "smooth": SMOOTH,
-                       "rows": rows, "changing_shapes": changes}, fh, indent=1, allow_nan=False)
+                       "rows": rows, "changing_shapes": changes, "end_to_end": e2e}, fh, indent=1, allow_nan=False)
 
 
 if __name__ == "__main__":

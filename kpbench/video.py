@@ -121,8 +121,8 @@ class FaceTracks:
         centres = boxes[:, :2] + boxes[:, 2:3] / 2
         numbers, free = [], dict(self.last)
         for centre, side in zip(centres, boxes[:, 2]):
-            near = min(free, key=lambda k: np.linalg.norm(free[k] - centre), default=None)
-            if near is not None and np.linalg.norm(free[near] - centre) <= side / 2:
+            near = min(free, key=lambda k: math.dist(free[k], centre), default=None)  # no BLAS call
+            if near is not None and math.dist(free[near], centre) <= side / 2:
                 del free[near]
                 numbers.append(near)
             else:
