@@ -49,11 +49,12 @@ def clip_frames(ids) -> list[tuple[str, int]]:
 
 def smooth_clips(pred: np.ndarray, frames: list[tuple[str, int]], options: dict, fps: float) -> np.ndarray:
     """Each clip's predictions smoothed in frame order, as ``kpbench predict`` smooths a video's."""
-    out = pred.copy()
-    for clip in sorted({c for c, _ in frames}):
-        members = sorted((k, i) for i, (c, k) in enumerate(frames) if c == clip)
+    out, clips = pred.copy(), {}
+    for i, (c, k) in enumerate(frames):  # one pass: clip -> its (frame, row)s
+        clips.setdefault(c, []).append((k, i))
+    for members in clips.values():
         f = ShapeFilter(options)
-        for k, i in members:
+        for k, i in sorted(members):
             out[i] = f(pred[i], k / fps)
     return out
 

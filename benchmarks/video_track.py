@@ -51,6 +51,7 @@ from kpbench.plugins import get_plugins
 from kpbench.predictor import SHIPPED, FaceTracker, Predictor
 from kpbench.geometry import centre_and_spread
 from kpbench.video import SMOOTH, FaceTracks, VideoWriter, frames, open_video, smoothed
+from video_jitter import smooth_clips  # the sibling script: each clip's points smoothed in frame order
 
 SIZE, FPS = 256, 30.0
 
@@ -160,36 +161,33 @@ def _shape(points: np.ndarray) -> np.ndarray:
     return (points - centre) / spread
 
 
-def changing_shapes(change: int, noise: float, hold: int = 5):
-    """The shared YouTube clips' annotated shapes at a real rate: each held ``hold`` frames and
-    turning linearly into the next over ``change`` frames, placed where and as large as the clip's
-    first; (points per frame, (clip, frame) per frame) and the same with Gaussian noise of ``noise``
-    spreads on every coordinate (seed 0)."""
-    plugins = get_plugins()
-    data = load_dataset(plugins, "folder68:../shared/data/youtube-faces-68", {})
+def youtube_clips() -> list[list[np.ndarray]]:
+    """The shared YouTube clips' annotated 15 points, frame by frame (read once, used per ``--change``)."""
+    data = load_dataset(get_plugins(), "folder68:../shared/data/youtube-faces-68", {})
     clips: dict = {}
     for s in (data[i] for i in range(len(data))):
         clips.setdefault(s.frame[0], {})[s.frame[1]] = convert(s.points.astype(np.float64), "ibug68", "kaggle15")
+    return [[members[k] for k in sorted(members)] for members in clips.values()]
+
+
+def changing_shapes(clips: list[list[np.ndarray]], change: int, noise: float, hold: int = 5):
+    """Those clips' shapes at a real rate: each held ``hold`` frames and turning linearly into the
+    next over ``change`` frames, placed where and as large as the clip's first; (points per frame,
+    the same with Gaussian noise of ``noise`` spreads on every coordinate (seed 0), (clip, frame)
+    per frame)."""
     rng = np.random.default_rng(0)
     true, frames = [], []
-    for name, members in clips.items():
-        shapes = [members[k] for k in sorted(members)]
+    for c, shapes in enumerate(clips):
         centre, spread = centre_and_spread(shapes[0])
         qs = [_shape(p) for p in shapes]
         path = [qs[0]] * hold
         for a, b in zip(qs, qs[1:]):
             path += [a + (b - a) * (j + 1) / change for j in range(change)] + [b] * hold
         true += [centre + spread * q for q in path]
-        frames += [(name, k) for k in range(len(path))]
+        frames += [(c, k) for k in range(len(path))]
     true = np.stack(true)
     spreads = np.array([centre_and_spread(p)[1] for p in true])
     return true, true + noise * spreads[:, None, None] * rng.standard_normal(true.shape), frames
-
-
-def smooth_sequence(points: np.ndarray, frames: list, options: dict) -> np.ndarray:
-    """Each clip's points smoothed in frame order (``FPS``), as ``kpbench predict`` smooths a face."""
-    filters = {}
-    return np.concatenate([smoothed(filters, options, [clip], p[None], k / FPS) for p, (clip, k) in zip(points, frames)])
 
 
 def end_to_end(model: str, clips, n: int) -> dict:
@@ -268,9 +266,10 @@ def main(argv=None) -> None:
     print(f"\nShapes that change (the YouTube clips' annotations, noise {noise:.4f} spreads: the model's own "
           f"shape flicker, unsmoothed tracking, above)")
     print(f"{'change over':12s} {'points':24s} {'NME':>7s} {'jitter':>7s}")
+    shapes = youtube_clips()
     for change in args.change:
-        true, noisy, frames = changing_shapes(change, noise)
-        for name, pts in (("as given (--no-smooth)", noisy), ("smoothed", smooth_sequence(noisy, frames, SMOOTH))):
+        true, noisy, frames = changing_shapes(shapes, change, noise)
+        for name, pts in (("as given (--no-smooth)", noisy), ("smoothed", smooth_clips(noisy, frames, SMOOTH, FPS))):
             r = {"change_frames": change, "points": name, **scored(pts, true, frames)}
             changes.append(r)
             print(f"{1000 * change / FPS:6.0f} ms    {name:24s} {r['nme']:7.4f} {r['jitter']:7.4f}")

@@ -1,7 +1,8 @@
 """Plane geometry of faces, in one place: rectangles around points, overlap, the square crop box
-of a detector's rectangle, the eye line's angle, the points' centre and spread, which found face an annotation describes, and
-images as plain RGB arrays. Rectangles are ``(x1, y1, x2, y2)``, boxes ``(x0, y0, side[, angle])``,
-both in pixel-edge coordinates (a point at pixel centre ``i`` spans ``[i, i + 1]``)."""
+of a detector's rectangle, the eye line's angle, the points' centre and spread, which found face
+an annotation describes, and images as plain RGB arrays. Rectangles are ``(x1, y1, x2, y2)``,
+boxes ``(x0, y0, side[, angle])``, both in pixel-edge coordinates (a point at pixel centre ``i``
+spans ``[i, i + 1]``)."""
 
 from __future__ import annotations
 

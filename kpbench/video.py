@@ -92,8 +92,10 @@ class ShapeFilter:
 
     def __call__(self, points, t: float) -> np.ndarray:
         points = np.asarray(points, dtype=np.float64)
+        if not np.isfinite(points).all():
+            return points
         centre, spread = centre_and_spread(points)
-        if not (np.isfinite(points).all() and spread > 0):
+        if not spread > 0:
             return points
         return centre + spread * self.filter((points - centre) / spread, t)
 
