@@ -33,6 +33,11 @@ class Sample:
     schema: str
     group: str | None = None  # e.g. the person, so that splits can keep groups apart
     frame: tuple[str, int] | None = None  # a video frame: (its clip, its index in the clip), for temporal metrics
+    # Where the annotation format puts a pixel's centre, in pixels: 0 for kpbench's own convention
+    # (0-based pixel centres), 1 for formats that count pixels from 1 (iBUG .pts, as Matlab does).
+    # Points stay as annotated (what is scored); training mirrors a face about its pixels, not
+    # about its annotation numbers (see Prepared.origin).
+    origin: float = 0.0
 
 
 class Dataset(Protocol):
@@ -308,6 +313,15 @@ def to_crop(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return _turn(points + 0.5 - boxes[:, None, :2] - half, boxes, -1.0) / boxes[:, None, 2:3] + 0.5
 
 
+def crop_offsets(pixels: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N,) offsets of ``pixels`` in x and in y of the image -> the same offsets (N, 2) float32 in
+    each crop's coordinates (turned with the box, over its side)."""
+    d = np.repeat(np.asarray(pixels, np.float32)[:, None, None], 2, axis=2)  # (N, 1, 2)
+    if boxes.shape[1] >= 4 and boxes[:, 3].any():
+        d = _turn(d, boxes, -1.0)
+    return (d[:, 0] / boxes[:, 2:3]).astype(np.float32)
+
+
 def to_image_pixels(crop: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Crop coordinates in [0, 1] -> the original image's pixels (inverse of :func:`to_crop`)."""
     if boxes.shape[1] < 4 or not boxes[:, 3].any():
@@ -383,6 +397,10 @@ class Prepared:
     # (N, 1, Sc, Sc): the same boxes with context around them (Sc > S), for face-box jitter in training
     context: torch.Tensor | None = None
     frames: list[tuple[str, int] | None] | None = None  # each sample's Sample.frame
+    # (N, 2): each sample's Sample.origin as an offset in its crop's coordinates. A face mirrored
+    # about its crop keeps its annotation convention, so its mirrored targets are 1 - x + 2 origin_x
+    # (:func:`kpbench.train.flip_points`); None: all zero.
+    origin: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.missed is None:
@@ -419,7 +437,7 @@ def prepare(
     A bad sample (see :func:`check_sample`) is an error, or with ``skip_bad`` skipped and listed
     in ``Prepared.skipped``. With ``context`` > 0 each crop is also cut with ``context`` x
     ``input_size`` more pixels on each side (``Prepared.context``), for face-box jitter."""
-    images, points, boxes, ids, missed, skipped, contexts, frames = [], [], [], [], [], [], [], []
+    images, points, boxes, ids, missed, skipped, contexts, frames, origins = [], [], [], [], [], [], [], [], []
     pad = int(round(context * input_size))
     for i in indices:
         try:
@@ -448,6 +466,7 @@ def prepare(
         boxes.append(box)
         ids.append(s.id)
         frames.append(s.frame)
+        origins.append(float(s.origin))
         missed.append(miss)
         if on_item:
             on_item()
@@ -467,4 +486,5 @@ def prepare(
         skipped=skipped,
         context=torch.from_numpy(np.stack(contexts).astype(np.float32))[:, None] if pad else None,
         frames=frames,
+        origin=torch.from_numpy(crop_offsets(np.asarray(origins, np.float32), boxes_a)) if any(origins) else None,
     )

@@ -26,10 +26,11 @@ class _Annotated:
     schema = "ibug68"
 
     def __init__(self, files: list[Path], points: list[np.ndarray], groups: list[str] | None,
-                 frames: list[tuple[str, int]] | None = None):
+                 frames: list[tuple[str, int]] | None = None, origin: float = 0.0):
         if not files:
             raise kpbench.KpbenchError("dataset has no annotated images")
         self.files, self.points, self.groups, self.frames = files, points, groups, frames
+        self.origin = float(origin)  # see Sample.origin
 
     def __len__(self) -> int:
         return len(self.files)
@@ -37,7 +38,8 @@ class _Annotated:
     def __getitem__(self, i: int) -> Sample:
         f = self.files[i]
         return Sample(image=_read_image(f), points=self.points[i], id=f.name, schema=self.schema,
-                      group=self.groups[i] if self.groups else None, frame=self.frames[i] if self.frames else None)
+                      group=self.groups[i] if self.groups else None, frame=self.frames[i] if self.frames else None,
+                      origin=self.origin)
 
 
 def _person(name: str) -> str:
@@ -179,7 +181,9 @@ def ibug(path=None, group_photos: bool = True):
     else:
         raise kpbench.KpbenchError(f"ibug: no such file or folder: {path}")
     points = [read_pts(f.with_suffix(".pts")) for f in files]
-    return _Annotated(files, points, photo_groups(files) if group_photos else None)
+    # .pts files count pixels from 1 (300-W's Matlab convention; dlib's and MediaPipe's points sit
+    # about 1 px up and left of them on the shared 300-W faces).
+    return _Annotated(files, points, photo_groups(files) if group_photos else None, origin=1.0)
 
 
 class _Arrays:

@@ -238,3 +238,32 @@ def test_train_augment_prob_reaches_the_augmentation():
         seen[prob] = captured[0]
     assert torch.equal(seen[0.0], data.images)
     assert not torch.allclose(seen[1.0], data.images)
+
+
+def test_flip_keeps_a_one_based_annotation_one_pixel_right_of_its_pixel(tmp_path):
+    """iBUG .pts files count pixels from 1: a point annotated at x sits at 0-based pixel x - 1. Mirrored
+    about its pixels, the face's annotation must still sit 1 px right (and down) of the pixel it
+    marks, or a model trained on flips is taught +1 px and -1 px at once (and learns neither)."""
+    import numpy as np
+    from PIL import Image
+
+    from kpbench.data import prepare
+    from kpbench_plugins.datasets import ibug
+
+    img = np.zeros((S, S), np.uint8)
+    pts = np.full((68, 2), S / 2, np.float32)
+    for k, (col, row) in enumerate(BLOBS):
+        img[row - 1:row + 2, col - 1:col + 2] = 255
+        pts[k] = (col + 1, row + 1)  # as a .pts file writes the centre of pixel (col, row)
+    Image.fromarray(img).save(tmp_path / "face.png")
+    (tmp_path / "face.pts").write_text("version: 1\nn_points: 68\n{\n"
+                                       + "".join(f"{x} {y}\n" for x, y in pts) + "}\n")
+    data = prepare(ibug(str(tmp_path)), [0], lambda image, points: (0.0, 0.0, float(S)), S, "ibug68")
+    assert torch.allclose(data.origin, torch.full((1, 2), 1 / S))
+    n = len(BLOBS)
+    y = data.targets[:, :n]
+    assert_points_on_pixels(data.images, y - data.origin[:, None], tol=1e-4)  # unflipped: 1 px right and down
+    fx, fy = flip_batch(data.images, y, torch.tensor([True]), list(range(n)), data.origin)
+    assert_points_on_pixels(fx, fy - data.origin[:, None], tol=1e-4)  # mirrored: still 1 px right and down
+    plain = flip_batch(data.images, y, torch.tensor([True]), list(range(n)))[1]
+    assert torch.allclose((fy - plain)[..., 0], torch.full((1, n), 2 / S))  # what the mirror without the origin gets wrong
