@@ -35,8 +35,8 @@ class Sample:
     frame: tuple[str, int] | None = None  # a video frame: (its clip, its index in the clip), for temporal metrics
     # Where the annotation format puts a pixel's centre, in pixels: 0 for kpbench's own convention
     # (0-based pixel centres), 1 for formats that count pixels from 1 (iBUG .pts, as Matlab does).
-    # Points stay as annotated (what is scored); training mirrors a face about its pixels, not
-    # about its annotation numbers (see Prepared.origin).
+    # Points stay as annotated (they are what is scored); crop targets mark the pixels themselves
+    # (see Prepared.targets), so that mirroring, turning and scaling a crop move them exactly.
     origin: float = 0.0
 
 
@@ -313,21 +313,13 @@ def to_crop(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return _turn(points + 0.5 - boxes[:, None, :2] - half, boxes, -1.0) / boxes[:, None, 2:3] + 0.5
 
 
-def crop_offsets(pixels: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """(N,) offsets of ``pixels`` in x and in y of the image -> the same offsets (N, 2) float32 in
-    each crop's coordinates (turned with the box, over its side)."""
-    d = np.repeat(np.asarray(pixels, np.float32)[:, None, None], 2, axis=2)  # (N, 1, 2)
-    if boxes.shape[1] >= 4 and boxes[:, 3].any():
-        d = _turn(d, boxes, -1.0)
-    return (d[:, 0] / boxes[:, 2:3]).astype(np.float32)
-
-
-def to_image_pixels(crop: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Crop coordinates in [0, 1] -> the original image's pixels (inverse of :func:`to_crop`)."""
+def to_image_pixels(crop: np.ndarray, boxes: np.ndarray, origin: float = 0.0) -> np.ndarray:
+    """Crop coordinates in [0, 1] -> the original image's pixels (inverse of :func:`to_crop`),
+    numbered from ``origin`` (a model's ``origin``: its training annotations' Sample.origin)."""
     if boxes.shape[1] < 4 or not boxes[:, 3].any():
-        return crop * boxes[:, None, 2:3] + boxes[:, None, :2] - 0.5
+        return crop * boxes[:, None, 2:3] + boxes[:, None, :2] + (origin - 0.5)
     half = boxes[:, None, 2:3] / 2
-    return _turn((crop - 0.5) * boxes[:, None, 2:3], boxes, 1.0) + boxes[:, None, :2] + half - 0.5
+    return _turn((crop - 0.5) * boxes[:, None, 2:3], boxes, 1.0) + boxes[:, None, :2] + half + (origin - 0.5)
 
 
 FAR_OUTSIDE = 0.5  # points more than this fraction of the image's size beyond its edges are an error
@@ -388,8 +380,10 @@ class Prepared:
     """One split, ready for a model: crops, targets in crop space, and how to map back."""
 
     images: torch.Tensor  # (N, 1, S, S) float32 in [0, 1]
-    targets: torch.Tensor  # (N, K, 2) float32 crop coordinates in [0, 1], NaN missing
-    points: np.ndarray  # (N, K, 2) ground truth in the original image's pixels
+    # (N, K, 2) float32 crop coordinates in [0, 1], NaN missing: where the points' pixels are (the
+    # points less their Sample.origin), so a model learns the pixels, not an annotation format
+    targets: torch.Tensor
+    points: np.ndarray  # (N, K, 2) ground truth in the original image's pixels, as annotated
     boxes: np.ndarray  # (N, 3) x0, y0, side of each crop
     ids: list[str]
     missed: np.ndarray | None = None  # (N,) bool: the detector found no matching face (fallback box used)
@@ -397,10 +391,7 @@ class Prepared:
     # (N, 1, Sc, Sc): the same boxes with context around them (Sc > S), for face-box jitter in training
     context: torch.Tensor | None = None
     frames: list[tuple[str, int] | None] | None = None  # each sample's Sample.frame
-    # (N, 2): each sample's Sample.origin as an offset in its crop's coordinates. A face mirrored
-    # about its crop keeps its annotation convention, so its mirrored targets are 1 - x + 2 origin_x
-    # (:func:`kpbench.train.flip_points`); None: all zero.
-    origin: torch.Tensor | None = None
+    origin: np.ndarray | None = None  # (N,) each sample's Sample.origin (px); None: all 0
 
     def __post_init__(self):
         if self.missed is None:
@@ -408,6 +399,10 @@ class Prepared:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def mean_origin(self) -> float:
+        """The samples' mean Sample.origin (px): where a model trained on them reports its points."""
+        return float(self.origin.mean()) if self.origin is not None and len(self.origin) else 0.0
 
     def fingerprint(self) -> str:
         if not hasattr(self, "_fingerprint"):
@@ -476,9 +471,10 @@ def prepare(
         raise KpbenchError("a data split is empty: use more samples or change data.split")
     boxes_a = stack_boxes(boxes)
     points_a = np.stack(points).astype(np.float32)
+    origin_a = np.asarray(origins, np.float32)
     return Prepared(
         images=torch.from_numpy(np.stack(images).astype(np.float32))[:, None],
-        targets=torch.from_numpy(to_crop(points_a, boxes_a).astype(np.float32)),
+        targets=torch.from_numpy(to_crop(points_a - origin_a[:, None, None], boxes_a).astype(np.float32)),
         points=points_a,
         boxes=boxes_a,
         ids=ids,
@@ -486,5 +482,5 @@ def prepare(
         skipped=skipped,
         context=torch.from_numpy(np.stack(contexts).astype(np.float32))[:, None] if pad else None,
         frames=frames,
-        origin=torch.from_numpy(crop_offsets(np.asarray(origins, np.float32), boxes_a)) if any(origins) else None,
+        origin=origin_a,
     )

@@ -38,6 +38,7 @@ class PointsAndConfidence(torch.nn.Module):
     def __init__(self, regressor: torch.nn.Module):
         super().__init__()
         self.regressor = regressor
+        self.origin = points_origin(regressor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.regressor.with_confidence(x)
@@ -98,9 +99,16 @@ def own_detector_predictions(net, images, data: Prepared, fallback_crop: np.ndar
     return to_crop(pred_px, data.boxes), missed
 
 
-def score(pred_crop: np.ndarray, data: Prepared, schema: Schema, metrics: list[MetricSpec]):
-    """Returns (predictions in image pixels, {metric: aggregated value}, {metric: per-image values})."""
-    pred_px = to_image_pixels(pred_crop, data.boxes)
+def points_origin(model) -> float:
+    """The pixel origin ``model`` numbers its points from (its ``origin``: a Regressor's training
+    annotations', an exported graph's from its sidecar); 0 for a model without one."""
+    return float(getattr(model, "origin", 0.0))
+
+
+def score(pred_crop: np.ndarray, data: Prepared, schema: Schema, metrics: list[MetricSpec], origin: float = 0.0):
+    """Returns (predictions in image pixels, numbered from ``origin`` (:func:`points_origin`),
+    {metric: aggregated value}, {metric: per-image values})."""
+    pred_px = to_image_pixels(pred_crop, data.boxes, origin)
     ctx = MetricContext(schema=schema, boxes=data.boxes, frames=data.frames)
     per_image = {m.name: np.asarray(m(pred_px, data.points, ctx), dtype=np.float64) for m in metrics}
     values = {m.name: aggregate(per_image[m.name], m.aggregate) for m in metrics}
@@ -120,7 +128,7 @@ def test_and_save(model, test_d: Prepared, schema: Schema, metrics: list[MetricS
     conf = None
     if pred_crop is None:
         pred_crop, conf = predict_with_confidence(model, test_d.images, schema.num_points, device=device)
-    pred_px, values, per_image = score(pred_crop, test_d, schema, metrics)
+    pred_px, values, per_image = score(pred_crop, test_d, schema, metrics, points_origin(model))
     exclude = miss_policy == "exclude"
     if exclude:
         per_image = {k: np.where(test_d.missed, np.nan, v) for k, v in per_image.items()}

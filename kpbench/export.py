@@ -16,6 +16,7 @@ from kpbench.errors import KpbenchError
 from kpbench.io import atomic_write_bytes, atomic_write_json
 from kpbench.profile import median_seconds
 from kpbench.runtime import OPSET, OnnxModel, to_onnx
+from kpbench.evaluate import points_origin
 from kpbench.trained import Trained
 
 
@@ -46,8 +47,9 @@ def export_onnx(trained: Trained, out: Path) -> dict:
                   "what": "gray face crops in [0, 1] (0.299 R + 0.587 G + 0.114 B), cut as crop_convention says"},
         "output": {"name": "points", "shape": ["batch", schema.num_points, 2],
                    "what": "x, y per point in crop coordinates scaled to [0, 1] (pixel edges): "
-                           "photo pixel = x0 + x * side - 0.5 for a box (x0, y0, side); a turned box "
-                           "(x0, y0, side, angle): kpbench.data.to_image_pixels"},
+                           "photo pixel = x0 + x * side - 0.5 + points_origin for a box (x0, y0, side); "
+                           "a turned box (x0, y0, side, angle): kpbench.data.to_image_pixels"},
+        "points_origin": points_origin(model),
         "schema": schema.name, "points": list(schema.points),
         "flip_test": model.flip_test is not None,
         "crop_convention": trained.convention.to_mapping(),

@@ -26,7 +26,7 @@ import torch
 
 from kpbench.data import crop_from_image, read_image, stack_boxes, to_image_pixels
 from kpbench.errors import KpbenchError
-from kpbench.evaluate import PointsAndConfidence, gives_confidence, predict, split_confidence
+from kpbench.evaluate import PointsAndConfidence, gives_confidence, points_origin, predict, split_confidence
 from kpbench.geometry import centre_and_spread
 from kpbench.keypoints import Schema
 from kpbench.log import log
@@ -167,6 +167,7 @@ def onnx_in_place(trained: Trained) -> bool:
     if not diff <= ONNX_TOLERANCE:
         log.warning(f"kpbench: {trained.label}: ONNX Runtime differs from PyTorch by {diff:.1e}; runs in PyTorch")
         return False
+    graph.origin = points_origin(model)
     trained.model = graph
     return True
 
@@ -294,7 +295,7 @@ class Predictor:
         """The model on crops (F, 1, S, S) cut at ``boxes``: points (F, K, 2) in the image's pixels
         and per-point confidences (F, K), or None for a model without them."""
         points, conf = split_confidence(predict(self.trained.model, torch.from_numpy(crops)), self.schema.num_points)
-        return to_image_pixels(points, boxes), conf
+        return to_image_pixels(points, boxes, points_origin(self.trained.model)), conf
 
     def crops(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """The model's input for each box: (F, 1, S, S) gray float32, cut as in training."""

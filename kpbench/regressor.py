@@ -13,9 +13,13 @@ class Regressor(nn.Module):
     """A model plugin's network plus the training mean shape it predicts offsets from (unless the
     network says ``absolute_output = True``, as heatmap models do)."""
 
-    def __init__(self, net: nn.Module, mean_shape: torch.Tensor, output_scale: float = 1.0):
+    def __init__(self, net: nn.Module, mean_shape: torch.Tensor, output_scale: float = 1.0, origin: float = 0.0):
         super().__init__()
         self.net = net
+        # Its training annotations' pixel origin (Sample.origin, their mean over the training faces):
+        # it predicts where the pixels are (as its targets mark them) and reports its points in its
+        # annotations' numbering, ``origin`` px further right and down (kpbench.data.to_image_pixels).
+        self.register_buffer("origin", torch.tensor(float(origin)))
         # The network's own output unit: 1 (a fraction of the crop side) or the crop side in pixels
         # (``train.targets: pixels``, the network regresses pixel coordinates). Predictions leave
         # ``forward`` in crop fractions either way.

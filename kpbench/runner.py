@@ -262,8 +262,8 @@ def run_model(m: ModelPlan, p: Plan, data: tuple[Prepared, Prepared, Prepared], 
     net = m.build(schema.num_points)
     sign = -1.0 if sort_metric.higher_is_better else 1.0
 
-    def evaluate(pred_crop):
-        values = score(pred_crop, val_d, schema, metrics)[1]
+    def evaluate(pred_crop):  # as the model will report its points (see Regressor.origin)
+        values = score(pred_crop, val_d, schema, metrics, train_d.mean_origin())[1]
         return {"score": sign * values[sort_metric.name], **{f"val_{k}": v for k, v in values.items()}}
 
     with progress_bar(status, transient=False) as progress:  # a model's bar stays, with its time

@@ -91,6 +91,7 @@ class OnnxModel(torch.nn.Module):
                                             providers=["CPUExecutionProvider"])
         batch = self.session.get_inputs()[0].shape[0]
         self.batch = batch if isinstance(batch, int) else None  # None: any
+        self.origin = 0.0  # the pixel origin of its points (kpbench.evaluate.points_origin), set by its loader
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         x = crops.cpu().numpy()

@@ -75,23 +75,17 @@ def mean_shape(targets: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(torch.nanmean(targets, dim=0), nan=0.5)
 
 
-def flip_points(y: torch.Tensor, which: torch.Tensor, perm: list[int], origin: torch.Tensor | None = None) -> torch.Tensor:
-    """Mirrored targets for the rows in ``which``: x -> 1 - x + 2 origin_x, left/right pairs swapped.
-    ``origin`` (B, 2), each face's annotation origin in crop coordinates (``Prepared.origin``):
-    the face is mirrored about its pixels and keeps its annotation convention, so a format that
-    counts pixels from 1 stays 1 px right of them, mirrored or not; without it, the model would be
-    taught both +1 and -1 px and learn neither."""
+def flip_points(y: torch.Tensor, which: torch.Tensor, perm: list[int]) -> torch.Tensor:
+    """Mirrored targets for the rows in ``which``: x -> 1 - x, left/right pairs swapped (exact for
+    targets that mark pixels, as ``Prepared.targets`` do)."""
     fy = y[:, perm].clone()
     fy[..., 0] = 1 - fy[..., 0]
-    if origin is not None:
-        fy[..., 0] += 2 * origin[:, None, 0].to(fy.dtype)
     return torch.where(which[:, None, None], fy, y)
 
 
-def flip_batch(x: torch.Tensor, y: torch.Tensor, which: torch.Tensor, perm: list[int],
-               origin: torch.Tensor | None = None):
-    """Mirror the images in ``which`` and their points (see :func:`flip_points`)."""
-    return torch.where(which[:, None, None, None], x.flip(-1), x), flip_points(y, which, perm, origin)
+def flip_batch(x: torch.Tensor, y: torch.Tensor, which: torch.Tensor, perm: list[int]):
+    """Mirror the images in ``which`` and their points."""
+    return torch.where(which[:, None, None, None], x.flip(-1), x), flip_points(y, which, perm)
 
 
 def erase_batch(x: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
@@ -163,20 +157,18 @@ class Batches:
         features): the model's prediction and the targets."""
         y = self.data.targets[idx]
         which = torch.rand(len(idx), generator=gen) < 0.5 if self.cfg.flip else None
-        # The annotation origin in the nominal crop; box jitter rescales it by a few % (of ~1 px), ignored.
-        origin = self.data.origin[idx] if self.data.origin is not None else None
         if cached is not None:
             z = cached["train"][idx]
             if which is not None:
                 z = torch.where(which[:, None], cached["train_flip"][idx], z)
-                y = flip_points(y, which, self.perm, origin)
+                y = flip_points(y, which, self.perm)
             return model.from_features(z.to(device)), y.to(device)
         if self.jitter:
             x, y = jitter_crops(self.data.context[idx], y, self.data.images.shape[-1], gen, **self.jitter)
         else:
             x = self.data.images[idx]
         if which is not None:
-            x, y = flip_batch(x, y, which, self.perm, origin)
+            x, y = flip_batch(x, y, which, self.perm)
         if any(self.aug.values()):
             x, y = affine_batch(x, y, gen, **self.aug, prob=self.prob)
         if self.cfg.erase:
@@ -330,7 +322,7 @@ def train(
     total)`` and ``on_epoch(row)`` report progress.
     """
     side = float(train_data.images.shape[-1]) if cfg.targets == "pixels" else 1.0
-    model = Regressor(net, mean_shape(train_data.targets), side).to(device)
+    model = Regressor(net, mean_shape(train_data.targets), side, train_data.mean_origin()).to(device)
     if cfg.channels_last:
         model.use_channels_last()
     groups = param_groups(model, cfg)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,7 @@ def build_trained(found: Located) -> Trained:
     model = Regressor(net, torch.zeros(schema.num_points, 2), m.input_size if m.train.targets == "pixels" else 1)
     state = read_checkpoint(mdir / "best.pt")["state_dict"]
     missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "origin"]  # a checkpoint from before it: trained on origin-0 targets
     if missing or unexpected:
         raise KpbenchError(f"{mdir / 'best.pt'}: does not fit model {found.label!r}: missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]}")
@@ -172,6 +174,10 @@ def load_onnx(path: str | Path) -> Trained:
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors: not a graph it can read
         raise KpbenchError(f"--model {path}: ONNX Runtime cannot load it: {first_line(exc)[:300]}") from None
     check_graph(graph, path, shape[1:], schema.num_points)
+    origin = sidecar.get("points_origin", 0.0)
+    if isinstance(origin, bool) or not isinstance(origin, (int, float)) or not math.isfinite(origin):
+        raise KpbenchError(f"{sidecar_path}: points_origin must be a number of pixels, got {origin!r}")
+    graph.origin = float(origin)
     return Trained(graph, sidecar["model"], shape[-1], schema, CropConvention.from_mapping(convention), None,
                    Path(str(sidecar.get("run", ""))), path)
 

@@ -240,14 +240,18 @@ def test_train_augment_prob_reaches_the_augmentation():
     assert not torch.allclose(seen[1.0], data.images)
 
 
-def test_flip_keeps_a_one_based_annotation_one_pixel_right_of_its_pixel(tmp_path):
-    """iBUG .pts files count pixels from 1: a point annotated at x sits at 0-based pixel x - 1. Mirrored
-    about its pixels, the face's annotation must still sit 1 px right (and down) of the pixel it
-    marks, or a model trained on flips is taught +1 px and -1 px at once (and learns neither)."""
+
+def test_one_based_annotations_train_on_their_pixels_and_are_reported_as_annotated(tmp_path):
+    """iBUG .pts files count pixels from 1: a point annotated at x marks 0-based pixel x - 1. Its
+    crop target marks the pixel itself, so a flip moves it exactly (were it 1 px right of its pixel,
+    a mirrored face would teach -1 px and the plain one +1 px, and the model learn neither), and a
+    model trained on such faces reports its points as the annotators number them."""
     import numpy as np
     from PIL import Image
 
     from kpbench.data import prepare
+    from kpbench.evaluate import score
+    from kpbench.registry import MetricSpec
     from kpbench_plugins.datasets import ibug
 
     img = np.zeros((S, S), np.uint8)
@@ -259,11 +263,14 @@ def test_flip_keeps_a_one_based_annotation_one_pixel_right_of_its_pixel(tmp_path
     (tmp_path / "face.pts").write_text("version: 1\nn_points: 68\n{\n"
                                        + "".join(f"{x} {y}\n" for x, y in pts) + "}\n")
     data = prepare(ibug(str(tmp_path)), [0], lambda image, points: (0.0, 0.0, float(S)), S, "ibug68")
-    assert torch.allclose(data.origin, torch.full((1, 2), 1 / S))
+    assert data.mean_origin() == 1.0
     n = len(BLOBS)
     y = data.targets[:, :n]
-    assert_points_on_pixels(data.images, y - data.origin[:, None], tol=1e-4)  # unflipped: 1 px right and down
-    fx, fy = flip_batch(data.images, y, torch.tensor([True]), list(range(n)), data.origin)
-    assert_points_on_pixels(fx, fy - data.origin[:, None], tol=1e-4)  # mirrored: still 1 px right and down
-    plain = flip_batch(data.images, y, torch.tensor([True]), list(range(n)))[1]
-    assert torch.allclose((fy - plain)[..., 0], torch.full((1, n), 2 / S))  # what the mirror without the origin gets wrong
+    assert_points_on_pixels(data.images, y, tol=1e-4)
+    fx, fy = flip_batch(data.images, y, torch.tensor([True]), list(range(n)))
+    assert_points_on_pixels(fx, fy, tol=1e-4)
+    # A perfect prediction of the targets, reported from origin 1, lands on the annotation; from 0, 1 px off.
+    err = MetricSpec("err", lambda pred, true, ctx: np.abs(pred - true)[:, :n].max(axis=(1, 2)), "", aggregate="mean")
+    assert score(data.targets.numpy(), data, get_schema("ibug68"), [err], origin=1.0)[1]["err"] < 1e-4
+    assert abs(score(data.targets.numpy(), data, get_schema("ibug68"), [err])[1]["err"] - 1.0) < 1e-4
+

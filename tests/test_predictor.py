@@ -1,6 +1,7 @@
 """The Python API of the photo path (`kpbench.Predictor`), confidences, the detector base class that
 lets a detector plugin only detect, and the shipped model's card."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -94,6 +95,32 @@ def test_onnx_runtime_gives_the_pytorch_points(tiny_run, face_image):
     np.testing.assert_allclose(a.points, b.points, atol=0.01)  # pixels
     np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-4)
 
+
+
+def test_a_model_reports_its_points_numbered_as_its_training_annotations(tiny_run, face_image, tmp_path):
+    """A model trained on annotations that count pixels from 1 (Regressor.origin 1) reports every
+    point 1 px right and down of the same model's from 0: in PyTorch, under ONNX Runtime and from an
+    exported graph (its sidecar's points_origin)."""
+    import shutil
+
+    image, _ = face_image
+    moved = tmp_path / "run"
+    shutil.copytree(tiny_run, moved)
+    ckpt = moved / "models" / "integral" / "best.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["state_dict"]["origin"] = torch.tensor(1.0)
+    torch.save(state, ckpt)
+    runtimes = ["torch"] + (["onnxruntime"] if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx") else [])
+    for runtime in runtimes:
+        (a,) = kpbench.Predictor.from_run(tiny_run / "models" / "integral", detector="none", runtime=runtime)(image)
+        (b,) = kpbench.Predictor.from_run(moved / "models" / "integral", detector="none", runtime=runtime)(image)
+        np.testing.assert_allclose(b.points - a.points, 1.0, atol=1e-4)
+    if len(runtimes) == 2:
+        onnx = tmp_path / "m.onnx"
+        assert run_cli("export", "--model", moved / "models" / "integral", "--out", onnx).returncode == 0
+        assert json.loads((tmp_path / "m.onnx.json").read_text())["points_origin"] == 1.0
+        (c,) = kpbench.Predictor.from_onnx(onnx, detector="none")(image)
+        np.testing.assert_allclose(c.points - a.points, 1.0, atol=0.01)
 
 def test_a_cached_graph_starts_without_building_the_pytorch_model(tiny_run, face_image, monkeypatch, tmp_path):
     """The second Predictor of a run takes the graph the first exported (checked then) and never
