@@ -6,10 +6,12 @@ On the run's own test split (the faces it held out, cut by the annotated box as 
 evaluate --detector gt-box`` cuts them; run from the project root, the run config's dataset paths
 are relative to it), with the model's flip averaging off, three predictions per face: the plain
 one, the mirrored crop's mirrored back (left/right points swapped, x -> 1 - x), and their average
-(what ``eval.flip_test: true`` gives). For each: the 15-point NME (kpbench's ``nme`` metric) and
-the mean signed x and y error in % of the crop side (a model that is mirror-consistent has the
-same offset both ways). Also the batch-1 forward time of one crop and of the pair, in PyTorch
-(median of 50 after 5 warm-up calls). Default model: the one kpbench ships.
+(what ``eval.flip_test: true`` gives). For each: the NME (kpbench's ``nme`` metric) and the mean
+signed x and y offset of its points, as the model reports them (numbered from its ``origin``),
+from the annotated ones, in the photos' pixels, over all faces and by face size (the crop's side:
+an offset from how a format numbers pixels is the same at every size, see ``Sample.origin``).
+Also the batch-1 forward time of one crop and of the pair, in PyTorch (median of 50 after 5
+warm-up calls). Default model: the one kpbench ships.
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ import torch
 
 from kpbench.components import load_splits, make_detector
 from kpbench.data import prepare
-from kpbench.evaluate import score
+from kpbench.evaluate import points_origin, score
 from kpbench.io import atomic_write_json
 from kpbench.plugins import get_plugins
 from kpbench.predictor import SHIPPED
 from kpbench.trained import load_trained
+
+
+SIZES = ((0, 150), (150, 250), (250, 400), (400, 100000))  # crop sides, px
 
 
 def forward_ms(model, x: torch.Tensor, n: int = 50) -> float:
@@ -64,14 +69,23 @@ def main() -> None:
         plain = model(test.images).numpy()
         mirrored = model(test.images.flip(-1)).numpy()[:, perm]
     mirrored[..., 0] = 1 - mirrored[..., 0]
-    target = test.targets.numpy()
     out = {"model": str(args.model), "faces": len(test), "threads": args.threads}
     print(f"{args.model}: {len(test)} test faces, annotated box")
+    side = test.boxes[:, 2]
     for name, pred in (("plain", plain), ("mirrored back", mirrored), ("average (flip_test)", (plain + mirrored) / 2)):
-        values = score(pred, test, schema, nme)[1]
-        offset = np.nanmean(pred - target, axis=(0, 1)) * 100
-        out[name] = {"nme": values["nme"], "offset_x_pct": float(offset[0]), "offset_y_pct": float(offset[1])}
-        print(f"  {name:20s} NME {values['nme']:.4f}   mean offset x {offset[0]:+.2f} %  y {offset[1]:+.2f} % of the crop")
+        pred_px, values, _ = score(pred, test, schema, nme, points_origin(model))
+        offset = np.nanmean(pred_px - test.points, axis=1)  # (N, 2) px
+        by_size = {}
+        for lo, hi in SIZES:
+            faces = (side >= lo) & (side < hi)
+            if faces.any():
+                by_size[f"{lo}-{hi} px"] = {"faces": int(faces.sum()), "x_px": float(offset[faces, 0].mean()),
+                                            "y_px": float(offset[faces, 1].mean())}
+        out[name] = {"nme": values["nme"], "offset_x_px": float(offset[:, 0].mean()),
+                     "offset_y_px": float(offset[:, 1].mean()), "offset_by_face_size": by_size}
+        print(f"  {name:20s} NME {values['nme']:.4f}   mean offset x {offset[:, 0].mean():+.2f} px  "
+              f"y {offset[:, 1].mean():+.2f} px;  x by crop side: "
+              + ", ".join(f"{k} ({v['faces']}) {v['x_px']:+.2f}" for k, v in by_size.items()))
     one = test.images[:1]
     out["forward_ms"] = {"one": forward_ms(model, one), "pair": forward_ms(model, torch.cat([one, one.flip(-1)]))}
     print(f"  forward, batch 1: {out['forward_ms']['one']:.2f} ms; with its mirror: {out['forward_ms']['pair']:.2f} ms")

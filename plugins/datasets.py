@@ -7,6 +7,7 @@ file and line."""
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -54,9 +55,20 @@ def clip_frame(name: str) -> tuple[str, int]:
     return (stem[:-1], int(stem[-1])) if stem[-1:].isdigit() else (stem, 0)
 
 
-def folder68(path=None, images: str | None = None, group_by_person: bool = True):
+def pixel_origin(value, kind: str) -> float:
+    """A dataset's ``origin`` option (Sample.origin, px), checked."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise kpbench.KpbenchError(f"{kind}: origin must be a number of pixels (0: pixels counted from 0, "
+                                   f"1: from 1), got {value!r}")
+    return float(value)
+
+
+def folder68(path=None, images: str | None = None, group_by_person: bool = True, origin: float = 1.0):
     """``folder68:DIR`` (holding one CSV) or ``folder68:FILE.csv``; images beside the CSV, in
-    ``images=DIR``, or in the one subfolder that holds them."""
+    ``images=DIR``, or in the one subfolder that holds them. ``origin`` (Sample.origin): 1 as in
+    the YouTube Faces frames, whose points are numbered as 300-W's .pts (dlib's points sit
+    -1.3, -0.7 px from theirs and -1.4, -0.8 px from HELEN's); 0 for a CSV that counts pixels from 0."""
+    origin = pixel_origin(origin, "folder68")
     if not path:
         raise kpbench.KpbenchError("folder68 needs a path: folder68:/path/to/dir-or-csv")
     p = Path(path)
@@ -97,7 +109,7 @@ def folder68(path=None, images: str | None = None, group_by_person: bool = True)
         raise kpbench.KpbenchError(f"{p}: {len(missing)} images missing from {root}, e.g. {missing[0]!r}")
     groups = [_person(n) for n, _ in rows] if group_by_person else None
     frames = [clip_frame(n) for n, _ in rows] if group_by_person else None  # the same YouTube Faces naming
-    return _Annotated([root / n for n, _ in rows], [pts for _, pts in rows], groups, frames)
+    return _Annotated([root / n for n, _ in rows], [pts for _, pts in rows], groups, frames, origin)
 
 
 def read_pts(path: Path) -> np.ndarray:
@@ -165,9 +177,12 @@ def photo_groups(files: list[Path], max_bits: int = 40) -> list[str]:
     return [files[root(i)].stem for i in range(len(files))]
 
 
-def ibug(path=None, group_photos: bool = True):
+def ibug(path=None, group_photos: bool = True, origin: float = 1.0):
     """``ibug:DIR`` (images with .pts files beside them) or ``ibug:LIST.txt`` (one image path a line).
-    ``group_photos``: splits keep each photograph together (:func:`photo_groups`)."""
+    ``group_photos``: splits keep each photograph together (:func:`photo_groups`). ``origin``
+    (Sample.origin): .pts files count pixels from 1 (300-W's Matlab convention: a model trained on
+    them with the annotation numbers mirrored as they are sat 1.2 px left of them at every face size)."""
+    origin = pixel_origin(origin, "ibug")
     if not path:
         raise kpbench.KpbenchError("ibug needs a path: ibug:/path/to/dir-or-list")
     p = Path(path)
@@ -181,9 +196,7 @@ def ibug(path=None, group_photos: bool = True):
     else:
         raise kpbench.KpbenchError(f"ibug: no such file or folder: {path}")
     points = [read_pts(f.with_suffix(".pts")) for f in files]
-    # .pts files count pixels from 1 (300-W's Matlab convention; dlib's and MediaPipe's points sit
-    # about 1 px up and left of them on the shared 300-W faces).
-    return _Annotated(files, points, photo_groups(files) if group_photos else None, origin=1.0)
+    return _Annotated(files, points, photo_groups(files) if group_photos else None, origin=origin)
 
 
 class _Arrays:

@@ -64,6 +64,23 @@ def test_ibug_reads_pts_and_rejects_malformed(tmp_path):
         get_plugins().datasets.get("ibug").factory(str(tmp_path))
 
 
+
+def test_datasets_say_how_their_format_numbers_pixels(tmp_path):
+    """Points stay as annotated; Sample.origin says where pixel centres are in their numbering
+    (1 for .pts files and the YouTube Faces CSV, as the option says otherwise); a bad value is one line."""
+    (tmp_path / "csv").mkdir()
+    _folder68(tmp_path / "csv", ["Ann_01.jpg"])
+    (tmp_path / "pts").mkdir()
+    _write_image(tmp_path / "pts" / "face.jpg")
+    (tmp_path / "pts" / "face.pts").write_text("version: 1\n{\n" + "\n".join(f"{x} {y}" for x, y in _points(7)) + "\n}\n")
+    for kind, where in (("folder68", tmp_path / "csv"), ("ibug", tmp_path / "pts")):
+        factory = get_plugins().datasets.get(kind).factory
+        assert factory(str(where))[0].origin == 1.0
+        zero = factory(str(where), origin=0)[0]
+        assert zero.origin == 0.0 and np.isfinite(zero.points).all()
+        with pytest.raises(KpbenchError, match=rf"{kind}: origin must be a number of pixels .* got 'one'"):
+            factory(str(where), origin="one")
+
 @pytest.mark.skipif(not (SHARED / "youtube-faces-68").is_dir(), reason="../shared/data is not present")
 def test_shared_youtube_split_is_person_disjoint():
     ds = get_plugins().datasets.get("folder68").factory(str(SHARED / "youtube-faces-68"))
