@@ -35,6 +35,7 @@ class ReferenceModel(nn.Module):
 
     absolute_output = True
     flip_test = False  # a reference runs as its users run it: no test-time flip averaging
+    learns_points = False  # and its points are its own, numbered as it numbers them
     name = "reference"
 
     def __init__(self, num_keypoints: int, min_size: int):

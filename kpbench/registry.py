@@ -50,6 +50,9 @@ class ModelSpec(_Spec):
     - ``auxiliary_loss(pred, target)`` (:class:`kpbench.protocols.AuxiliaryLoss`): a term added to
       the training loss.
     - ``flip_test = False``: no test-time flip averaging for this model.
+    - ``learns_points = False``: its points are not learnt from the annotations (a reference tool's
+      own), so they are reported as it gives them, not numbered as the training annotations
+      (``Regressor.origin`` 0; see ``Sample.origin``).
     - ``photo_keypoints(image)``: a model that finds faces itself returns, for an (H, W, 3) uint8
       photo, one (K, 2) array per face in the photo's pixels; it is then also scored on the whole
       photos (the ``own-detector`` path).

@@ -35,7 +35,7 @@ from kpbench.profile import branch_report, profile
 from kpbench.protocols import FindsOwnFaces
 from kpbench.regressor import backbone_modules, use_flip_test
 from kpbench.rundir import RunDir, manifest, metrics_meta, save_error, save_result, seeds_of
-from kpbench.train import box_jitter, train
+from kpbench.train import box_jitter, reported_origin, train
 
 JITTER_CONTEXT = 0.25  # context around training crops for train.box_jitter, a fraction of the side each way
 
@@ -262,8 +262,10 @@ def run_model(m: ModelPlan, p: Plan, data: tuple[Prepared, Prepared, Prepared], 
     net = m.build(schema.num_points)
     sign = -1.0 if sort_metric.higher_is_better else 1.0
 
-    def evaluate(pred_crop):  # as the model will report its points (see Regressor.origin)
-        values = score(pred_crop, val_d, schema, metrics, train_d.mean_origin())[1]
+    origin = reported_origin(net, train_d)  # how the trained model will number its points
+
+    def evaluate(pred_crop):
+        values = score(pred_crop, val_d, schema, metrics, origin)[1]
         return {"score": sign * values[sort_metric.name], **{f"val_{k}": v for k, v in values.items()}}
 
     with progress_bar(status, transient=False) as progress:  # a model's bar stays, with its time

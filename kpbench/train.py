@@ -75,6 +75,13 @@ def mean_shape(targets: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(torch.nanmean(targets, dim=0), nan=0.5)
 
 
+def reported_origin(net, train_data: Prepared) -> float:
+    """How a network trained on ``train_data`` numbers the points it reports (``Regressor.origin``):
+    as its training annotations did (their mean ``Sample.origin``), or from 0 for one whose points
+    are not learnt from them (``learns_points = False``: a reference tool's own)."""
+    return train_data.mean_origin() if getattr(net, "learns_points", True) else 0.0
+
+
 def flip_points(y: torch.Tensor, which: torch.Tensor, perm: list[int]) -> torch.Tensor:
     """Mirrored targets for the rows in ``which``: x -> 1 - x, left/right pairs swapped (exact for
     targets that mark pixels, as ``Prepared.targets`` do)."""
@@ -322,7 +329,7 @@ def train(
     total)`` and ``on_epoch(row)`` report progress.
     """
     side = float(train_data.images.shape[-1]) if cfg.targets == "pixels" else 1.0
-    model = Regressor(net, mean_shape(train_data.targets), side, train_data.mean_origin()).to(device)
+    model = Regressor(net, mean_shape(train_data.targets), side, reported_origin(net, train_data)).to(device)
     if cfg.channels_last:
         model.use_channels_last()
     groups = param_groups(model, cfg)

@@ -806,3 +806,13 @@ def test_read_ahead_gives_the_photos_in_order_and_each_error_at_its_turn(tmp_pat
             image = read()
             seen.append((path.name, None if image is None else int(image[0, 0, 0])))
     assert seen == [("p0.png", 0), ("p1.png", 40), ("clip.mp4", None), ("p2.png", 80), ("p3.png", 120)]
+
+
+def test_a_trained_model_numbers_its_points_as_its_annotations_and_a_reference_as_itself():
+    from kpbench.reference import ReferenceModel
+    from kpbench.train import reported_origin
+
+    data = Prepared(images=torch.zeros(2, 1, 4, 4), targets=torch.zeros(2, 15, 2), points=np.zeros((2, 15, 2)),
+                    boxes=np.ones((2, 3), np.float32), ids=["a", "b"], origin=np.array([1.0, 0.0], np.float32))
+    assert reported_origin(torch.nn.Linear(1, 1), data) == 0.5  # the mean over the training faces
+    assert reported_origin(ReferenceModel(15, 32), data) == 0.0  # dlib's and MediaPipe's points are their own
