@@ -1,8 +1,8 @@
 """Test-time flip averaging, measured: is a model's prediction on the mirrored crop worth averaging in?
 
-    python benchmarks/flip_test.py [--model RUN] [--threads 2] [--json OUT.json]
+    python benchmarks/flip_test.py [--model RUN] [--split test|val] [--shift PX] [--threads 2] [--json OUT.json]
 
-On the run's own test split (the faces it held out, cut by the annotated box as ``kpbench
+On the run's own test split (``--split val``: its validation split; the faces it held out, cut by the annotated box as ``kpbench
 evaluate --detector gt-box`` cuts them; run from the project root, the run config's dataset paths
 are relative to it), with the model's flip averaging off, three predictions per face: the plain
 one, the mirrored crop's mirrored back (left/right points swapped, x -> 1 - x), and their average
@@ -52,6 +52,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=SHIPPED, help="run folder or model folder (default: the shipped model)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--split", choices=("test", "val"), default="test")
+    ap.add_argument("--shift", type=float, default=0.0,
+                    help="also score the average moved this many pixels right (what an x offset costs)")
     ap.add_argument("--json", type=Path, help="also write the figures here as strict JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -59,7 +62,8 @@ def main() -> None:
     trained = load_trained(args.model, plugins)
     schema = trained.schema
     sources, splits = load_splits(plugins, trained.settings)
-    test = prepare(sources[2], splits[2], make_detector(plugins, "gt-box", trained.settings.data.detector_options),
+    k = 2 if args.split == "test" else 1
+    test = prepare(sources[k], splits[k], make_detector(plugins, "gt-box", trained.settings.data.detector_options),
                    trained.input_size, schema.name)
     model = trained.model.eval()
     model.flip_test = None
@@ -69,10 +73,15 @@ def main() -> None:
         plain = model(test.images).numpy()
         mirrored = model(test.images.flip(-1)).numpy()[:, perm]
     mirrored[..., 0] = 1 - mirrored[..., 0]
-    out = {"model": str(args.model), "faces": len(test), "threads": args.threads}
-    print(f"{args.model}: {len(test)} test faces, annotated box")
+    out = {"model": str(args.model), "split": args.split, "faces": len(test), "threads": args.threads}
+    print(f"{args.model}: {len(test)} {args.split} faces, annotated box")
     side = test.boxes[:, 2]
-    for name, pred in (("plain", plain), ("mirrored back", mirrored), ("average (flip_test)", (plain + mirrored) / 2)):
+    rows = [("plain", plain), ("mirrored back", mirrored), ("average (flip_test)", (plain + mirrored) / 2)]
+    if args.shift:
+        moved = rows[-1][1].copy()
+        moved[..., 0] += args.shift / side[:, None]  # px -> crop fractions (an upright box)
+        rows.append((f"average {args.shift:+g} px in x", moved))
+    for name, pred in rows:
         pred_px, values, _ = score(pred, test, schema, nme, points_origin(model))
         offset = np.nanmean(pred_px - test.points, axis=1)  # (N, 2) px
         by_size = {}
