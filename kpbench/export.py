@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from kpbench.errors import KpbenchError
+from kpbench.evaluate import points_origin
 from kpbench.io import atomic_write_bytes, atomic_write_json
 from kpbench.profile import median_seconds
 from kpbench.runtime import OPSET, OnnxModel, to_onnx
-from kpbench.evaluate import points_origin
 from kpbench.trained import Trained
 
 
