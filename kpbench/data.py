@@ -313,6 +313,14 @@ def to_crop(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return _turn(points + 0.5 - boxes[:, None, :2] - half, boxes, -1.0) / boxes[:, None, 2:3] + 0.5
 
 
+def pixel_origin(value, what: str) -> float:
+    """A pixel origin given as data (a dataset's ``origin`` option, an export's ``points_origin``),
+    checked: a finite number of pixels, else a one-line error naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise KpbenchError(f"{what} must be a number of pixels (0: pixels counted from 0, 1: from 1), got {value!r}")
+    return float(value)
+
+
 def to_image_pixels(crop: np.ndarray, boxes: np.ndarray, origin: float = 0.0) -> np.ndarray:
     """Crop coordinates in [0, 1] -> the original image's pixels (inverse of :func:`to_crop`),
     numbered from ``origin`` (a model's ``origin``: its training annotations' Sample.origin)."""

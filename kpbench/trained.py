@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 
 from kpbench.components import CropConvention, ModelPlan
 from kpbench.config import Settings
+from kpbench.data import pixel_origin
 from kpbench.errors import KpbenchError, first_line
 from kpbench.keypoints import Schema, get_schema
 from kpbench.plugins import Plugins
@@ -174,10 +174,7 @@ def load_onnx(path: str | Path) -> Trained:
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors: not a graph it can read
         raise KpbenchError(f"--model {path}: ONNX Runtime cannot load it: {first_line(exc)[:300]}") from None
     check_graph(graph, path, shape[1:], schema.num_points)
-    origin = sidecar.get("points_origin", 0.0)
-    if isinstance(origin, bool) or not isinstance(origin, (int, float)) or not math.isfinite(origin):
-        raise KpbenchError(f"{sidecar_path}: points_origin must be a number of pixels, got {origin!r}")
-    graph.origin = float(origin)
+    graph.origin = pixel_origin(sidecar.get("points_origin", 0.0), f"{sidecar_path}: points_origin")
     return Trained(graph, sidecar["model"], shape[-1], schema, CropConvention.from_mapping(convention), None,
                    Path(str(sidecar.get("run", ""))), path)
 

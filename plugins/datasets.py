@@ -7,7 +7,6 @@ file and line."""
 from __future__ import annotations
 
 import csv
-import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 import kpbench
-from kpbench.data import IMAGE_SUFFIXES, Sample
+from kpbench.data import IMAGE_SUFFIXES, Sample, pixel_origin
 from kpbench.data import read_image as _read_image
 from kpbench.log import log
 
@@ -55,20 +54,12 @@ def clip_frame(name: str) -> tuple[str, int]:
     return (stem[:-1], int(stem[-1])) if stem[-1:].isdigit() else (stem, 0)
 
 
-def pixel_origin(value, kind: str) -> float:
-    """A dataset's ``origin`` option (Sample.origin, px), checked."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise kpbench.KpbenchError(f"{kind}: origin must be a number of pixels (0: pixels counted from 0, "
-                                   f"1: from 1), got {value!r}")
-    return float(value)
-
-
 def folder68(path=None, images: str | None = None, group_by_person: bool = True, origin: float = 1.0):
     """``folder68:DIR`` (holding one CSV) or ``folder68:FILE.csv``; images beside the CSV, in
     ``images=DIR``, or in the one subfolder that holds them. ``origin`` (Sample.origin): 1 as in
     the YouTube Faces frames, whose points are numbered as 300-W's .pts (dlib's points sit
     -1.3, -0.7 px from theirs and -1.4, -0.8 px from HELEN's); 0 for a CSV that counts pixels from 0."""
-    origin = pixel_origin(origin, "folder68")
+    origin = pixel_origin(origin, "folder68: origin")
     if not path:
         raise kpbench.KpbenchError("folder68 needs a path: folder68:/path/to/dir-or-csv")
     p = Path(path)
@@ -182,7 +173,7 @@ def ibug(path=None, group_photos: bool = True, origin: float = 1.0):
     ``group_photos``: splits keep each photograph together (:func:`photo_groups`). ``origin``
     (Sample.origin): .pts files count pixels from 1 (300-W's Matlab convention: a model trained on
     them with the annotation numbers mirrored as they are sat 1.2 px left of them at every face size)."""
-    origin = pixel_origin(origin, "ibug")
+    origin = pixel_origin(origin, "ibug: origin")
     if not path:
         raise kpbench.KpbenchError("ibug needs a path: ibug:/path/to/dir-or-list")
     p = Path(path)
