@@ -136,6 +136,7 @@ def cached_graph(found: Located) -> Trained | None:
         graph = runtime.OnnxModel(cache, torch.get_num_threads())
     except Exception:  # noqa: BLE001 - no ONNX Runtime, or an unreadable cache file: export it again
         return None
+    graph.origin = found.points_origin()  # as onnx_in_place gives the graph it exports
     return found.trained(graph)
 
 

@@ -59,6 +59,11 @@ class Located:
         factory = self.plan.spec.factory
         return Path(inspect.getsourcefile(factory)) if isinstance(factory, type) else None
 
+    def points_origin(self) -> float:
+        """The pixel origin its best checkpoint numbers points from (the Regressor's ``origin``;
+        0 for a checkpoint from before it), read without building the model."""
+        return float(read_checkpoint(self.model_dir / "best.pt")["state_dict"].get("origin", 0.0))
+
     def trained(self, model: torch.nn.Module) -> Trained:
         """This model as a :class:`Trained` around ``model`` (built here, or its ONNX graph)."""
         return Trained(model, self.label, self.plan.input_size, self.schema, self.convention, self.settings,
