@@ -112,7 +112,8 @@ def predict_photos(predictor: Predictor, paths: list[Path], out: Path, overlays:
     ``paths`` go through :func:`predict_video` (``smooth``: its smoothing options, None for none). A file
     that cannot be read is reported and counted; the rest go on. Returns the photos' and videos'
     entries and the unreadable files' errors."""
-    from kpbench import plots
+    if overlays:
+        from kpbench import plots  # matplotlib: 1.5 s to import, only to draw
 
     if any(is_video(p) for p in paths):
         require_av()
@@ -167,7 +168,6 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
     summary."""
     from rich.progress import Progress
 
-    from kpbench import plots
     from kpbench.video import FaceTracks, VideoWriter, frame_rate, frames, open_video, smoothed
 
     schema = predictor.schema
@@ -184,6 +184,8 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
         doc = stack.enter_context(open(stack.enter_context(atomic_output(out / f"{name}.json")), "w"))
         writer = None
         if overlays:
+            from kpbench import plots  # matplotlib: 1.5 s to import, only to draw
+
             writer = VideoWriter(stack.enter_context(atomic_output(out / f"{name}.mp4")), summary["fps"],
                                  stream.width, stream.height)
             stack.callback(writer.close)
