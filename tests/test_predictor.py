@@ -116,10 +116,10 @@ def test_a_model_reports_its_points_numbered_as_its_training_annotations(tiny_ru
         (a,) = kpbench.Predictor.from_run(tiny_run / "models" / "integral", detector="none", runtime=runtime)(image)
         (b,) = kpbench.Predictor.from_run(moved / "models" / "integral", detector="none", runtime=runtime)(image)
         np.testing.assert_allclose(b.points - a.points, 1.0, atol=1e-4)
-    if len(runtimes) == 2:  # the second Predictor under ONNX Runtime takes the graph the first cached
+    if len(runtimes) == 2:
+        # the second Predictor under ONNX Runtime takes the graph the first cached
         (again,) = kpbench.Predictor.from_run(moved / "models" / "integral", detector="none")(image)
         np.testing.assert_allclose(again.points - a.points, 1.0, atol=1e-4)
-    if len(runtimes) == 2:
         onnx = tmp_path / "m.onnx"
         assert run_cli("export", "--model", moved / "models" / "integral", "--out", onnx).returncode == 0
         assert json.loads((tmp_path / "m.onnx.json").read_text())["points_origin"] == 1.0
