@@ -99,6 +99,7 @@ class TrainSettings:
     box_jitter: BoxJitterSettings = field(default_factory=BoxJitterSettings)
     freeze_epochs: int = 0
     unfreeze: Literal["all", "last_stage"] = "all"
+    frozen_stages: int = 0  # the first N stages of each pretrained backbone never train (stem included)
     backbone_lr: float = 1.0
     feature_cache: bool = True
     channels_last: bool = True
@@ -319,6 +320,7 @@ def check(settings: Settings) -> None:
         raise KpbenchError(f"data.split must be three non-negative fractions summing to 1, got {split!r}")
     for key, value, low in (("data.input_size", dc.input_size, 16), ("train.batch_size", tc.batch_size, 1),
                             ("train.epochs", tc.epochs, 1), ("train.freeze_epochs", tc.freeze_epochs, 0),
+                            ("train.frozen_stages", tc.frozen_stages, 0),
                             ("data.limit", dc.limit, 3)):
         if value is not None and value < low:
             raise KpbenchError(f"{key} must be at least {low}, got {value}")

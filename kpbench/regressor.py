@@ -78,6 +78,31 @@ def backbone_modules(net: nn.Module) -> list[nn.Module]:
     return [net.backbone] if isinstance(getattr(net, "backbone", None), nn.Module) else []
 
 
+def _stage_ends(backbone: nn.Module, entries: list) -> list[int]:
+    """For each of ``entries`` (timm's ``feature_info`` stages) whose module the backbone has, the
+    position in ``named_modules()`` just past that module and everything under it."""
+    names = [n for n, _ in backbone.named_modules()]
+    ends = []
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("module") not in names:
+            continue
+        end = names.index(entry["module"]) + 1
+        while end < len(names) and names[end].startswith(entry["module"] + "."):
+            end += 1
+        ends.append(end)
+    return ends
+
+
+def _stages(backbone: nn.Module) -> list:
+    return list(getattr(backbone, "feature_info", None) or [])
+
+
+def _parameters_of(backbone: nn.Module, first: int, stop: int) -> list[nn.Parameter]:
+    """The parameters of the modules at positions ``first`` to ``stop - 1`` of ``named_modules()``."""
+    names = {n for n, _ in list(backbone.named_modules())[first:stop]}
+    return [p for n, p in backbone.named_parameters() if n.rpartition(".")[0] in names]
+
+
 def last_stage_parameters(backbone: nn.Module) -> list[nn.Parameter]:
     """The parameters of a backbone's last stage, the part "partial fine-tuning" trains: those
     registered after the module that ends the previous stage in timm's ``feature_info`` (ResNet's
@@ -86,28 +111,34 @@ def last_stage_parameters(backbone: nn.Module) -> list[nn.Parameter]:
     last stage."""
     if hasattr(backbone, "last_stage_parameters"):
         return list(backbone.last_stage_parameters())
-    info = getattr(backbone, "feature_info", None)
-    names = [n for n, _ in backbone.named_modules()]
-    for entry in reversed(list(info or [])[:-1]):
-        if not isinstance(entry, dict) or entry.get("module") not in names:
-            continue
-        start = names.index(entry["module"]) + 1
-        while start < len(names) and names[start].startswith(entry["module"] + "."):
-            start += 1
-        after = set(names[start:])
-        params = [p for n, p in backbone.named_parameters() if n.rpartition(".")[0] in after]
+    for end in reversed(_stage_ends(backbone, _stages(backbone)[:-1])):
+        params = _parameters_of(backbone, end, len(list(backbone.named_modules())))
         if params:
             return params
     return list(backbone.parameters())
 
 
-def set_trainable(net: nn.Module, frozen: bool, unfreeze: str) -> None:
-    """Backbones frozen, or after the switch: ``unfreeze`` = "all" or "last_stage"."""
+def first_stages_parameters(backbone: nn.Module, stages: int) -> list[nn.Parameter]:
+    """The parameters of a backbone's first ``stages`` stages of timm's ``feature_info``, stem
+    included (EfficientNet-Lite0's conv_stem, bn1 and blocks 0-1 for 2: everything to stride 4),
+    the part ``train.frozen_stages`` never trains; none for 0 or a backbone without stage
+    information."""
+    ends = _stage_ends(backbone, _stages(backbone))
+    if stages <= 0 or not ends:
+        return []
+    return _parameters_of(backbone, 0, ends[min(stages, len(ends)) - 1])
+
+
+def set_trainable(net: nn.Module, frozen: bool, unfreeze: str, frozen_stages: int = 0) -> None:
+    """Backbones frozen, or after the switch: ``unfreeze`` = "all" or "last_stage"; their first
+    ``frozen_stages`` stages frozen throughout."""
     for bb in backbone_modules(net):
         bb.requires_grad_(not frozen and unfreeze == "all")
         if not frozen and unfreeze == "last_stage":
             for p in last_stage_parameters(bb):
                 p.requires_grad_(True)
+        for p in first_stages_parameters(bb, frozen_stages):
+            p.requires_grad_(False)
 
 
 def frozen_norms_to_eval(net: nn.Module) -> None:

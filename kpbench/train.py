@@ -353,7 +353,7 @@ def train(
     for epoch in range(start, epochs + 1):  # epoch 0 evaluates the untrained model (all a fixed model gets)
         t0 = time.perf_counter()
         frozen = epoch <= freeze_epochs and freeze_epochs > 0  # epoch 0 is evaluated as the first epoch trains
-        set_trainable(net, frozen, unfreeze)
+        set_trainable(net, frozen, unfreeze, int(cfg.frozen_stages))
         if not (use_cache and frozen):
             cached = None
         elif cached is None:  # once per frozen phase: the frozen weights do not change within it

@@ -17,6 +17,7 @@ from kpbench.components import CropConvention, ModelPlan
 from kpbench.config import Settings
 from kpbench.data import pixel_origin
 from kpbench.errors import KpbenchError, first_line
+from kpbench.folding import fold_batch_norms
 from kpbench.keypoints import Schema, get_schema
 from kpbench.plugins import Plugins
 from kpbench.regressor import Regressor, use_flip_test
@@ -124,7 +125,8 @@ def load_trained(path: str | Path, plugins: Plugins) -> Trained:
 
 
 def build_trained(found: Located) -> Trained:
-    """A located model built and given its best checkpoint's weights."""
+    """A located model built, given its best checkpoint's weights and made ready to run (its
+    BatchNorms folded, :mod:`kpbench.folding`)."""
     m, schema, mdir = found.plan, found.schema, found.model_dir
     takes_weights = "weights" in inspect.signature(m.spec.factory).parameters or "weights" in m.options
     no_start = {"weights": "none"} if takes_weights else {}  # the checkpoint holds every weight
@@ -136,7 +138,8 @@ def build_trained(found: Located) -> Trained:
     if missing or unexpected:
         raise KpbenchError(f"{mdir / 'best.pt'}: does not fit model {found.label!r}: missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]}")
-    model.eval()
+    model, _ = fold_batch_norms(model.eval(), torch.rand(1, 1, m.input_size, m.input_size,
+                                                         generator=torch.Generator().manual_seed(0)))
     use_flip_test(model, found.settings.eval.flip_test, schema)
     return found.trained(model)
 

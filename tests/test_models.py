@@ -207,6 +207,29 @@ def test_partial_fine_tuning_trains_only_the_last_stage_after_the_switch(tmp_pat
     assert changed and all(k.startswith("backbone.layer4.") for k in changed)
 
 
+def test_frozen_stages_never_train(tmp_path):
+    """``train.frozen_stages: 2``: EfficientNet-Lite0's stem and blocks 0-1 (to stride 4) keep their
+    weights and BatchNorm statistics through training; the rest of the backbone trains."""
+    from kpbench.keypoints import KAGGLE15
+    from kpbench.regressor import first_stages_parameters
+    from kpbench.train import train
+
+    torch.manual_seed(0)
+    net = get_plugins().models.get("effnet-heatmap").factory(15, 32, 1, weights="none")
+    first = {id(p) for p in first_stages_parameters(net.backbone, 2)}
+    names = {n for n, p in net.backbone.named_parameters() if id(p) in first}
+    assert names and {n.split(".")[0] if not n.startswith("blocks.") else n[:8] for n in names} == {
+        "conv_stem", "bn1", "blocks.0", "blocks.1"}
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    tr, va, _ = _tiny_splits()
+    train(net, tr, va, KAGGLE15, TrainSettings(**{**CFG, "epochs": 1, "frozen_stages": 2}), 0, _improving(), tmp_path)
+    after = net.state_dict()
+    stem = [k for k in before if k.startswith(("backbone.conv_stem", "backbone.bn1", "backbone.blocks.0.",
+                                               "backbone.blocks.1."))]
+    assert stem and all(torch.equal(before[k], after[k]) for k in stem)  # running statistics included
+    assert not torch.equal(before["backbone.blocks.2.0.conv_pw.weight"], after["backbone.blocks.2.0.conv_pw.weight"])
+
+
 @pytest.mark.parametrize("name, prefixes", [("mobilenetv2_100", ("blocks.5.", "blocks.6.", "conv_head", "bn2")),
                                             ("vgg16", ("features.24", "features.26", "features.28"))])
 def test_last_stage_of_timm_backbones(name, prefixes):

@@ -1,0 +1,64 @@
+"""BatchNorms folded into the convolutions before them (kpbench.folding): same outputs, fewer
+operators, and a network the folding would change is left as it was."""
+
+import torch
+from torch import nn
+
+from kpbench.folding import fold_batch_norms
+from kpbench.plugins import get_plugins
+
+
+def _with_statistics(net: nn.Module) -> nn.Module:
+    """``net`` in eval mode with BatchNorm statistics and affine weights far from the identity."""
+    gen = torch.Generator().manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) * 3 + 0.1)
+            with torch.no_grad():
+                m.weight.copy_(torch.randn(m.num_features, generator=gen))
+                m.bias.copy_(torch.randn(m.num_features, generator=gen))
+    return net.eval()
+
+
+def _norms(net: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+
+
+def test_a_timm_network_folds_to_the_same_points():
+    net = _with_statistics(get_plugins().models.get("effnet-heatmap").factory(15, 64, 1, weights="none"))
+    x = torch.rand(3, 1, 64, 64)
+    folded, count = fold_batch_norms(net, x[:1])
+    assert count == _norms(net) > 30  # timm's BatchNormAct2d (activation kept) and the head's plain one
+    assert _norms(folded) == 0 and folded is not net
+    with torch.no_grad():
+        assert torch.allclose(folded(x), net(x), atol=1e-5)
+    assert _norms(net) == count  # the network given is not changed
+
+
+class _Shared(nn.Module):
+    """A convolution whose output feeds its BatchNorm and, unnormalized, a second path."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return (self.norm(y) + y).mean((2, 3))
+
+
+def test_a_convolution_output_used_twice_is_not_folded():
+    net = _with_statistics(_Shared())
+    folded, count = fold_batch_norms(net, torch.rand(1, 1, 8, 8))
+    assert folded is net and count == 0
+
+
+def test_a_norm_not_after_a_convolution_stays():
+    net = _with_statistics(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1),
+                                         nn.BatchNorm2d(4)))
+    x = torch.rand(2, 1, 8, 8)
+    folded, count = fold_batch_norms(net, x[:1])
+    assert count == 1 and isinstance(folded[2], nn.BatchNorm2d) and isinstance(folded[4], nn.Identity)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), net(x), atol=1e-5)
