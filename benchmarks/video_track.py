@@ -1,6 +1,7 @@
 """Tracking against detecting on every frame, smoothed or not, on real faces moving at a real frame rate:
 
     python benchmarks/video_track.py [--model RUN] [--clips 20] [--frames 60] [--threads 2] [--json OUT]
+    python benchmarks/video_track.py --prior-weights 0 0.25 0.5 0.75 --clips 60 --frames 40 --split val [--dataset D]
 
 The shared annotated faces are photos and 3-frame clips, so the "videos" are made: each clip is one
 held-out photo (the test split of ``ibug:../shared/data/300w-helen-train``, split as ``wild.yaml``
@@ -21,6 +22,12 @@ annotated shapes (3 frames of one person each), each held 5 frames and turning i
 ``--change`` frames at 30 fps, with per-frame noise on the shape as large as the model's own
 flicker on the filmed clips (measured above, unsmoothed tracking), predicted by nothing: the
 annotation plus that noise, smoothed and not.
+
+``--prior-weights W ...`` prints instead the tracked, smoothed path's NME and jitter with the
+track's box drawn each ``W`` of the way from the detector's place around the points to the
+training crops' (``kpbench.predictor.PRIOR_WEIGHT``), beside detecting on every frame; with
+``--dataset`` and ``--split val`` on the validation faces of another photo set, as the weight was
+chosen.
 
 ``--end-to-end N`` also writes the first ``N`` frames of the filmed clips as one .mp4 (kpbench's
 own writer) and times what a user runs on it: ``kpbench predict clip.mp4 --no-overlay`` (decode,
@@ -54,6 +61,7 @@ from kpbench.video import SMOOTH, FaceTracks, VideoWriter, frames, open_video, s
 from video_jitter import smooth_clips  # the sibling script: each clip's points smoothed in frame order
 
 SIZE, FPS = 256, 30.0
+HELEN = "ibug:../shared/data/300w-helen-train"
 
 
 def film(photo: np.ndarray, points: np.ndarray, frames: int, rng: np.random.Generator):
@@ -76,12 +84,31 @@ def film(photo: np.ndarray, points: np.ndarray, frames: int, rng: np.random.Gene
     return images, np.stack(pts)
 
 
-def held_out_clips(n: int, frames: int):
+def held_out_clips(n: int, frames: int, dataset: str = HELEN, split: str = "test"):
+    """The first ``n`` faces of ``dataset``'s test (or validation) split, split as ``wild.yaml``
+    splits it, each filmed (:func:`film`)."""
     plugins = get_plugins()
-    data = load_dataset(plugins, "ibug:../shared/data/300w-helen-train", {})
-    test = split_dataset(data, [0.7, 0.15, 0.15], 0)[2][:n]
+    data = load_dataset(plugins, dataset, {})
+    held = split_dataset(data, [0.7, 0.15, 0.15], 0)[2 if split == "test" else 1][:n]
     rng = np.random.default_rng(0)
-    return [film(s.image, s.points.astype(np.float64), frames, rng) for s in (data[int(i)] for i in test)]
+    return [film(s.image, s.points.astype(np.float64), frames, rng) for s in (data[int(i)] for i in held)]
+
+
+def prior_weights(predictor: Predictor, clips, weights: list[float]) -> list[dict]:
+    """Tracked and smoothed (``kpbench predict``'s default) with the track's box drawn each of
+    ``weights`` of the way to the training crops' place (``kpbench.predictor.PRIOR_WEIGHT``), and
+    detecting on every frame, smoothed: NME and jitter of each."""
+    import kpbench.predictor as module
+
+    kept, rows = module.PRIOR_WEIGHT, []
+    try:
+        for w in weights:
+            module.PRIOR_WEIGHT = w
+            rows.append({"path": f"tracking, prior weight {w:g}", **scores(kpbench_path(predictor, clips, True, SMOOTH)[0], clips)})
+    finally:
+        module.PRIOR_WEIGHT = kept
+    rows.append({"path": "every frame", **scores(kpbench_path(predictor, clips, False, SMOOTH)[0], clips)})
+    return rows
 
 
 def kpbench_path(predictor: Predictor, clips, track: bool, smooth: dict | None = None):
@@ -235,12 +262,21 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--end-to-end", type=int, default=0, metavar="N",
                     help="also time kpbench predict on an N-frame .mp4 against PyAV + MediaPipe video mode")
+    ap.add_argument("--dataset", default=HELEN, help="the photos filmed (an ibug: or folder68: dataset)")
+    ap.add_argument("--split", choices=["test", "val"], default="test", help="which held-out split's faces")
+    ap.add_argument("--prior-weights", type=float, nargs="+", metavar="W",
+                    help="instead: NME and jitter of tracking with each weight of the training crops' place")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    clips = held_out_clips(args.clips, args.frames)
+    clips = held_out_clips(args.clips, args.frames, args.dataset, args.split)
     predictor = Predictor(args.model, detector=args.detector)
     predictor.predict_arrays(clips[0][0][0])  # warm up
+    if args.prior_weights:
+        print(f"{args.clips} clips x {args.frames} frames of {args.dataset} ({args.split} split); {predictor!r}")
+        for r in prior_weights(predictor, clips, args.prior_weights):
+            print(f"{r['path']:32s} NME {r['nme']:.5f}  jitter {r['jitter']:.5f}  missed {r['missed']:.1%}")
+        return
     rows, kp = [], f"kpbench {predictor.detector_name}"
     for name, run in ((f"{kp}, tracking (predict's default)", lambda: kpbench_path(predictor, clips, True, SMOOTH)),
                       (f"{kp}, tracking, --no-smooth", lambda: kpbench_path(predictor, clips, True)),

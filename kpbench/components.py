@@ -84,12 +84,17 @@ CONVENTION_OPTIONS = ("margin", "align")  # what another detector takes over fro
 class CropConvention:
     """How a model's crops are cut: the run's detector with its options, and the ``margin``
     around the face box and the roll ``align`` that another detector takes over (None: the
-    run's detector has no such option; ``none`` has no margin: whole images). Written once to
-    the manifest (and an export's sidecar) and read back by everything that loads a model."""
+    run's detector has no such option; ``none`` has no margin: whole images); and where the
+    training crops sat around their faces' points, ``crop_from_points`` (the median over the
+    training split of the crop's centre offset x, y and side, in units of the points' spread,
+    :meth:`kpbench.data.Prepared.crop_from_points`; None for a run written before it), which
+    a video track uses to place its crops. Written once to the manifest (and an export's
+    sidecar) and read back by everything that loads a model."""
     detector: str
     detector_options: dict
     margin: float | None = None
     align: bool | None = None
+    crop_from_points: tuple[float, float, float] | None = None
 
     @classmethod
     def of_run(cls, plugins: Plugins, data: DataSettings) -> "CropConvention":
@@ -106,13 +111,16 @@ class CropConvention:
     @classmethod
     def from_mapping(cls, entry: dict) -> "CropConvention":
         """The convention a manifest or sidecar holds (see :meth:`to_mapping`)."""
+        prior = entry.get("crop_from_points")
         return cls(entry["detector"], dict(entry.get("detector_options") or {}),
-                   *(entry.get(k) for k in CONVENTION_OPTIONS))
+                   *(entry.get(k) for k in CONVENTION_OPTIONS),
+                   tuple(float(v) for v in prior) if prior is not None else None)
 
     def to_mapping(self) -> dict:
         return {"face_box": "square around the annotated points (all of the source schema's)",
                 "detector": self.detector, "detector_options": self.detector_options,
-                **{k: getattr(self, k) for k in CONVENTION_OPTIONS}}
+                **{k: getattr(self, k) for k in CONVENTION_OPTIONS},
+                **({"crop_from_points": list(self.crop_from_points)} if self.crop_from_points else {})}
 
     def options_for(self, plugins: Plugins, name: str, options: dict | None = None) -> dict:
         """Options for detector ``name`` that follow this convention: the run's own detector keeps

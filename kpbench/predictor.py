@@ -304,12 +304,20 @@ class Predictor:
         return np.stack([crop_from_image(image, b, size) for b in boxes])[:, None].astype(np.float32)
 
 
+# How far a track's box is drawn from the detector's place around the points towards the training
+# crops' (measured with the shipped model on filmed held-out faces: docs/results.md, Video)
+PRIOR_WEIGHT = 0.25
+
+
 class FaceTracker:
     """Faces through the frames of a video, as MediaPipe tracks them: the detector runs on the first
     frame, every ``redetect_every`` frames (to find new faces) and whenever a track is lost; on the
     other frames each face's crop is cut from its own points of the frame before. The box follows
-    the points as it sat around them when the face was detected (centre offset and side, in units
-    of the points' spread), so the crop keeps the crop convention. A track is lost when its face
+    the points as it sat around them (centre offset and side, in units of the points' spread):
+    as the detector's box did when the face was detected, drawn ``PRIOR_WEIGHT`` of the way to
+    where the training crops sat around theirs (the convention's ``crop_from_points``, where the
+    model's run recorded it), so the crop keeps the crop convention and one detection's error is
+    not carried through the track. A track is lost when its face
     confidence falls below ``keep`` x the one it had when detected, or its points collapse or leave
     the frame. ``predictor.predict_arrays`` is the per-frame step; turned crops (``align``) are
     detected on every frame."""
@@ -319,6 +327,7 @@ class FaceTracker:
             raise KpbenchError(f"tracking: redetect_every must be >= 1 and keep in [0, 1], got {redetect_every}, {keep}")
         self.predictor, self.redetect_every, self.keep = predictor, int(redetect_every), float(keep)
         self.tracks: list[dict] = []  # per face: its detector face, offset, side ratio, confidence when detected
+        self.prior = predictor.trained.convention.crop_from_points
         self.frame = 0
         self.detections = 0  # frames on which the detector ran
 
@@ -343,8 +352,11 @@ class FaceTracker:
             side = float(box[2])
             if not spread > 0:
                 continue
-            self.tracks.append({"face": face, "offset": (np.asarray(box[:2]) + side / 2 - centre) / spread,
-                                "ratio": side / spread, "last": (centre, spread),
+            offset, ratio = (np.asarray(box[:2]) + side / 2 - centre) / spread, side / spread
+            if self.prior is not None:
+                offset = (1 - PRIOR_WEIGHT) * offset + PRIOR_WEIGHT * np.asarray(self.prior[:2])
+                ratio = (1 - PRIOR_WEIGHT) * ratio + PRIOR_WEIGHT * self.prior[2]
+            self.tracks.append({"face": face, "offset": offset, "ratio": ratio, "last": (centre, spread),
                                 "confidence": None if conf is None else float(conf[i].mean())})
         return found, boxes, points, conf
 

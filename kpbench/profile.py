@@ -1,6 +1,6 @@
 """Cost of a model: parameters, GMACs (counted by torch's FLOP counter), batch-1 latency (median
 of timed runs after warm-up, under inference mode, as timm's benchmark does, of the network as
-kpbench runs a trained one: its BatchNorms folded, :mod:`kpbench.folding`), the same latency
+kpbench runs a trained one: BatchNorms folded, weights channels-last, :mod:`kpbench.folding`), the same latency
 of the model exported to ONNX under ONNX Runtime on the CPU, and throughput."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kpbench.folding import fold_batch_norms
+from kpbench.folding import ready_to_run
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
@@ -75,7 +75,7 @@ def onnxruntime_latency(model: torch.nn.Module, input_size: int) -> float | None
 def profile(model: torch.nn.Module, input_size: int, device="cpu", timing: bool = True, batch: int = 32,
             onnx_latency: str | bool = "auto") -> dict:
     """Parameters and GMACs; with ``timing``, batch-1 latency and throughput on ``device`` (BatchNorms
-    folded, as a trained model runs) and,
+    folded and channels-last, as a trained model runs) and,
     with ``onnx_latency`` "auto" where onnx and onnxruntime are installed, ONNX Runtime's CPU
     latency (null for a model that cannot be exported)."""
     from kpbench.runtime import available
@@ -86,7 +86,7 @@ def profile(model: torch.nn.Module, input_size: int, device="cpu", timing: bool 
     ort_s = onnxruntime_latency(model, input_size) if with_ort else None  # while the model is on the CPU
     model.to(device)
     if timing:
-        run, _ = fold_batch_norms(model, torch.rand(1, 1, input_size, input_size, device=device))
+        run, _ = ready_to_run(model, torch.rand(1, 1, input_size, input_size, device=device))
         row["latency_ms"] = round(latency(run, input_size, device) * 1000, 3)
         if with_ort:
             row[ORT_LATENCY] = None if ort_s is None else round(ort_s * 1000, 3)

@@ -163,6 +163,7 @@ def run(settings: Settings, plugins: Plugins, console: Console | None = None, re
             paths[size] = prepare_paths(sources[2], splits[2], extra_detectors, size, p.schema.name, dc.skip_bad,
                                         like=next(iter(paths.values()), {}), status=status)
         train_d, val_d, test_d = data[dc.input_size]
+        p.convention = dataclasses.replace(p.convention, crop_from_points=train_d.crop_from_points())
         log.debug(f"crops prepared at {', '.join(f'{s} px' for s in data)}; jobs: {', '.join(map(str, p.jobs))}")
         fingerprint = "-".join(d.fingerprint()[:8] for d in (train_d, val_d, test_d))
 

@@ -17,7 +17,7 @@ from kpbench.components import CropConvention, ModelPlan
 from kpbench.config import Settings
 from kpbench.data import pixel_origin
 from kpbench.errors import KpbenchError, first_line
-from kpbench.folding import fold_batch_norms
+from kpbench.folding import ready_to_run
 from kpbench.keypoints import Schema, get_schema
 from kpbench.plugins import Plugins
 from kpbench.regressor import Regressor, use_flip_test
@@ -126,7 +126,16 @@ def load_trained(path: str | Path, plugins: Plugins) -> Trained:
 
 def build_trained(found: Located) -> Trained:
     """A located model built, given its best checkpoint's weights and made ready to run (its
-    BatchNorms folded, :mod:`kpbench.folding`)."""
+    BatchNorms folded, its weights channels-last: :func:`kpbench.folding.ready_to_run`)."""
+    m = found.plan
+    model, _ = ready_to_run(trained_network(found).eval(), torch.rand(1, 1, m.input_size, m.input_size,
+                                                                  generator=torch.Generator().manual_seed(0)))
+    use_flip_test(model, found.settings.eval.flip_test, found.schema)
+    return found.trained(model)
+
+
+def trained_network(found: Located) -> Regressor:
+    """A located model's network with its best checkpoint's weights, as it trained."""
     m, schema, mdir = found.plan, found.schema, found.model_dir
     takes_weights = "weights" in inspect.signature(m.spec.factory).parameters or "weights" in m.options
     no_start = {"weights": "none"} if takes_weights else {}  # the checkpoint holds every weight
@@ -138,10 +147,7 @@ def build_trained(found: Located) -> Trained:
     if missing or unexpected:
         raise KpbenchError(f"{mdir / 'best.pt'}: does not fit model {found.label!r}: missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]}")
-    model, _ = fold_batch_norms(model.eval(), torch.rand(1, 1, m.input_size, m.input_size,
-                                                         generator=torch.Generator().manual_seed(0)))
-    use_flip_test(model, found.settings.eval.flip_test, schema)
-    return found.trained(model)
+    return model
 
 
 def run_convention(rd: RunDir, settings: Settings, plugins: Plugins) -> CropConvention:

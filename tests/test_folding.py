@@ -62,3 +62,37 @@ def test_a_norm_not_after_a_convolution_stays():
     assert count == 1 and isinstance(folded[2], nn.BatchNorm2d) and isinstance(folded[4], nn.Identity)
     with torch.no_grad():
         assert torch.allclose(folded(x), net(x), atol=1e-5)
+
+
+class _Viewed(nn.Module):
+    """A network whose head needs the contiguous layout (``.view`` of a feature map)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)  # channels-last weights give a channels-last output, which .view cannot flatten
+        return y.view(y.shape[0], -1)
+
+
+def test_ready_to_run_lays_weights_out_channels_last_where_the_network_allows_it():
+    from kpbench.folding import ready_to_run
+
+    net = _with_statistics(get_plugins().models.get("effnet-heatmap").factory(15, 64, 1, weights="none"))
+    x = torch.rand(2, 1, 64, 64)
+    run, count = ready_to_run(net, x[:1])
+    assert count == _norms(net) and _norms(run) == 0
+
+    def full(module):  # the convolutions whose two layouts differ (a depthwise one's do not)
+        return [m.weight for m in module.modules() if isinstance(m, nn.Conv2d) and m.weight[0].numel() > m.weight.shape[1]
+                and m.weight.shape[1] > 1]
+
+    assert len(full(run)) >= 2 and all(w.is_contiguous(memory_format=torch.channels_last) for w in full(run))
+    assert not any(w.is_contiguous(memory_format=torch.channels_last) for w in full(net))  # net as it was
+    with torch.no_grad():
+        assert torch.allclose(run(x), net(x), atol=1e-5)
+
+    viewed = _Viewed().eval()
+    kept, count = ready_to_run(viewed, torch.rand(1, 1, 6, 6))
+    assert count == 0 and kept is viewed

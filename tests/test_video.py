@@ -85,6 +85,63 @@ def test_face_tracks_keep_numbers_of_faces_that_stay():
     assert t.follow(np.zeros((0, 3))) == []
 
 
+def test_training_crops_record_where_they_sat_around_their_points():
+    import torch
+
+    from kpbench.components import CropConvention
+    from kpbench.data import Prepared
+
+    square = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1.]])  # spread sqrt(2)
+    points = np.stack([square * 10 + 100, square * 10 + 100, square * 20 + 50, square * 5, square * 10])
+    points[4, 0] = np.nan  # a point not annotated: left out
+    boxes = np.array([[90, 80, 40.], [94, 84, 40.], [50, 30, 80.], [0, 0, 1.], [0, 0, 1.]])
+    missed = np.array([False, False, False, True, False])  # a detector miss: left out
+    prepared = Prepared(torch.zeros(5, 1, 4, 4), torch.zeros(5, 4, 2), points, boxes, [str(i) for i in range(5)],
+                        missed=missed)
+    dx, dy, side = prepared.crop_from_points()
+    r2 = math.sqrt(2)
+    # (crop centre - centroid) / spread and side / spread of the three kept faces: (10, 0) / 10r2, (14, 4) / 10r2,
+    # (40, 20) / 20r2 and 40 / 10r2 twice, 80 / 20r2: their medians
+    np.testing.assert_allclose([dx, dy, side], [14 / (10 * r2), 4 / (10 * r2), 4 / r2], atol=1e-4)
+
+    convention = CropConvention("gt-box", {"margin": 0.15}, 0.15, False, (dx, dy, side))
+    assert CropConvention.from_mapping(json.loads(json.dumps(convention.to_mapping()))) == convention
+    older = {k: v for k, v in convention.to_mapping().items() if k != "crop_from_points"}
+    assert CropConvention.from_mapping(older).crop_from_points is None
+
+
+def test_a_track_places_its_crop_between_the_detector_s_place_and_the_training_crops():
+    from types import SimpleNamespace
+
+    from kpbench.predictor import PRIOR_WEIGHT, FaceTracker
+
+    square = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1.]])
+    frame = np.zeros((200, 200, 3), np.uint8)
+    seen = []
+
+    def predict_arrays(image, found=None):  # the face's points stay at (100, 100), spread 10 * sqrt(2)
+        found = [{"box": (70.0, 80.0, 60.0), "score": 0.9}] if found is None else found
+        seen.append(found[0]["box"])
+        return found, np.array([f["box"] for f in found]), (square * 10 + 100)[None], None
+
+    prior = (0.0, -0.5, 4.0)
+    predictor = SimpleNamespace(detector=SimpleNamespace(), predict_arrays=predict_arrays,
+                                trained=SimpleNamespace(convention=SimpleNamespace(crop_from_points=prior)))
+    track = FaceTracker(predictor)
+    track(frame), track(frame)
+    spread = 10 * math.sqrt(2)
+    detected = np.array([0.0, 10.0, 60.0]) / spread  # the detector's box: centre (100, 110), side 60
+    want = (1 - PRIOR_WEIGHT) * detected + PRIOR_WEIGHT * np.array(prior)
+    side = want[2] * spread
+    centre = 100 + want[:2] * spread
+    np.testing.assert_allclose(seen[1], [centre[0] - side / 2, centre[1] - side / 2, side], atol=1e-9)
+    predictor.trained.convention.crop_from_points = None  # a model whose run did not record it
+    seen.clear()
+    track = FaceTracker(predictor)
+    track(frame), track(frame)
+    np.testing.assert_allclose(seen[1], seen[0], atol=1e-9)  # the detector's place, kept
+
+
 # ---- the jitter metric, by hand ---------------------------------------------------------------
 
 
