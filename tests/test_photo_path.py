@@ -127,7 +127,12 @@ def test_predict_evaluate_and_eval_paths_crop_as_the_model_was_trained(tmp_path,
     run = tmp_path / "run"
     r = run_cli("run", "-c", cfg, "--out", run, pythonpath=plug, env=env)
     assert r.returncode == 0, r.stderr
-    assert json.loads((run / "manifest.json").read_text())["crop_convention"]["margin"] == 0.2
+    convention = json.loads((run / "manifest.json").read_text())["crop_convention"]
+    assert convention["margin"] == 0.2
+    # where the training crops sat around their points, for video tracks: a gt-box crop is centred on
+    # the points' box and 1.4x its side, so the side is more than 1.4 spreads
+    offset_x, offset_y, side = convention["crop_from_points"]
+    assert abs(offset_x) < 0.5 and abs(offset_y) < 1.0 and side > 1.4
 
     # eval.detectors: the ideal detector at the run's margin crops exactly like gt-box(0.2).
     paths = pd.read_csv(run / "leaderboard_by_path.csv")
@@ -151,6 +156,7 @@ def test_predict_evaluate_and_eval_paths_crop_as_the_model_was_trained(tmp_path,
         trained = load_trained(run, get_plugins(("kpbench_oracle",)))
     finally:
         sys.path.remove(str(plug))
+    assert trained.convention.crop_from_points == (offset_x, offset_y, side)
     ours = {}
     for item in known.values():
         name = item["file"].rsplit("/", 1)[-1][:-4]
