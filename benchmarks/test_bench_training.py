@@ -91,6 +91,42 @@ def test_frozen_phase_epoch_cached_vs_recomputed(benchmark):
     assert ratio > 1
 
 
+def test_frozen_stages_training_step(benchmark):
+    """One batch-32 Adam step of effnet-heatmap at 128 px (``wild.yaml``'s model and input) with
+    ``train.frozen_stages`` 0, 1 and 2, the three timed in turn over five rounds: the seconds and
+    the ratio to training every stage."""
+    from kpbench.regressor import frozen_norms_to_eval, set_trainable
+
+    x, y, times = torch.rand(32, 1, 128, 128), torch.rand(32, 15, 2), {}
+    steps, trainable = {}, {}
+    for stages in (0, 1, 2):
+        torch.manual_seed(0)
+        net = get_plugins().models.get("effnet-heatmap").factory(15, 128, 1, weights="none")
+        model = Regressor(net, torch.full((15, 2), 0.5)).use_channels_last().train()
+        set_trainable(net, False, "all", stages)
+        frozen_norms_to_eval(net)
+        trainable[stages] = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(trainable[stages], 1e-3)
+
+        def step(model=model, opt=opt):
+            loss = masked_mse(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        steps[stages], times[stages] = step, []
+        step()  # warm-up
+    for _ in range(5):
+        for stages, step in steps.items():
+            times[stages].append(_median(step, runs=1))
+    median = {k: statistics.median(v) for k, v in times.items()}
+    benchmark.pedantic(steps[0], rounds=1, iterations=1)
+    benchmark.extra_info.update({f"frozen_stages_{k}_s": round(v, 3) for k, v in median.items()})
+    print("\neffnet-heatmap batch-32 training step at 128 px: " + ", ".join(
+        f"frozen_stages {k} {v:.3f} s ({v / median[0]:.2f}x)" for k, v in median.items()))
+    assert len(trainable[0]) > len(trainable[1]) > len(trainable[2])  # each stage more frozen
+
+
 def test_mobilenetv2_forward_overhead_vs_raw_timm(benchmark):
     """kpbench's mobilenetv2 (gray -> 3 channels, normalization, head, mean shape) at batch 1 vs
     the raw timm backbone + linear head on a prepared 3-channel input. Target: <= 1.05x."""
