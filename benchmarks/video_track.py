@@ -25,7 +25,7 @@ annotation plus that noise, smoothed and not.
 
 ``--prior-weights W ...`` prints instead the tracked, smoothed path's NME and jitter with the
 track's box drawn each ``W`` of the way from the detector's place around the points to the
-training crops' (``kpbench.predictor.PRIOR_WEIGHT``), beside detecting on every frame; with
+training crops' (``FaceTracker``'s ``prior_weight``), beside detecting on every frame; with
 ``--dataset`` and ``--split val`` on the validation faces of another photo set, as the weight was
 chosen.
 
@@ -55,7 +55,7 @@ from kpbench.data import split_dataset
 from kpbench.evaluate import MetricContext, aggregate, match_face
 from kpbench.keypoints import convert, get_schema
 from kpbench.plugins import get_plugins
-from kpbench.predictor import SHIPPED, FaceTracker, Predictor
+from kpbench.predictor import PRIOR_WEIGHT, SHIPPED, FaceTracker, Predictor
 from kpbench.geometry import centre_and_spread
 from kpbench.video import SMOOTH, FaceTracks, VideoWriter, frames, open_video, smoothed
 from video_jitter import smooth_clips  # the sibling script: each clip's points smoothed in frame order
@@ -96,27 +96,22 @@ def held_out_clips(n: int, frames: int, dataset: str = HELEN, split: str = "test
 
 def prior_weights(predictor: Predictor, clips, weights: list[float]) -> list[dict]:
     """Tracked and smoothed (``kpbench predict``'s default) with the track's box drawn each of
-    ``weights`` of the way to the training crops' place (``kpbench.predictor.PRIOR_WEIGHT``), and
+    ``weights`` of the way to the training crops' place (``FaceTracker``'s ``prior_weight``), and
     detecting on every frame, smoothed: NME and jitter of each."""
-    import kpbench.predictor as module
-
-    kept, rows = module.PRIOR_WEIGHT, []
-    try:
-        for w in weights:
-            module.PRIOR_WEIGHT = w
-            rows.append({"path": f"tracking, prior weight {w:g}", **scores(kpbench_path(predictor, clips, True, SMOOTH)[0], clips)})
-    finally:
-        module.PRIOR_WEIGHT = kept
+    rows = [{"path": f"tracking, prior weight {w:g}", **scores(kpbench_path(predictor, clips, True, SMOOTH, w)[0], clips)}
+            for w in weights]
     rows.append({"path": "every frame", **scores(kpbench_path(predictor, clips, False, SMOOTH)[0], clips)})
     return rows
 
 
-def kpbench_path(predictor: Predictor, clips, track: bool, smooth: dict | None = None):
-    """Every frame of every clip through ``predictor`` (tracking or detecting on every frame; with
-    ``smooth``, each face's shape smoothed as ``kpbench predict`` does)."""
+def kpbench_path(predictor: Predictor, clips, track: bool, smooth: dict | None = None,
+                 prior_weight: float = PRIOR_WEIGHT):
+    """Every frame of every clip through ``predictor`` (tracking, with ``prior_weight``, or
+    detecting on every frame; with ``smooth``, each face's shape smoothed as ``kpbench predict``
+    does)."""
     preds, seconds, detected = [], 0.0, 0
     for images, truth in clips:
-        step = FaceTracker(predictor) if track else predictor.predict_arrays
+        step = FaceTracker(predictor, prior_weight=prior_weight) if track else predictor.predict_arrays
         tracks, filters = FaceTracks(), {}
         for index, (image, true) in enumerate(zip(images, truth)):
             t = time.perf_counter()

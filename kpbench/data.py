@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from kpbench.errors import KpbenchError
+from kpbench.geometry import centre_and_spread, place_around
 from kpbench.keypoints import convert
 
 
@@ -414,20 +415,13 @@ class Prepared:
 
     def crop_from_points(self) -> tuple[float, float, float] | None:
         """Where these crops sit around their faces' points: the median over the faces with every
-        point annotated (detector misses left out) of the crop box's centre offset from the points'
-        centroid (x, y) and of its side, in units of the points' RMS spread from that centroid
-        (:func:`kpbench.geometry.centre_and_spread`), in the image's pixels as a video track
-        measures them; None when no face qualifies."""
-        pts = np.asarray(self.points, dtype=np.float64)
-        boxes = np.asarray(self.boxes, dtype=np.float64)
-        centre = pts.mean(axis=1)
-        spread = np.sqrt(((pts - centre[:, None]) ** 2).sum(axis=2).mean(axis=1))
-        keep = np.isfinite(pts).all(axis=(1, 2)) & ~np.asarray(self.missed, dtype=bool) & (spread > 0)
-        if not keep.any():
-            return None
-        boxes, centre, spread = boxes[keep], centre[keep], spread[keep]
-        rel = np.column_stack([(boxes[:, :2] + boxes[:, 2:3] / 2 - centre) / spread[:, None], boxes[:, 2] / spread])
-        return tuple(round(float(v), 5) for v in np.median(rel, axis=0))
+        point annotated (detector misses left out) of :func:`kpbench.geometry.place_around` (the
+        crop box's centre offset from the points' centroid, x and y, and its side, in units of
+        their spread), in the image's pixels as a video track measures them; None when no face
+        qualifies."""
+        places = [place_around(box, pts) for box, pts, missed in zip(self.boxes, self.points, self.missed)
+                  if not missed and np.isfinite(pts).all() and centre_and_spread(pts)[1] > 0]
+        return tuple(round(float(v), 5) for v in np.median(places, axis=0)) if places else None
 
     def fingerprint(self) -> str:
         if not hasattr(self, "_fingerprint"):

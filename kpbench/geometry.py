@@ -1,6 +1,6 @@
 """Plane geometry of faces, in one place: rectangles around points, overlap, the square crop box
 of a detector's rectangle, the eye line's angle, the points' centre and spread, which found face
-an annotation describes, and images as plain RGB arrays. Rectangles are ``(x1, y1, x2, y2)``,
+an annotation describes, where a box sits around points, and images as plain RGB arrays. Rectangles are ``(x1, y1, x2, y2)``,
 boxes ``(x0, y0, side[, angle])``, both in pixel-edge coordinates (a point at pixel centre ``i``
 spans ``[i, i + 1]``)."""
 
@@ -70,6 +70,22 @@ def centre_and_spread(points: np.ndarray) -> tuple[np.ndarray, float]:
         return np.full(2, np.nan), 0.0
     centre = p.mean(axis=0)
     return centre, float(np.sqrt(((p - centre) ** 2).sum(axis=1).mean()))
+
+
+def place_around(box: Sequence[float], points: np.ndarray) -> np.ndarray:
+    """Where a square box ``(x0, y0, side)`` sits around ``points``: its centre's offset from their
+    centroid (x, y) and its side, in units of their spread (:func:`centre_and_spread`), (3,)."""
+    centre, spread = centre_and_spread(points)
+    x0, y0, side = (float(v) for v in box[:3])
+    return np.array([x0 + side / 2 - centre[0], y0 + side / 2 - centre[1], side]) / spread
+
+
+def box_at(place: np.ndarray, centre: np.ndarray, spread: float) -> tuple[float, float, float]:
+    """The square box ``(x0, y0, side)`` that sits at ``place`` (:func:`place_around`) around points
+    of that centroid and spread."""
+    side = float(place[2] * spread)
+    cx, cy = centre + np.asarray(place[:2]) * spread
+    return (float(cx - side / 2), float(cy - side / 2), side)
 
 
 def eye_angle(eyes: np.ndarray) -> float:

@@ -27,7 +27,7 @@ import torch
 from kpbench.data import crop_from_image, read_image, stack_boxes, to_image_pixels
 from kpbench.errors import KpbenchError
 from kpbench.evaluate import PointsAndConfidence, gives_confidence, points_origin, predict, split_confidence
-from kpbench.geometry import centre_and_spread
+from kpbench.geometry import box_at, centre_and_spread, place_around
 from kpbench.keypoints import Schema
 from kpbench.log import log
 from kpbench.protocols import FindsFaces
@@ -313,8 +313,8 @@ class FaceTracker:
     """Faces through the frames of a video, as MediaPipe tracks them: the detector runs on the first
     frame, every ``redetect_every`` frames (to find new faces) and whenever a track is lost; on the
     other frames each face's crop is cut from its own points of the frame before. The box follows
-    the points as it sat around them (centre offset and side, in units of the points' spread):
-    as the detector's box did when the face was detected, drawn ``PRIOR_WEIGHT`` of the way to
+    the points as it sat around them (:func:`kpbench.geometry.place_around`): as the detector's
+    box did when the face was detected, drawn ``prior_weight`` (default ``PRIOR_WEIGHT``) of the way to
     where the training crops sat around theirs (the convention's ``crop_from_points``, where the
     model's run recorded it), so the crop keeps the crop convention and one detection's error is
     not carried through the track. A track is lost when its face
@@ -322,12 +322,15 @@ class FaceTracker:
     the frame. ``predictor.predict_arrays`` is the per-frame step; turned crops (``align``) are
     detected on every frame."""
 
-    def __init__(self, predictor: Predictor, redetect_every: int = 30, keep: float = 0.6):
-        if redetect_every < 1 or not 0 <= keep <= 1:
-            raise KpbenchError(f"tracking: redetect_every must be >= 1 and keep in [0, 1], got {redetect_every}, {keep}")
+    def __init__(self, predictor: Predictor, redetect_every: int = 30, keep: float = 0.6,
+                 prior_weight: float = PRIOR_WEIGHT):
+        if redetect_every < 1 or not 0 <= keep <= 1 or not 0 <= prior_weight <= 1:
+            raise KpbenchError(f"tracking: redetect_every must be >= 1 and keep and prior_weight in [0, 1], got "
+                               f"{redetect_every}, {keep}, {prior_weight}")
         self.predictor, self.redetect_every, self.keep = predictor, int(redetect_every), float(keep)
-        self.tracks: list[dict] = []  # per face: its detector face, offset, side ratio, confidence when detected
-        self.prior = predictor.trained.convention.crop_from_points
+        self.tracks: list[dict] = []  # per face: its detector face, box place, last points, confidence when detected
+        prior = predictor.trained.convention.crop_from_points
+        self.prior, self.prior_weight = None if prior is None else np.asarray(prior), float(prior_weight)
         self.frame = 0
         self.detections = 0  # frames on which the detector ran
 
@@ -349,14 +352,12 @@ class FaceTracker:
         self.tracks = []
         for i, (face, box, pts) in enumerate(zip(found, boxes, points)):
             centre, spread = centre_and_spread(pts)
-            side = float(box[2])
             if not spread > 0:
                 continue
-            offset, ratio = (np.asarray(box[:2]) + side / 2 - centre) / spread, side / spread
+            place = place_around(box, pts)
             if self.prior is not None:
-                offset = (1 - PRIOR_WEIGHT) * offset + PRIOR_WEIGHT * np.asarray(self.prior[:2])
-                ratio = (1 - PRIOR_WEIGHT) * ratio + PRIOR_WEIGHT * self.prior[2]
-            self.tracks.append({"face": face, "offset": offset, "ratio": ratio, "last": (centre, spread),
+                place = (1 - self.prior_weight) * place + self.prior_weight * self.prior
+            self.tracks.append({"face": face, "place": place, "last": (centre, spread),
                                 "confidence": None if conf is None else float(conf[i].mean())})
         return found, boxes, points, conf
 
@@ -365,10 +366,7 @@ class FaceTracker:
         h, w = image.shape[:2]
         found = []
         for t in self.tracks:
-            centre, spread = t["last"]
-            side = t["ratio"] * spread
-            cx, cy = centre + t["offset"] * spread
-            found.append({**t["face"], "box": (cx - side / 2, cy - side / 2, side)})
+            found.append({**t["face"], "box": box_at(t["place"], *t["last"])})
         _, boxes, points, conf = self.predictor.predict_arrays(image, found)
         for i, (t, pts) in enumerate(zip(self.tracks, points)):
             centre, spread = centre_and_spread(pts)

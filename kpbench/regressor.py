@@ -97,8 +97,9 @@ def _stages(backbone: nn.Module) -> list:
     return list(getattr(backbone, "feature_info", None) or [])
 
 
-def _parameters_of(backbone: nn.Module, first: int, stop: int) -> list[nn.Parameter]:
-    """The parameters of the modules at positions ``first`` to ``stop - 1`` of ``named_modules()``."""
+def _parameters_of(backbone: nn.Module, first: int, stop: int | None = None) -> list[nn.Parameter]:
+    """The parameters of the modules at positions ``first`` to ``stop - 1`` (None: the last) of
+    ``named_modules()``."""
     names = {n for n, _ in list(backbone.named_modules())[first:stop]}
     return [p for n, p in backbone.named_parameters() if n.rpartition(".")[0] in names]
 
@@ -112,7 +113,7 @@ def last_stage_parameters(backbone: nn.Module) -> list[nn.Parameter]:
     if hasattr(backbone, "last_stage_parameters"):
         return list(backbone.last_stage_parameters())
     for end in reversed(_stage_ends(backbone, _stages(backbone)[:-1])):
-        params = _parameters_of(backbone, end, len(list(backbone.named_modules())))
+        params = _parameters_of(backbone, end)
         if params:
             return params
     return list(backbone.parameters())

@@ -128,8 +128,8 @@ def build_trained(found: Located) -> Trained:
     """A located model built, given its best checkpoint's weights and made ready to run (its
     BatchNorms folded, its weights channels-last: :func:`kpbench.folding.ready_to_run`)."""
     m = found.plan
-    model, _ = ready_to_run(trained_network(found).eval(), torch.rand(1, 1, m.input_size, m.input_size,
-                                                                  generator=torch.Generator().manual_seed(0)))
+    model, _ = ready_to_run(trained_network(found), torch.rand(1, 1, m.input_size, m.input_size,
+                                                           generator=torch.Generator().manual_seed(0)))
     use_flip_test(model, found.settings.eval.flip_test, found.schema)
     return found.trained(model)
 
