@@ -191,17 +191,6 @@ def _square_grid(theta: torch.Tensor, out: int) -> torch.Tensor:
     return torch.stack([gx, gy], -1)[None]
 
 
-def _bilinear(start: float, side: float, out: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``F.grid_sample``'s taps (bilinear, align_corners=False) along one axis, sampling ``out``
-    pixel centres evenly over [start, start + side) of ``n`` pixels: per sample its two pixels,
-    counted from 1 (0 and n + 1 stand for any pixel off the image: zero padding), and the
-    second one's weight."""
-    at = start + side * (2 * np.arange(out, dtype=np.float64) + 1) / (2 * out) - 0.5
-    low = np.floor(at)
-    frac, low = (at - low).astype(np.float32), low.astype(np.int64)
-    return np.clip(low, -1, n) + 1, np.clip(low + 1, -1, n) + 1, frac
-
-
 @functools.lru_cache(maxsize=64)
 def _antialias(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """``F.interpolate(mode="bilinear", antialias=True, align_corners=False)`` shrinking ``n``
@@ -219,22 +208,22 @@ def _antialias(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 def _axis_taps(start: float, side: float, out: int, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Along one axis, each of the crop's ``size`` pixels as a weighted sum of K neighbouring
     pixels of the ``n``: their indices and weights, both (size, K). The weights are
-    :func:`crop_resize`'s: bilinear sampling at ``out`` points, then, when ``out > size``, the
-    antialiased shrink, composed here tap by tap (no matrix product, so no BLAS threads woken)."""
-    left, right, frac = _bilinear(start, side, out, n)
+    :func:`crop_resize`'s: ``F.grid_sample``'s bilinear taps (align_corners=False) at ``out``
+    pixel centres spread evenly over [start, start + side), then, when ``out > size``, the
+    antialiased shrink, composed in one step (a tent of each sample's position over the pixels
+    near it); pixels off the image weigh 0 (zero padding)."""
+    at = start + side * (2 * np.arange(out, dtype=np.float64) + 1) / (2 * out) - 0.5  # in pixel centres
     if out == size:
-        samples, weights = np.arange(size)[:, None], np.ones((size, 1), np.float32)
+        at, weights = at[:, None], np.ones((size, 1), np.float32)
     else:
         samples, weights = _antialias(out, size)
-    base = left[samples[:, 0]]
-    taps = np.zeros((size, int((right[samples[:, -1]] - base).max()) + 1), np.float32)
-    rows = np.arange(size)
-    for r, w in zip(samples.T, weights.T):
-        taps[rows, left[r] - base] += w * (1 - frac[r])
-        taps[rows, right[r] - base] += w * frac[r]
-    index = base[:, None] + np.arange(taps.shape[1]) - 1  # from the padded count back to pixels
-    taps[(index < 0) | (index >= n)] = 0  # zero padding
-    return np.clip(index, 0, n - 1), taps
+        at = at[samples]  # (size, K') samples per crop pixel
+    low = np.floor(at[:, :1])
+    index = low + np.arange(int((np.floor(at[:, -1:]) - low).max()) + 2)  # (size, K) pixels
+    tent = np.maximum(0.0, 1.0 - np.abs(at[:, :, None] - index[:, None, :]))
+    taps = np.einsum("sk,skp->sp", weights, tent).astype(np.float32)
+    taps[(index < 0) | (index >= n)] = 0
+    return np.clip(index, 0, n - 1).astype(np.intp), taps
 
 
 def crop_resize(gray: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
@@ -251,14 +240,8 @@ def crop_resize(gray: np.ndarray, box: Sequence[float], size: int) -> np.ndarray
     out = size if scale <= 1.5 else max(size, int(round(side)))  # see the comment below
     if angle == 0.0:  # the same crop in numpy, a few taps per pixel: no torch threads woken
         (rows, wy), (cols, wx) = _axis_taps(y0, side, out, h, size), _axis_taps(x0, side, out, w, size)
-        g = np.asarray(gray, dtype=np.float32)
-        tall = wy[:, :1] * g[rows[:, 0]]
-        for k in range(1, rows.shape[1]):
-            tall += wy[:, k:k + 1] * g[rows[:, k]]
-        crop = tall[:, cols[:, 0]] * wx[:, 0]
-        for k in range(1, cols.shape[1]):
-            crop += tall[:, cols[:, k]] * wx[:, k]
-        return crop
+        tall = np.einsum("sk,skw->sw", wy, np.asarray(gray, dtype=np.float32)[rows])  # the rows, then the columns
+        return np.einsum("sk,tsk->ts", wx, tall[:, cols])
     # Output pixel at normalized u samples the input at edge coordinate centre + R(angle) (u * side / 2).
     cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     theta = torch.tensor(
