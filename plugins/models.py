@@ -198,12 +198,13 @@ class EffnetHeatmap(nn.Module):
     """EfficientNet-Lite0's first five stages (ImageNet weights, stride 16) with a small top-down
     head (stride 16 -> 8 -> 4, lateral 1x1 convs) predicting one heatmap per point at 1/4 of the
     input; coordinates by soft-argmax, as ``integral`` does. Gray is replicated to RGB and
-    normalized as ImageNet was."""
+    normalized as ImageNet was. ``separable``: the head's 3x3 conv at stride 4 (a fifth of a
+    batch-1 forward at ``width`` 64) is depthwise then pointwise, as the trunk's blocks are."""
 
     absolute_output = True
 
     def __init__(self, num_keypoints: int, input_size: int, in_chans: int = 1, weights: str = "imagenet",
-                 width: int = 64):
+                 width: int = 64, separable: bool = False):
         super().__init__()
         self.backbone = create_backbone("efficientnet_lite0", packaged_weights("efficientnet_lite0", weights))
         self.backbone.blocks = self.backbone.blocks[:5]  # up to stride 16 (112 channels)
@@ -213,8 +214,11 @@ class EffnetHeatmap(nn.Module):
         self.register_buffer("std", std)
         chans = [self.backbone.blocks[i][-1].conv_pwl.out_channels for i in (1, 2, 4)]  # 24, 40, 112
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in chans)
-        self.smooth = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                                    nn.ReLU(inplace=True), nn.Conv2d(width, num_keypoints, 1))
+        spatial = [nn.Conv2d(width, width, 3, padding=1, groups=width if separable else 1, bias=False),
+                   nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        if separable:
+            spatial += [nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        self.smooth = nn.Sequential(*spatial, nn.Conv2d(width, num_keypoints, 1))
 
     def forward(self, x):
         return soft_argmax(self.heatmaps(x))
