@@ -96,3 +96,18 @@ def test_ready_to_run_lays_weights_out_channels_last_where_the_network_allows_it
     viewed = _Viewed().eval()
     kept, count = ready_to_run(viewed, torch.rand(1, 1, 6, 6))
     assert count == 0 and kept is viewed
+
+
+def test_the_separable_head_is_cheaper_and_folds_to_the_same_points():
+    """effnet-heatmap's ``separable`` head: its 3x3 conv is depthwise (one filter per channel) then
+    pointwise, a fraction of the full conv's weights; both BatchNorms of the head fold away."""
+    make = get_plugins().models.get("effnet-heatmap").factory
+    full, sep = (make(15, 64, 1, weights="none", separable=s).smooth for s in (False, True))
+    weights = [sum(p.numel() for p in h.parameters()) for h in (full, sep)]
+    assert sep[0].groups == 64 and weights[1] < weights[0] / 4
+    net = _with_statistics(make(15, 64, 1, weights="none", separable=True))
+    x = torch.rand(2, 1, 64, 64)
+    folded, count = fold_batch_norms(net, x[:1])
+    assert count == _norms(net) and _norms(folded) == 0
+    with torch.no_grad():
+        assert torch.allclose(folded(x), net(x), atol=1e-5)
