@@ -63,7 +63,8 @@ def main() -> None:
         for n in nets:
             forward[n].append(_ms_per_call(lambda: graphs[n](one), 100))
             training[n].append(_ms_per_call(lambda: step(n), 2) / 1000)
-    base_f, base_t = (statistics.median(d["default (width 64)"]) for d in (forward, training))
+    default = next(iter(VARIANTS))
+    base_f, base_t = (statistics.median(d[default]) for d in (forward, training))
     print(f"effnet-heatmap at {args.size} px, {args.threads} threads, untrained weights")
     print(f"{'head':<20} {'ORT batch-1 ms':>15} {'ratio':>6} {'train step s':>13} {'ratio':>6} {'weights':>9}")
     for n, net in nets.items():
