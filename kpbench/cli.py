@@ -99,11 +99,9 @@ KIND_ALIASES = {"models": "model", "datasets": "dataset", "detectors": "detector
 
 def _print_json(records) -> None:
     """Scriptable output (``--json``): strict JSON on stdout, one document."""
-    import json
+    from kpbench.io import strict_json
 
-    from kpbench.io import strict
-
-    print(json.dumps(strict(records), allow_nan=False, indent=1, default=str))
+    print(strict_json(records, indent=1, default=str))
 
 
 def _quiet(args, console: Console) -> Console:

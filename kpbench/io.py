@@ -80,9 +80,20 @@ def strict(obj):
     return obj
 
 
+def strict_json(obj, **options) -> str:
+    """``obj`` as strict JSON text (``json.dumps`` with ``options``): NaN and infinities written as
+    null, numpy floats as numbers. A document of plain JSON values without them (a video frame's,
+    say) is encoded as it is, without :func:`strict`'s copy (the same text, at half the cost)."""
+    plain = {k: v for k, v in options.items() if k != "default"}  # ``default`` would hide a numpy float
+    try:
+        return json.dumps(obj, allow_nan=False, **plain)
+    except (ValueError, TypeError):  # a NaN or infinity, or a value that is not plain JSON
+        return json.dumps(strict(obj), allow_nan=False, **options)
+
+
 def atomic_write_json(path: Path, obj) -> None:
     """Strict JSON (NaN and infinities written as null), atomically."""
-    atomic_write_text(path, json.dumps(strict(obj), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
+    atomic_write_text(path, strict_json(obj, indent=2, default=str) + "\n")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

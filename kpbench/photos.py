@@ -8,14 +8,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import glob
-import json
 from pathlib import Path
 
 import numpy as np
 
 from kpbench.data import IMAGE_SUFFIXES, read_image, stack_boxes
 from kpbench.errors import KpbenchError
-from kpbench.io import atomic_output, atomic_write_json, is_leftover, strict
+from kpbench.io import atomic_output, atomic_write_json, is_leftover, strict_json
 from kpbench.log import log, status_console
 from kpbench.predictor import FaceTracker, Predictor
 from kpbench.video import SMOOTH, VIDEO_SUFFIXES, is_video, require_av
@@ -194,7 +193,7 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
         table.writerow(["frame", "time", "face", "box_x0", "box_y0", "box_side", "box_angle", "score",
                         *[f"{p}_{axis}" for p in schema.points for axis in "xy"], "face_confidence",
                         *[f"{p}_confidence" for p in schema.points]])
-        doc.write(json.dumps(strict(head), allow_nan=False)[:-1] + ', "frames": [\n')  # then one frame a line
+        doc.write(strict_json(head)[:-1] + ', "frames": [\n')  # then one frame a line
         for index, t, image in frames(path, container, stream):
             faces, boxes, pts, conf = step(image)
             numbers = tracks.follow(boxes)
@@ -206,8 +205,7 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
                 table.writerow([index, round(t, 4), e["face"], *(e["box"] + [0.0])[:4], e["score"],
                                 *[v for xy in e["keypoints"].values() for v in xy],
                                 "" if e["face_confidence"] is None else e["face_confidence"], *confidence.values()])
-            doc.write(("," if index else "") + json.dumps(strict({"frame": index, "time": round(t, 4),
-                                                                  "faces": entries}), allow_nan=False) + "\n")
+            doc.write(("," if index else "") + strict_json({"frame": index, "time": round(t, 4), "faces": entries}) + "\n")
             if writer:
                 writer.write(np.asarray(plots.draw_faces(image, pts, boxes)))
             summary.update(frames=index + 1, faces=summary["faces"] + len(faces),

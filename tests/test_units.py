@@ -816,3 +816,18 @@ def test_a_trained_model_numbers_its_points_as_its_annotations_and_a_reference_a
                     boxes=np.ones((2, 3), np.float32), ids=["a", "b"], origin=np.array([1.0, 0.0], np.float32))
     assert reported_origin(torch.nn.Linear(1, 1), data) == 0.5  # the mean over the training faces
     assert reported_origin(ReferenceModel(15, 32), data) == 0.0  # dlib's and MediaPipe's points are their own
+
+
+def test_strict_json_writes_nan_and_infinity_as_null_and_numpy_floats_as_numbers():
+    import json
+
+    from kpbench.io import strict_json
+
+    doc = {"a": [1.5, float("nan"), (2, float("-inf"))], "b": {"c": np.float32(0.25), "d": None, "e": "x"}}
+    text = strict_json(doc, indent=1)
+    assert json.loads(text, parse_constant=pytest.fail) == {"a": [1.5, None, [2, None]],
+                                                            "b": {"c": 0.25, "d": None, "e": "x"}}
+    # ``default`` turns what JSON cannot hold into text, but a numpy float is still a number
+    assert json.loads(strict_json({"f": np.float64(3.0), "p": kpbench}, default=str))["f"] == 3.0
+    plain = {"frame": 3, "time": 0.1, "faces": [{"box": [1.0, 2.0, 3.0], "confidence": None}]}
+    assert strict_json(plain) == json.dumps(plain)  # a plain document is encoded as it is
