@@ -159,8 +159,11 @@ class BlazeFaceDetector(FaceDetector):
       min_score: default the model's MIN_SCORE, also applied before the suppression (as
         MediaPipe's min_score_thresh): short 0.6 (MediaPipe's 0.5 keeps 62 % more extra faces;
         the lowest true face scored 0.67), full 0.5 (0.6 would miss 6 % of the faces).
-      threads: LiteRT's num_threads, a whole number >= 1; default 1 (faster than 2 on a busy
-        2-core CPU: 2.5 against 3.9 ms a 480 px photo).
+      threads: LiteRT's num_threads, a whole number >= 1; default torch's thread count when the
+        model loads (what the keypoint model runs on, so ``kpbench predict`` and
+        ``benchmarks/photo_path.py`` detect alike): on a quiet 2-core CPU 2 threads took the HELEN
+        photo path 0.79-1.08x the time of 1 (``benchmarks/detector_threads.py``, four runs; faster
+        in three); on a busy one 1 can be faster (2.5 against 3.9 ms a 480 px photo).
       align: the crop turns with the line between BlazeFace's two eye keypoints.
     Needs ``ai-edge-litert``; the model loads on first use, once."""
 
@@ -177,12 +180,12 @@ class BlazeFaceDetector(FaceDetector):
         min_iou: float = 0.4,
         min_score: float | None = None,
         model: str = "short",
-        threads: int = 1,
+        threads: int | None = None,
         align: bool = False,
     ):
         if not isinstance(model, str) or model not in MODELS:
             raise kpbench.KpbenchError(f"blazeface: model must be one of {', '.join(MODELS)}, got {model!r}")
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise kpbench.KpbenchError(f"blazeface: threads must be a whole number >= 1, got {threads!r}")
         cal = CALIBRATION[model]
         super().__init__(margin, cal["scale"] if scale is None else scale,
@@ -202,7 +205,9 @@ class BlazeFaceDetector(FaceDetector):
                 raise kpbench.KpbenchError("blazeface needs ai-edge-litert: pip install ai-edge-litert") from None
             if not self.path.is_file():
                 raise kpbench.KpbenchError(f"blazeface: model file {self.path} is missing; reinstall kpbench")
-            net = Interpreter(model_path=str(self.path), num_threads=self.threads)
+            import torch
+
+            net = Interpreter(model_path=str(self.path), num_threads=self.threads or torch.get_num_threads())
             with fd_to_devnull(2):
                 net.allocate_tensors()
             outputs = sorted(net.get_output_details(), key=lambda d: -int(d["shape"][-1]))  # 16 coords, 1 score
