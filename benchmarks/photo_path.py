@@ -28,15 +28,15 @@ on, only the run's test-split photos are drawn (split as the run split them; the
 relative dataset paths are taken from the current folder, so run this from the project root;
 ``--all-faces``: any photo).
 
-Threads: ``--threads`` for torch, ONNX Runtime and the detectors that take it (blazeface's LiteRT,
-mtcnn); MediaPipe's legacy solution and dlib choose their own. The ONNX graph is exported afresh
+Threads: ``--threads`` for torch and ONNX Runtime, and so for the detectors, whose defaults follow
+torch's thread count (blazeface's LiteRT, mtcnn), as in ``kpbench predict``; MediaPipe's legacy
+solution and dlib choose their own. The ONNX graph is exported afresh
 into a temporary cache, so the figures never depend on an earlier export.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import platform
 import statistics
@@ -103,20 +103,15 @@ def pick_faces(plugins, spec: str, limit: int, seed: int, settings, all_faces: b
     return [Path(data.files[i]) for i in chosen], np.stack([data.points[i] for i in chosen]), data.schema, where
 
 
-def kpbench_paths(model: Path, threads: int, plugins, notes: list[str]) -> dict[str, Predictor]:
-    """A Predictor per detector x runtime; one that cannot be built is left out with a note."""
+def kpbench_paths(model: Path, plugins, notes: list[str]) -> dict[str, Predictor]:
+    """A Predictor per detector x runtime, each detector with its defaults (as ``kpbench predict``
+    builds it); one that cannot be built is left out with a note."""
     paths = {}
     for detector in ("blazeface", "mtcnn"):
-        try:
-            takes = "threads" in inspect.signature(plugins.detectors.get(detector).factory).parameters
-        except Exception as exc:  # noqa: BLE001 - a plugin under construction
-            notes.append(f"{detector}: not available ({type(exc).__name__}: {exc}); its paths skipped")
-            continue
         for rt in ("onnxruntime", "torch"):
             try:
-                paths[f"kpbench {detector}+{rt}"] = Predictor.from_run(
-                    model, detector=detector, runtime=rt, plugins=plugins,
-                    detector_options={"threads": threads} if takes else None)
+                paths[f"kpbench {detector}+{rt}"] = Predictor.from_run(model, detector=detector, runtime=rt,
+                                                                       plugins=plugins)
             except Exception as exc:  # noqa: BLE001 - report and go on with the other paths
                 notes.append(f"{detector}+{rt}: skipped ({type(exc).__name__}: {exc})")
     return paths
@@ -330,7 +325,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["KPBENCH_CACHE_DIR"] = str(Path(tmp) / "cache")  # a fresh ONNX export (see the docstring)
         try:
-            paths = kpbench_paths(args.model, args.threads, plugins, notes)
+            paths = kpbench_paths(args.model, plugins, notes)
         finally:
             del os.environ["KPBENCH_CACHE_DIR"]
             if saved is not None:
