@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import errno
+import glob
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +19,36 @@ from kpbench.log import log
 from kpbench.log import setup as setup_logging
 
 DEFAULT_CONFIG = "configs/default.yaml"
+CALLER_DIR = "KPBENCH_CALLER_DIR"  # where bin/kpbench was started: it runs kpbench from the repository root
+
+# The command-line arguments that name files: read (an input) or written (an output).
+INPUTS = ("config", "model", "run_dirs", "paths")
+SPECS = ("dataset", "eval_dataset")  # kind:path (a kind alone names no file)
+OUTPUTS = ("out",)
+
+
+def from_caller(args: argparse.Namespace, caller: str | Path) -> None:
+    """Take the paths given on the command line from ``caller``'s directory (bin/kpbench runs kpbench
+    from the repository root, so that the configs' ``../shared`` paths hold): an output always, an
+    input where it exists there (a glob where it matches); an input found only from the repository
+    root (``configs/wild.yaml``, ``results/<run>``) is kept as given."""
+
+    def mend(value, name: str):
+        if isinstance(value, list):
+            return [mend(v, name) for v in value]
+        if value is None:
+            return None
+        kind, sep, path = str(value).partition(":") if name in SPECS else ("", "", str(value))
+        if not path or os.path.isabs(os.path.expanduser(path)):
+            return value
+        theirs = os.path.join(caller, path)
+        if name in OUTPUTS or os.path.exists(theirs) or glob.glob(theirs):
+            return type(value)(f"{kind}{sep}{theirs}")
+        return value
+
+    for name in INPUTS + SPECS + OUTPUTS:
+        if hasattr(args, name):
+            setattr(args, name, mend(getattr(args, name), name))
 
 
 def _plugins(args):
@@ -481,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     args = build_parser().parse_args(argv)
+    caller = os.environ.get(CALLER_DIR)
+    if caller and Path(caller).resolve() != Path.cwd().resolve():
+        from_caller(args, caller)
     if args.quiet and args.verbose:
         print("kpbench: error: -q and -v contradict each other; choose one", file=sys.stderr)
         return 2

@@ -189,3 +189,27 @@ def _a_full_disk_leaves_no_half_pair(tmp_path):
     with mock.patch.object(export, "atomic_write_bytes", full):
         rc = cli.main(["-q", "export", "--model", str(tmp_path / "run"), "--out", str(tmp_path / "full.onnx")])
     assert rc == 2 and not (tmp_path / "full.onnx").exists() and not (tmp_path / "full.onnx.json").exists()
+
+
+def test_bin_kpbench_takes_the_callers_relative_paths_from_the_callers_directory(tmp_path, tiny_config):
+    # bin/kpbench runs kpbench from the repository root (KPBENCH_CALLER_DIR names where it was started):
+    # a relative --config and --out are the caller's, not the repository's.
+    r = run_cli("run", "--config", tiny_config.name, "--out", "mine", cwd=ROOT,
+                env={"KPBENCH_CALLER_DIR": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "mine" / "leaderboard.csv").is_file() and not (ROOT / "mine").exists()
+
+
+def test_from_caller_keeps_kinds_absolute_paths_and_inputs_found_only_from_the_root(tmp_path):
+    from kpbench.cli import build_parser, from_caller
+
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "a.jpg").write_bytes(b"")
+    args = build_parser().parse_args(["run", "--config", "configs/wild.yaml", "--dataset", "ibug:faces",
+                                      "--dataset", "synthetic", "--eval-dataset", "folder68:/abs/faces"])
+    from_caller(args, tmp_path)
+    assert args.config == "configs/wild.yaml"  # not in the caller's directory: the repository's
+    assert args.dataset == [f"ibug:{tmp_path}/faces", "synthetic"] and args.eval_dataset == "folder68:/abs/faces"
+    args = build_parser().parse_args(["predict", "*.jpg", "missing.png", "--out", "o"])
+    from_caller(args, tmp_path)
+    assert args.paths == [f"{tmp_path}/*.jpg", "missing.png"] and args.out == f"{tmp_path}/o"
