@@ -195,7 +195,8 @@ class Cascade(nn.Module):
 
 
 class EffnetHeatmap(nn.Module):
-    """EfficientNet-Lite0's first five stages (ImageNet weights, stride 16) with a small top-down
+    """An EfficientNet-Lite's first five stages (``backbone``: Lite0 by default, Lite1 or Lite2 with
+    ``kpbench[lite]``; ImageNet weights, stride 16) with a small top-down
     head (stride 16 -> 8 -> 4, lateral 1x1 convs) predicting one heatmap per point at 1/4 of the
     input; coordinates by soft-argmax, as ``integral`` does. Gray is replicated to RGB and
     normalized as ImageNet was. ``separable``: the head's 3x3 conv at stride 4 (a fifth of a
@@ -204,15 +205,17 @@ class EffnetHeatmap(nn.Module):
     absolute_output = True
 
     def __init__(self, num_keypoints: int, input_size: int, in_chans: int = 1, weights: str = "imagenet",
-                 width: int = 64, separable: bool = False):
+                 width: int = 64, separable: bool = False, backbone: str = "efficientnet_lite0"):
         super().__init__()
-        self.backbone = create_backbone("efficientnet_lite0", packaged_weights("efficientnet_lite0", weights))
-        self.backbone.blocks = self.backbone.blocks[:5]  # up to stride 16 (112 channels)
+        if backbone not in LITE_PACKAGES:
+            raise kpbench.KpbenchError(f"effnet-heatmap backbone: {backbone!r} is not one of {', '.join(LITE_PACKAGES)}")
+        self.backbone = create_backbone(backbone, packaged_weights(backbone, weights))
+        self.backbone.blocks = self.backbone.blocks[:5]  # up to stride 16 (Lite0: 112 channels)
         self.backbone.conv_head, self.backbone.bn2 = nn.Identity(), nn.Identity()
         mean, std = _norm(self.backbone)
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
-        chans = [self.backbone.blocks[i][-1].conv_pwl.out_channels for i in (1, 2, 4)]  # 24, 40, 112
+        chans = [self.backbone.blocks[i][-1].conv_pwl.out_channels for i in (1, 2, 4)]  # Lite0: 24, 40, 112
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in chans)
         spatial = [nn.Conv2d(width, width, 3, padding=1, groups=width if separable else 1, bias=False),
                    nn.BatchNorm2d(width), nn.ReLU(inplace=True)]

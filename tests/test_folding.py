@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from kpbench import KpbenchError
 from kpbench.folding import fold_batch_norms
 from kpbench.plugins import get_plugins
 
@@ -108,3 +109,15 @@ def test_the_separable_head_is_depthwise_and_a_fraction_of_the_full_one():
     full, sep = (make(15, 64, 1, weights="none", separable=s).smooth for s in (False, True))
     weights = [sum(p.numel() for p in h.parameters()) for h in (full, sep)]
     assert sep[0].groups == 64 and weights[1] < weights[0] / 4
+
+
+def test_the_heatmap_trunk_can_be_a_larger_lite_and_names_a_wrong_one():
+    """effnet-heatmap's ``backbone``: Lite1 or Lite2's first five stages under the same head (the
+    laterals sized from the trunk's own channels); a backbone it cannot cut is named in the error."""
+    make = get_plugins().models.get("effnet-heatmap").factory
+    lite0, lite2 = (make(15, 64, 1, weights="none", backbone=b) for b in ("efficientnet_lite0", "efficientnet_lite2"))
+    assert lite2.lateral[2].in_channels == 120 and lite0.lateral[2].in_channels == 112
+    assert sum(p.numel() for p in lite2.parameters()) > sum(p.numel() for p in lite0.parameters())
+    assert lite2(torch.rand(2, 1, 64, 64)).shape == (2, 30)
+    with pytest.raises(KpbenchError, match="resnet18"):
+        make(15, 64, 1, weights="none", backbone="resnet18")
