@@ -200,22 +200,28 @@ class EffnetHeatmap(nn.Module):
     head (stride 16 -> 8 -> 4, lateral 1x1 convs) predicting one heatmap per point at 1/4 of the
     input; coordinates by soft-argmax, as ``integral`` does. Gray is replicated to RGB and
     normalized as ImageNet was. ``separable``: the head's 3x3 conv at stride 4 (a fifth of a
-    batch-1 forward at ``width`` 64) is depthwise then pointwise, as the trunk's blocks are."""
+    batch-1 forward at ``width`` 64) is depthwise then pointwise, as the trunk's blocks are.
+    ``stages``: 5 (default) stops the trunk at stride 16; 6 keeps its sixth stage too (stride 32,
+    Lite2: 208 channels) as the top of the head, for more context per point at a small cost (its
+    maps are 1/64 of the input's pixels)."""
 
     absolute_output = True
 
     def __init__(self, num_keypoints: int, input_size: int, in_chans: int = 1, weights: str = "imagenet",
-                 width: int = 64, separable: bool = False, backbone: str = "efficientnet_lite0"):
+                 width: int = 64, separable: bool = False, backbone: str = "efficientnet_lite0", stages: int = 5):
         super().__init__()
         if backbone not in LITE_PACKAGES:
             raise kpbench.KpbenchError(f"effnet-heatmap backbone: {backbone!r} is not one of {', '.join(LITE_PACKAGES)}")
+        if stages not in (5, 6):
+            raise kpbench.KpbenchError(f"effnet-heatmap stages: {stages!r} is not 5 (stride 16) or 6 (stride 32)")
         self.backbone = create_backbone(backbone, packaged_weights(backbone, weights))
-        self.backbone.blocks = self.backbone.blocks[:5]  # up to stride 16 (Lite0: 112 channels)
+        self.backbone.blocks = self.backbone.blocks[:stages]  # 5: up to stride 16 (Lite0: 112 channels)
         self.backbone.conv_head, self.backbone.bn2 = nn.Identity(), nn.Identity()
         mean, std = _norm(self.backbone)
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
-        chans = [self.backbone.blocks[i][-1].conv_pwl.out_channels for i in (1, 2, 4)]  # Lite0: 24, 40, 112
+        self.taps = (1, 2, 4, 5)[:stages - 2]  # the stages the head reads, finest first
+        chans = [self.backbone.blocks[i][-1].conv_pwl.out_channels for i in self.taps]  # Lite0: 24, 40, 112
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in chans)
         spatial = [nn.Conv2d(width, width, 3, padding=1, groups=width if separable else 1, bias=False),
                    nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
@@ -239,10 +245,10 @@ class EffnetHeatmap(nn.Module):
         feats = []
         for i, block in enumerate(bb.blocks):
             x = block(x)
-            if i in (1, 2, 4):
+            if i in self.taps:
                 feats.append(x)
-        top = self.lateral[2](feats[2])
-        for lat, f in ((self.lateral[1], feats[1]), (self.lateral[0], feats[0])):
+        top = self.lateral[-1](feats[-1])
+        for lat, f in zip(self.lateral[-2::-1], feats[-2::-1]):  # coarse to fine
             top = F.interpolate(top, size=f.shape[-2:], mode="bilinear", align_corners=False) + lat(f)
         return self.smooth(top)
 

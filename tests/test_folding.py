@@ -121,3 +121,22 @@ def test_the_heatmap_trunk_can_be_a_larger_lite_and_names_a_wrong_one():
     assert lite2(torch.rand(2, 1, 64, 64)).shape == (2, 30)
     with pytest.raises(KpbenchError, match="resnet18"):
         make(15, 64, 1, weights="none", backbone="resnet18")
+
+
+def test_the_heatmap_head_can_read_the_sixth_stage_and_names_a_wrong_count():
+    """effnet-heatmap's ``stages``: 6 keeps the trunk's stride-32 stage as the head's top (one more
+    lateral, read before the stride-16 one), its output the same shape and moved by that stage's
+    weights; 5 (the default) keeps the state dict of the models already trained; another count is
+    named in the error."""
+    make = get_plugins().models.get("effnet-heatmap").factory
+    five, six = (make(15, 64, 1, weights="none", stages=s).eval() for s in (5, 6))
+    assert len(five.lateral) == 3 and len(six.lateral) == 4 and six.lateral[3].in_channels == 192  # Lite0's stage 6
+    assert set(five.state_dict()) < set(six.state_dict())
+    x = torch.rand(2, 1, 64, 64)
+    before = six(x)
+    assert before.shape == (2, 30)
+    with torch.no_grad():
+        six.lateral[3].weight.add_(1.0)
+    assert not torch.allclose(six(x), before)
+    with pytest.raises(KpbenchError, match="stages: 7"):
+        make(15, 64, 1, weights="none", stages=7)
