@@ -150,6 +150,26 @@ def soft_argmax(h: torch.Tensor, confidence: bool = False):
     return points, ((prob * near_x[:, :, None, :]).sum(-1) * near_y).sum(-1)
 
 
+def heatmap_cross_entropy(h: torch.Tensor, target: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The cross-entropy of each heatmap's softmax (logits ``h``, (B, K, H, W)) against a Gaussian
+    of ``sigma`` heatmap pixels centred on its target point (``target`` (B, K, 2) or (B, 2K) in
+    [0, 1] of the crop, NaN where unknown), normalized over the map, averaged over known points.
+    A heatmap regularizer as in DSNT (Nibali et al. 2018, which uses the Jensen-Shannon
+    divergence): it is smallest where the softmax is the Gaussian, whose mean is the target, so it
+    agrees with the point loss on where the point is and also asks for one sharp peak."""
+    b, k, hh, ww = h.shape
+    t = target.reshape(b, k, 2)
+    known = ~torch.isnan(t).any(-1)
+    t = torch.nan_to_num(t, nan=0.5)
+    xs = (torch.arange(ww, device=h.device, dtype=h.dtype) + 0.5) / ww  # soft_argmax's pixel centres
+    ys = (torch.arange(hh, device=h.device, dtype=h.dtype) + 0.5) / hh
+    dx = ((xs - t[..., :1]) * ww / sigma).pow(2)  # (B, K, W), in sigmas
+    dy = ((ys - t[..., 1:]) * hh / sigma).pow(2)  # (B, K, H)
+    gauss = (-(dy[..., :, None] + dx[..., None, :]) / 2).flatten(2).log_softmax(-1).exp()
+    ce = -(gauss * h.flatten(2).log_softmax(-1)).sum(-1)  # (B, K)
+    return (ce * known).sum() / known.sum().clamp(min=1)
+
+
 class Cascade(nn.Module):
     """Two ``integral`` stages: the first finds the points on the whole face crop; the second
     looks again at a crop of the first one's box (the square around its points plus ``margin``,
@@ -203,13 +223,19 @@ class EffnetHeatmap(nn.Module):
     batch-1 forward at ``width`` 64) is depthwise then pointwise, as the trunk's blocks are.
     ``stages``: 5 (default) stops the trunk at stride 16; 6 keeps its sixth stage too (stride 32,
     Lite2: 208 channels) as the top of the head, for more context per point at a small cost (its
-    maps are 1/64 of the input's pixels)."""
+    maps are 1/64 of the input's pixels). ``heatmap_loss``: the weight of a training term that
+    shapes each heatmap as well as its mean (:func:`heatmap_cross_entropy`, ``heatmap_sigma``
+    heatmap pixels wide); 0, the default, trains on the points alone."""
 
     absolute_output = True
 
     def __init__(self, num_keypoints: int, input_size: int, in_chans: int = 1, weights: str = "imagenet",
-                 width: int = 64, separable: bool = False, backbone: str = "efficientnet_lite0", stages: int = 5):
+                 width: int = 64, separable: bool = False, backbone: str = "efficientnet_lite0", stages: int = 5,
+                 heatmap_loss: float = 0.0, heatmap_sigma: float = 1.0):
         super().__init__()
+        if heatmap_loss < 0 or heatmap_sigma <= 0:
+            raise kpbench.KpbenchError(f"effnet-heatmap heatmap_loss {heatmap_loss!r} / heatmap_sigma {heatmap_sigma!r}:"
+                                       " the weight must be >= 0 and the width > 0")
         if backbone not in LITE_PACKAGES:
             raise kpbench.KpbenchError(f"effnet-heatmap backbone: {backbone!r} is not one of {', '.join(LITE_PACKAGES)}")
         if stages not in (5, 6):
@@ -228,9 +254,20 @@ class EffnetHeatmap(nn.Module):
         if separable:
             spatial += [nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
         self.smooth = nn.Sequential(*spatial, nn.Conv2d(width, num_keypoints, 1))
+        self.heatmap_loss, self.heatmap_sigma = float(heatmap_loss), float(heatmap_sigma)
+        self._logits: torch.Tensor | None = None  # the last training forward's heatmaps, for auxiliary_loss
 
     def forward(self, x):
-        return soft_argmax(self.heatmaps(x))
+        h = self.heatmaps(x)
+        self._logits = h if self.training and self.heatmap_loss else None
+        return soft_argmax(h)
+
+    def auxiliary_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``heatmap_loss`` times :func:`heatmap_cross_entropy` of the last training forward's
+        heatmaps against the targets (in [0, 1] of the crop); 0 without it."""
+        if self._logits is None:
+            return pred.new_zeros(())
+        return self.heatmap_loss * heatmap_cross_entropy(self._logits, target, self.heatmap_sigma)
 
     def with_confidence(self, x):
         """Points (B, 2K) and per-point confidence (B, K), from the heatmaps' spread (:func:`soft_argmax`)."""

@@ -1,6 +1,8 @@
 """BatchNorms folded into the convolutions before them (kpbench.folding): same outputs, fewer
 operators, and a network the folding would change is left as it was."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -140,3 +142,42 @@ def test_the_heatmap_head_can_read_the_sixth_stage_and_names_a_wrong_count():
     assert not torch.allclose(six(x), before)
     with pytest.raises(KpbenchError, match="stages: 7"):
         make(15, 64, 1, weights="none", stages=7)
+
+
+def test_the_heatmap_loss_is_smallest_on_the_targets_gaussian_and_skips_unknown_points():
+    """heatmap_cross_entropy: a heatmap whose softmax is the Gaussian centred on the target scores
+    lower than the same peak one heatmap pixel off or a flat map; a NaN target is left out."""
+    from kpbench_plugins.models import heatmap_cross_entropy
+
+    side, sigma = 16, 1.0
+    target = torch.tensor([[[0.40, 0.61]]])  # (B, K, 2), between pixel centres
+    centres = (torch.arange(side) + 0.5) / side
+
+    def peak_at(t):
+        d2 = ((centres - t[0]) * side) ** 2 + ((centres[:, None] - t[1]) * side) ** 2
+        return (-d2 / (2 * sigma ** 2))[None, None]
+
+    on = heatmap_cross_entropy(peak_at(target[0, 0]), target, sigma)
+    off = heatmap_cross_entropy(peak_at(target[0, 0] + torch.tensor([1 / side, 0])), target, sigma)
+    flat = heatmap_cross_entropy(torch.zeros(1, 1, side, side), target, sigma)
+    assert on < off < flat
+    assert flat.item() == pytest.approx(math.log(side * side), rel=1e-5)
+    both = torch.cat([peak_at(target[0, 0]), torch.zeros(1, 1, side, side)], 1)
+    unknown = torch.tensor([[[0.40, 0.61], [float("nan"), float("nan")]]])
+    assert heatmap_cross_entropy(both, unknown, sigma).item() == pytest.approx(on.item(), rel=1e-6)
+
+
+def test_the_heatmap_head_adds_its_heatmap_loss_only_when_asked_and_while_training():
+    """effnet-heatmap's ``heatmap_loss``: the weighted heatmap term joins the training loss after a
+    training forward; 0 by default and after an evaluation forward; a negative weight is named."""
+    make = get_plugins().models.get("effnet-heatmap").factory
+    x, target = torch.rand(2, 1, 64, 64), torch.rand(2, 15, 2) * 0.5 + 0.25
+    plain, shaped = (make(15, 64, 1, weights="none", heatmap_loss=w) for w in (0.0, 2.0))
+    pred = shaped.train()(x)
+    term = shaped.auxiliary_loss(pred, target)
+    assert term.item() > 0 and term.requires_grad
+    assert plain.auxiliary_loss(plain.train()(x), target).item() == 0
+    shaped.eval()(x)
+    assert shaped.auxiliary_loss(pred, target).item() == 0
+    with pytest.raises(KpbenchError, match="heatmap_loss -1"):
+        make(15, 64, 1, weights="none", heatmap_loss=-1)
