@@ -96,8 +96,8 @@ class SplitsInTwo(Protocol):
 @runtime_checkable
 class AuxiliaryLoss(Protocol):
     """A network that adds a term to its training loss (the two-stage model's first-stage error,
-    effnet-heatmap's heatmap term),
-    given its prediction and the targets, both (B, K, 2) in the targets' unit."""
+    effnet-heatmap's heatmap term), given its prediction and the targets, both (B, K, 2) in the
+    targets' unit."""
 
     def auxiliary_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 

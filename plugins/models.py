@@ -131,6 +131,12 @@ class IntegralCNN(nn.Module):
 PEAK_RADIUS = 0.05  # confidence: the heatmap's mass within this much of the crop side of its point
 
 
+def pixel_centres(n: int, like: torch.Tensor) -> torch.Tensor:
+    """The centres of ``n`` heatmap pixels along one side, in [0, 1] of the crop (device and dtype
+    of ``like``): the positions soft-argmax averages and the heatmap loss centres its Gaussian on."""
+    return (torch.arange(n, device=like.device, dtype=like.dtype) + 0.5) / n
+
+
 def soft_argmax(h: torch.Tensor, confidence: bool = False):
     """Heatmaps (B, K, H, W) -> each one's expected position under its softmax, (B, 2K) in [0, 1];
     with ``confidence``, also each point's confidence (B, K) in [0, 1]: the share of the softmax's
@@ -138,8 +144,7 @@ def soft_argmax(h: torch.Tensor, confidence: bool = False):
     single peak, low for a broad or split one (an occluded or ambiguous point)."""
     b, k, hh, ww = h.shape
     prob = h.flatten(2).softmax(-1).view(b, k, hh, ww)
-    xs = (torch.arange(ww, device=h.device, dtype=h.dtype) + 0.5) / ww
-    ys = (torch.arange(hh, device=h.device, dtype=h.dtype) + 0.5) / hh
+    xs, ys = pixel_centres(ww, h), pixel_centres(hh, h)
     cx = (prob.sum(2) * xs).sum(-1)
     cy = (prob.sum(3) * ys).sum(-1)
     points = torch.stack([cx, cy], -1).flatten(1)
@@ -161,8 +166,7 @@ def heatmap_cross_entropy(h: torch.Tensor, target: torch.Tensor, sigma: float) -
     t = target.reshape(b, k, 2)
     known = ~torch.isnan(t).any(-1)
     t = torch.nan_to_num(t, nan=0.5)
-    xs = (torch.arange(ww, device=h.device, dtype=h.dtype) + 0.5) / ww  # soft_argmax's pixel centres
-    ys = (torch.arange(hh, device=h.device, dtype=h.dtype) + 0.5) / hh
+    xs, ys = pixel_centres(ww, h), pixel_centres(hh, h)  # where soft_argmax puts each pixel
     dx = ((xs - t[..., :1]) * ww / sigma).pow(2)  # (B, K, W), in sigmas
     dy = ((ys - t[..., 1:]) * hh / sigma).pow(2)  # (B, K, H)
     gauss = (-(dy[..., :, None] + dx[..., None, :]) / 2).flatten(2).log_softmax(-1).exp()
