@@ -52,7 +52,8 @@ def main(argv=None) -> None:
     failed = np.array(face_nme) > 0.1
     out = {"model": predictor.label, "detector": predictor.detector_name, "faces": len(face_nme),
            "points": int(len(err)), "error_least_confident_tenth": low, "error_most_confident_tenth": high,
-           "ratio": low / high, "failed_faces": int(failed.sum()),
+           "ratio": low / high, "confidence_p10_p50_p90": [float(q) for q in np.percentile(conf, [10, 50, 90])],
+           "failed_faces": int(failed.sum()),
            "failure_auroc": roc_auc(-np.array(face_conf), failed),
            "spearman_conf_vs_error": float(np.corrcoef(np.argsort(np.argsort(conf)),
                                                        np.argsort(np.argsort(err)))[0, 1])}
