@@ -102,8 +102,10 @@ def ship(run: str | Path, config_file: str = "configs/wild.yaml", *evaluations: 
     model_dir = tmp / "models" / trained.label
     model_dir.mkdir(parents=True)
     shutil.copyfile(trained.run_dir / "manifest.json", tmp / "manifest.json")
-    # The run's config with config_file's evaluation (eval keys changed after training: ``evaluated_as``).
-    RunDir(tmp).write_config(dataclasses.replace(trained.settings, eval=wanted.eval))
+    # The run's config with config_file's evaluation (eval keys changed after training: ``evaluated_as``),
+    # without the folder the run was written to (a path of the machine it trained on, not of the package).
+    settings = trained.settings
+    RunDir(tmp).write_config(dataclasses.replace(settings, eval=wanted.eval, run=dataclasses.replace(settings.run, out=None)))
     for name in ("best.pt", "result.json"):
         shutil.copyfile(trained.model_dir / name, model_dir / name)
     files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())

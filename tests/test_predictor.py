@@ -243,6 +243,7 @@ def test_the_shipped_model_is_what_its_card_says():
     card = verify(SHIPPED)
     settings = Settings.from_dict(load(SHIPPED / "config.yaml"))
     assert differences(Settings.from_dict(load(ROOT / card["config_file"])), settings) == []
+    assert settings.run.out is None  # not the training machine's run folder
     p = kpbench.Predictor(detector="none", runtime="torch")
     assert p.label == card["model"] and p.trained.input_size == card["input_size"]
     assert p(np.full((64, 64, 3), 128, np.uint8))[0].points.shape == (15, 2)
