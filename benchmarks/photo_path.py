@@ -32,6 +32,9 @@ Threads: ``--threads`` for torch and ONNX Runtime, and so for the detectors, who
 torch's thread count (blazeface's LiteRT, mtcnn), as in ``kpbench predict``; MediaPipe's legacy
 solution and dlib choose their own. The ONNX graph is exported afresh
 into a temporary cache, so the figures never depend on an earlier export.
+
+The references need their packages: ``pip install -e '.[mediapipe]'`` (``bin/setup`` leaves it out)
+and ``bin/fetch-dlib-model``; a reference whose package or model is missing is reported as skipped.
 """
 
 from __future__ import annotations
