@@ -24,13 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kpbench.components import load_splits, make_detector
-from kpbench.data import prepare
 from kpbench.evaluate import points_origin, score
 from kpbench.io import atomic_write_json
 from kpbench.plugins import get_plugins
 from kpbench.predictor import SHIPPED
-from kpbench.trained import load_trained
+from kpbench.trained import held_out_faces, load_trained
 
 
 SIZES = ((0, 150), (150, 250), (250, 400), (400, 100000))  # crop sides, px
@@ -61,10 +59,7 @@ def main() -> None:
     plugins = get_plugins()
     trained = load_trained(args.model, plugins)
     schema = trained.schema
-    sources, splits = load_splits(plugins, trained.settings)
-    k = 2 if args.split == "test" else 1
-    test = prepare(sources[k], splits[k], make_detector(plugins, "gt-box", trained.settings.data.detector_options),
-                   trained.input_size, schema.name)
+    test = held_out_faces(trained, plugins, args.split)
     model = trained.model.eval()
     model.flip_test = None
     perm = list(schema.flip_permutation)

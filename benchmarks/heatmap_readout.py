@@ -28,24 +28,26 @@ from pathlib import Path
 
 import torch
 
-from kpbench.components import load_splits, make_detector
-from kpbench.data import prepare
 from kpbench.evaluate import points_origin, score
 from kpbench.io import atomic_write_json
 from kpbench.plugins import get_plugins
 from kpbench.predictor import SHIPPED
-from kpbench.trained import load_trained
+from kpbench.trained import held_out_faces, load_trained
 from kpbench_plugins.models import pixel_centres, soft_argmax
+
+
+def peak_rows_cols(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row and column of each map's highest cell, each (B, K), of heatmaps (B, K, H, W)."""
+    peak = h.flatten(2).argmax(-1)
+    return peak // h.shape[-1], peak % h.shape[-1]
 
 
 def near_peak(h: torch.Tensor, r: int) -> torch.Tensor:
     """Heatmap logits (B, K, H, W) with every cell farther than ``r`` cells (x or y) from each
     map's highest cell set to -inf, so a softmax over them is the peak's neighbourhood alone."""
-    _, _, hh, ww = h.shape
-    peak = h.flatten(2).argmax(-1)
-    py, px = (peak // ww)[..., None, None], (peak % ww)[..., None, None]
-    rows = torch.arange(hh, device=h.device)[:, None]
-    cols = torch.arange(ww, device=h.device)[None, :]
+    py, px = (i[..., None, None] for i in peak_rows_cols(h))
+    rows = torch.arange(h.shape[-2], device=h.device)[:, None]
+    cols = torch.arange(h.shape[-1], device=h.device)[None, :]
     keep = ((rows - py).abs() <= r) & ((cols - px).abs() <= r)
     return h.masked_fill(~keep, float("-inf"))
 
@@ -53,8 +55,8 @@ def near_peak(h: torch.Tensor, r: int) -> torch.Tensor:
 def peak_cell(h: torch.Tensor) -> torch.Tensor:
     """The centre of each map's highest cell, (B, 2K) in [0, 1] of the crop."""
     b, k, hh, ww = h.shape
-    peak = h.flatten(2).argmax(-1)
-    return torch.stack([pixel_centres(ww, h)[peak % ww], pixel_centres(hh, h)[peak // ww]], -1).reshape(b, 2 * k)
+    py, px = peak_rows_cols(h)
+    return torch.stack([pixel_centres(ww, h)[px], pixel_centres(hh, h)[py]], -1).reshape(b, 2 * k)
 
 
 def on_grid(targets: torch.Tensor, cells: int) -> torch.Tensor:
@@ -75,10 +77,7 @@ def main() -> None:
     net = trained.model.net
     if not hasattr(net, "heatmaps"):
         raise SystemExit(f"{args.model}: its model has no heatmaps to read out (effnet-heatmap has)")
-    sources, splits = load_splits(plugins, trained.settings)
-    k = 2 if args.split == "test" else 1
-    faces = prepare(sources[k], splits[k], make_detector(plugins, "gt-box", trained.settings.data.detector_options),
-                    trained.input_size, trained.schema.name)
+    faces = held_out_faces(trained, plugins, args.split)
     model = trained.model.eval()
     with torch.inference_mode():
         h = torch.cat([net.heatmaps(faces.images[i:i + 64]) for i in range(0, len(faces), 64)])

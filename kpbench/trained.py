@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kpbench.components import CropConvention, ModelPlan
+from kpbench.components import CropConvention, ModelPlan, load_splits, make_detector
 from kpbench.config import Settings
-from kpbench.data import pixel_origin
+from kpbench.data import Prepared, pixel_origin, prepare
 from kpbench.errors import KpbenchError, first_line
 from kpbench.folding import ready_to_run
 from kpbench.keypoints import Schema, get_schema
@@ -38,6 +38,18 @@ class Trained:
     run_dir: Path
     model_dir: Path
     source: Path | None = None  # the module of its network's factory, where that is a class
+
+
+def held_out_faces(trained: Trained, plugins: Plugins, split: str = "test") -> Prepared:
+    """The faces a run held out (``split``: "test" or "val"), cut by the annotated box as ``kpbench
+    evaluate --detector gt-box`` cuts them, at the model's input size and schema (the run config's
+    dataset paths are relative to the working directory)."""
+    if trained.settings is None:
+        raise KpbenchError(f"{trained.model_dir}: an exported graph keeps no run settings, so no held-out split")
+    sources, splits = load_splits(plugins, trained.settings)
+    k = {"val": 1, "test": 2}[split]
+    detect = make_detector(plugins, "gt-box", trained.settings.data.detector_options)
+    return prepare(sources[k], splits[k], detect, trained.input_size, trained.schema.name)
 
 
 @dataclass
