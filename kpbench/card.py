@@ -83,7 +83,10 @@ def ship(run: str | Path, config_file: str = "configs/wild.yaml", *evaluations: 
     run = Path(run)
     trained = load_trained(run, get_plugins())
     wanted = Settings.from_dict(load(config_file), config_file)
-    changed = differences(trained.settings, wanted)  # "key: the run's -> config_file's"
+    if trained.label not in wanted.models:
+        raise KpbenchError(f"{run}: its model {trained.label} is not one of {config_file}'s models")
+    # "key: the run's -> config_file's"; which other models the run compared leaves this one's weights alone
+    changed = [c for c in differences(trained.settings, wanted) if not c.startswith("models:")]
     trained_otherwise = [c for c in changed if not c.startswith("eval.")]
     if trained_otherwise:
         raise KpbenchError(f"{run}: not a run of {config_file} as written ({trained_otherwise[0]})")
@@ -102,10 +105,12 @@ def ship(run: str | Path, config_file: str = "configs/wild.yaml", *evaluations: 
     model_dir = tmp / "models" / trained.label
     model_dir.mkdir(parents=True)
     shutil.copyfile(trained.run_dir / "manifest.json", tmp / "manifest.json")
-    # The run's config with config_file's evaluation (eval keys changed after training: ``evaluated_as``),
-    # without the folder the run was written to (a path of the machine it trained on, not of the package).
+    # The run's config with config_file's models and evaluation (eval keys changed after training:
+    # ``evaluated_as``), without the folder the run was written to (a path of the machine it trained
+    # on, not of the package).
     settings = trained.settings
-    RunDir(tmp).write_config(dataclasses.replace(settings, eval=wanted.eval, run=dataclasses.replace(settings.run, out=None)))
+    RunDir(tmp).write_config(dataclasses.replace(settings, models=wanted.models, eval=wanted.eval,
+                                                 run=dataclasses.replace(settings.run, out=None)))
     for name in ("best.pt", "result.json"):
         shutil.copyfile(trained.model_dir / name, model_dir / name)
     files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())

@@ -249,6 +249,31 @@ def test_the_shipped_model_is_what_its_card_says():
     assert p(np.full((64, 64, 3), 128, np.uint8))[0].points.shape == (15, 2)
 
 
+def test_ship_packages_a_run_of_the_config_as_written_and_refuses_any_other(tiny_run, tmp_path):
+    from kpbench.card import ship, verify
+    from kpbench.config import Settings, differences, load
+
+    def config(text):
+        (tmp_path / "c.yaml").write_text(text)
+        return str(tmp_path / "c.yaml")
+
+    root = tmp_path / "shipped"
+    with pytest.raises(KpbenchError, match="train.epochs"):  # another recipe
+        ship(tiny_run, config(TINY.replace("epochs: 1", "epochs: 2")), root=root)
+    with pytest.raises(KpbenchError, match="not one of"):  # the run's best model is not the config's
+        ship(tiny_run, config(TINY.replace("[integral, cnn]", "[mean-shape]")), root=root)
+    assert not root.exists()
+    # A run that trained a subset of the config's models is the same recipe for them: the package's
+    # config is the config file's, and its files are what its card says.
+    wanted = config(TINY.replace("[integral, cnn]", "[integral, cnn, mean-shape]"))
+    dest = ship(tiny_run, wanted, root=root)
+    card = verify(dest)
+    assert differences(Settings.from_dict(load(wanted)), Settings.from_dict(load(dest / "config.yaml"))) == []
+    assert (dest / "models" / card["model"] / "best.pt").is_file() and card["result"]["nme"] > 0
+    with pytest.raises(KpbenchError, match="exists"):
+        ship(tiny_run, wanted, root=root)
+
+
 def test_evaluate_without_a_dataset_scores_the_run_s_own_test_split(tiny_run, tmp_path):
     out = tmp_path / "ev"
     r = run_cli("evaluate", "--model", tiny_run / "models" / "cnn", "--out", out)
