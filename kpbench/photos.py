@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kpbench import overlay
 from kpbench.data import IMAGE_SUFFIXES, read_image, stack_boxes
 from kpbench.errors import KpbenchError
 from kpbench.io import atomic_output, atomic_write_json, is_leftover, strict_json
@@ -111,9 +112,6 @@ def predict_photos(predictor: Predictor, paths: list[Path], out: Path, overlays:
     ``paths`` go through :func:`predict_video` (``smooth``: its smoothing options, None for none). A file
     that cannot be read is reported and counted; the rest go on. Returns the photos' and videos'
     entries and the unreadable files' errors."""
-    if overlays:
-        from kpbench import plots  # matplotlib: 1.5 s to import, only to draw
-
     if any(is_video(p) for p in paths):
         require_av()
     out = Path(out)
@@ -137,8 +135,8 @@ def predict_photos(predictor: Predictor, paths: list[Path], out: Path, overlays:
                 if not faces:
                     log.info(f"{path}: no face found")
                 elif overlays:
-                    plots.photo_keypoints(image, np.stack([f.points for f in faces]),
-                                          stack_boxes([f.box for f in faces]), out / f"{name}.jpg")
+                    overlay.photo_keypoints(image, np.stack([f.points for f in faces]),
+                                            stack_boxes([f.box for f in faces]), out / f"{name}.jpg")
                 atomic_write_json(out / f"{name}.json", entry)
                 results.append(entry)
         finished = True
@@ -183,8 +181,6 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
         doc = stack.enter_context(open(stack.enter_context(atomic_output(out / f"{name}.json")), "w"))
         writer = None
         if overlays:
-            from kpbench import plots  # matplotlib: 1.5 s to import, only to draw
-
             writer = VideoWriter(stack.enter_context(atomic_output(out / f"{name}.mp4")), summary["fps"],
                                  stream.width, stream.height)
             stack.callback(writer.close)
@@ -207,7 +203,7 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
                                 "" if e["face_confidence"] is None else e["face_confidence"], *confidence.values()])
             doc.write(("," if index else "") + strict_json({"frame": index, "time": round(t, 4), "faces": entries}) + "\n")
             if writer:
-                writer.write(np.asarray(plots.draw_faces(image, pts, boxes)))
+                writer.write(np.asarray(overlay.draw_faces(image, pts, boxes)))
             summary.update(frames=index + 1, faces=summary["faces"] + len(faces),
                            frames_without_face=summary["frames_without_face"] + (not faces))
             progress.advance(task)

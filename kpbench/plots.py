@@ -24,12 +24,12 @@ from kpbench.formulas import auc_and_failure_rate
 from matplotlib.lines import Line2D
 
 from kpbench.io import atomic_write_bytes
+from kpbench.overlay import PRED_COLOR
 
 DPI = 110
 # tab10 first, then the lighter halves of tab20, so up to 20 models get distinct colors.
 PALETTE = [to_hex(c) for c in colormaps["tab10"].colors] + [to_hex(c) for c in colormaps["tab20"].colors[1::2]]
 TRUE_COLOR = "#00d400"
-PRED_COLOR = "#d62728"
 
 
 def model_colors(labels: Sequence[str]) -> dict[str, str]:
@@ -364,46 +364,3 @@ def accuracy_vs_cost(df: pd.DataFrame, path, x: str = "latency_ms", y: str = "nm
                 color="0.4", va="bottom", ha="left")
     _style(ax)
     return _save(fig, path)
-
-
-# --------------------------------------------------------------------------- photos
-
-def draw_faces(image: np.ndarray, points: np.ndarray, boxes: np.ndarray):
-    """A PIL RGB copy of ``image`` with every face's box and predicted keypoints drawn.
-    ``points`` (F,K,2) and ``boxes`` (F,3|4) = x0, y0, side[, angle], in the image's pixels."""
-    from PIL import Image, ImageDraw
-
-    from kpbench.data import to_image_pixels
-
-    img = np.asarray(image)
-    if img.dtype != np.uint8:
-        img = np.clip(np.rint(img.astype(np.float32) * 255), 0, 255).astype(np.uint8)
-    im = Image.fromarray(img).convert("RGB")
-    draw = ImageDraw.Draw(im)
-    boxes = np.asarray(boxes, dtype=np.float64)
-    if not len(boxes):  # a photo or video frame without a face: drawn as it is
-        return im
-    corners = to_image_pixels(np.array([[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]] * len(boxes), float), boxes)
-    for box, corner, p in zip(boxes, corners, points):
-        side = float(box[2])
-        draw.line([tuple(c) for c in corner], fill="#1f77b4", width=max(1, int(round(side / 150))))
-        r = max(1.5, side / 90)
-        for x, y in p[~np.isnan(p).any(axis=1)]:
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=PRED_COLOR, outline="white")
-    return im
-
-
-def photo_keypoints(image: np.ndarray, points: np.ndarray, boxes: np.ndarray, path) -> Path:
-    """A photo with every face's box and predicted keypoints drawn (``kpbench predict``,
-    :func:`draw_faces`), written as JPEG (PNG for a ``.png`` path) with PIL: no matplotlib figure,
-    a few milliseconds a photo."""
-    from kpbench.io import atomic_write_bytes
-
-    im = draw_faces(image, points, boxes)
-    buf = io.BytesIO()
-    if str(path).lower().endswith(".png"):
-        im.save(buf, format="PNG", compress_level=1)
-    else:
-        im.save(buf, format="JPEG", quality=90)
-    atomic_write_bytes(Path(path), buf.getvalue())
-    return Path(path)

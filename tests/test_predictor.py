@@ -3,6 +3,7 @@ lets a detector plugin only detect, and the shipped model's card."""
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -177,21 +178,23 @@ def test_bad_inputs_are_one_line_errors(tiny_run):
         kpbench.Predictor.from_onnx(model)
 
 
-def test_predict_on_a_photo_imports_neither_the_runner_nor_the_report(tiny_run, face_image, tmp_path):
+def test_predict_on_a_photo_imports_neither_the_runner_nor_the_report_nor_matplotlib(tiny_run, face_image, tmp_path):
+    # Start-up is part of every photo's time: the overlay is drawn with PIL (matplotlib alone takes a second)
     from PIL import Image
 
     Image.fromarray(face_image[0]).save(tmp_path / "face.png")
     code = ("import sys; from kpbench.cli import main; "
             f"rc = main(['predict', {str(tmp_path / 'face.png')!r}, '--model', {str(tiny_run / 'models' / 'integral')!r}, '--detector', 'none', "
-            f"'--runtime', 'torch', '--out', {str(tmp_path / 'out')!r}, '--no-overlay']); "
-            "print(rc, sorted(m for m in ('kpbench.runner', 'kpbench.report') if m in sys.modules))")
+            f"'--runtime', 'torch', '--out', {str(tmp_path / 'out')!r}]); "
+            "print(rc, sorted(m for m in ('kpbench.runner', 'kpbench.report', 'kpbench.plots', 'matplotlib') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                       env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "0 []"
     written = json.loads((tmp_path / "out" / "face.json").read_text())
     assert len(written["faces"]) == 1 and written["faces"][0]["confidence"]
     assert json.loads((tmp_path / "out" / "predictions.json").read_text())["partial"] is False
+    assert np.asarray(Image.open(tmp_path / "out" / "face.jpg")).shape == (*face_image[0].shape[:2], 3)
 
 
 class Rectangles(kpbench.FaceDetector):

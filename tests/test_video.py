@@ -275,7 +275,7 @@ def test_predict_without_pyav_is_one_line_naming_the_extra(monkeypatch):
 
 
 def test_a_frame_without_a_face_is_drawn_as_it_is():
-    from kpbench.plots import draw_faces
+    from kpbench.overlay import draw_faces
 
     frame = np.full((24, 32, 3), 90, np.uint8)
     drawn = np.asarray(draw_faces(frame, np.zeros((0, 15, 2)), np.zeros((0, 3), np.float32)))
