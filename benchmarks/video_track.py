@@ -30,7 +30,7 @@ training crops' (``FaceTracker``'s ``prior_weight``), beside detecting on every 
 chosen.
 
 ``--end-to-end N`` also writes the first ``N`` frames of the filmed clips as one .mp4 (kpbench's
-own writer) and times what a user runs on it: ``kpbench predict clip.mp4 --no-overlay`` (decode,
+own writer) and times what a user runs on it: ``kpbench predict clip.mp4`` (no overlay: decode,
 track, smooth, write CSV and JSON) less ``kpbench predict`` on one photo (start-up), against
 MediaPipe video mode on the same frames decoded by PyAV in this process, ms per frame of each (the
 best of three interleaved rounds)."""
@@ -230,7 +230,7 @@ def end_to_end(model: str, clips, n: int, repeat: int = 3) -> dict:
 
         def predict(path, out):
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "kpbench", "predict", str(path), "--model", model, "--no-overlay",
+            subprocess.run([sys.executable, "-m", "kpbench", "predict", str(path), "--model", model,
                             "--out", str(Path(tmp) / out)], check=True, capture_output=True)
             return time.perf_counter() - t
 
@@ -314,7 +314,7 @@ def main(argv=None) -> None:
             print(f"{1000 * change / FPS:6.0f} ms    {name:24s} {r['nme']:7.4f} {r['jitter']:7.4f}")
     e2e = end_to_end(args.model, clips, args.end_to_end) if args.end_to_end else None
     if e2e:
-        print(f"\nEnd to end on a {e2e['frames']}-frame .mp4 (best of {e2e['rounds']} rounds): kpbench predict --no-overlay {e2e['kpbench_predict_ms']:.2f} "
+        print(f"\nEnd to end on a {e2e['frames']}-frame .mp4 (best of {e2e['rounds']} rounds): kpbench predict {e2e['kpbench_predict_ms']:.2f} "
               f"ms a frame after its start-up ({e2e['startup_s']:.1f} s); PyAV + MediaPipe video mode "
               f"{e2e['mediapipe_pyav_ms']:.2f} ms a frame: {e2e['kpbench_predict_ms'] / e2e['mediapipe_pyav_ms']:.2f}x")
     if args.json:

@@ -103,7 +103,7 @@ def read_ahead(paths: list[Path]):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def predict_photos(predictor: Predictor, paths: list[Path], out: Path, overlays: bool = True,
+def predict_photos(predictor: Predictor, paths: list[Path], out: Path, overlays: bool = False,
                    smooth: dict | None = SMOOTH, track: bool = True) -> tuple[list[dict], list[dict]]:
     """Every face in every photo: box, score and named keypoints in the photo's pixels, written as
     ``<name>.json`` and, with ``overlays``, ``<name>.jpg`` (boxes and points drawn) under ``out``,
@@ -150,7 +150,7 @@ def predict_photos(predictor: Predictor, paths: list[Path], out: Path, overlays:
     return results, errors
 
 
-def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overlays: bool = True,
+def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overlays: bool = False,
                   smooth: dict | None = SMOOTH, track: bool = True) -> dict:
     """Every face in every frame of a video, decoded one frame at a time and predicted by
     :class:`~kpbench.Predictor`: ``<name>.csv`` (one row per frame and face: frame, time in seconds, face

@@ -183,7 +183,7 @@ class VideoWriter:
 
         codec = next((c for c in ENCODERS if c in av.codecs_available), None)
         if codec is None:
-            raise KpbenchError(f"{path}: this PyAV has no {' or '.join(ENCODERS)} encoder; use --no-overlay")
+            raise KpbenchError(f"{path}: this PyAV has no {' or '.join(ENCODERS)} encoder; leave out --overlay")
         self.container = av.open(str(path), "w", format="mp4")
         self.stream = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         self.stream.width, self.stream.height = max(2, width - width % 2), max(2, height - height % 2)

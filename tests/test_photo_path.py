@@ -249,7 +249,8 @@ def test_predict_with_the_exported_onnx_gives_the_runs_boxes_and_points(tmp_path
     onnx = tmp_path / "m.onnx"
     assert run_cli("export", "--model", run, "--out", onnx, pythonpath=plug, env=env).returncode == 0
     for model, out in ((run, tmp_path / "by_run"), (onnx, tmp_path / "by_onnx")):
-        r = run_cli("predict", photos, "--model", model, "--detector", "oracle", "--out", out, pythonpath=plug, env=env)
+        r = run_cli("predict", photos, "--model", model, "--detector", "oracle", "--out", out,
+                    *(["--overlay"] if model == onnx else []), pythonpath=plug, env=env)
         assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "by_onnx" / "predictions.json").read_text())["model"] == str(onnx)
     worst = 0.0
@@ -260,7 +261,8 @@ def test_predict_with_the_exported_onnx_gives_the_runs_boxes_and_points(tmp_path
                                                      abs=0.02)
         diff = np.array(list(a["keypoints"].values())) - np.array(list(b["keypoints"].values()))
         worst = max(worst, float(np.abs(diff).max()))
-        assert (tmp_path / "by_onnx" / f"{name}.jpg").is_file()  # the overlay
+        assert (tmp_path / "by_onnx" / f"{name}.jpg").is_file()  # the overlay, asked for
+        assert not (tmp_path / "by_run" / f"{name}.jpg").exists()  # none by default: the keypoints' files only
     print(f"max |run - onnx| over {len(known)} photos: {worst:.4f} px")
     assert worst <= 0.011
 

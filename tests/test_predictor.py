@@ -185,7 +185,7 @@ def test_predict_on_a_photo_imports_neither_the_runner_nor_the_report_nor_matplo
     Image.fromarray(face_image[0]).save(tmp_path / "face.png")
     code = ("import sys; from kpbench.cli import main; "
             f"rc = main(['predict', {str(tmp_path / 'face.png')!r}, '--model', {str(tiny_run / 'models' / 'integral')!r}, '--detector', 'none', "
-            f"'--runtime', 'torch', '--out', {str(tmp_path / 'out')!r}]); "
+            f"'--runtime', 'torch', '--out', {str(tmp_path / 'out')!r}, '--overlay']); "
             "print(rc, sorted(m for m in ('kpbench.runner', 'kpbench.report', 'kpbench.plots', 'matplotlib') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -233,7 +233,7 @@ def test_predict_on_a_video_writes_a_row_per_frame_and_a_playable_video(tmp_path
     Image.fromarray(frames[0]).save(inputs / "photo.png")  # photos and videos in one call
     (inputs / "broken.mp4").write_bytes(b"not a video")
     out = tmp_path / "out"
-    r = run_cli("predict", inputs, "--model", run, "--detector", "none", "--out", out)  # smoothed by default
+    r = run_cli("predict", inputs, "--model", run, "--detector", "none", "--out", out, "--overlay")  # smoothed by default
     assert r.returncode == 0, r.stderr
     assert "1 photo(s) (0 without a face), 1 video(s), 1 unreadable" in r.stdout and "broken.mp4" in r.stderr
 
@@ -259,6 +259,7 @@ def test_predict_on_a_video_writes_a_row_per_frame_and_a_playable_video(tmp_path
     assert r.returncode == 0, r.stderr
     plain = _strict_json(tmp_path / "o2" / "clip.json")
     assert plain["smooth"] is None and len(plain["frames"]) == n
+    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["clip.csv", "clip.json", "predictions.json"]
     assert summary["errors"][0]["video"].endswith("broken.mp4")
     assert (out / "photo.json").is_file() and (out / "photo.jpg").is_file()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind

@@ -127,7 +127,7 @@ def test_evaluate_and_predict_with_a_trained_model(tmp_path, tiny_config):
     image, _ = render(0, 5, 48)
     Image.fromarray(image).save(photos / "face.png")
     pred = tmp_path / "pred"
-    r = run_cli("predict", photos / "face.png", "--model", out, "--detector", "none", "--out", pred)
+    r = run_cli("predict", photos / "face.png", "--model", out, "--detector", "none", "--out", pred, "--overlay")
     assert r.returncode == 0, r.stderr
     result = json.loads((pred / "face.json").read_text())
     (face,) = result["faces"]
