@@ -14,7 +14,7 @@ from kpbench.data import prepare
 from kpbench.errors import KpbenchError
 from kpbench.evaluate import test_and_save
 from kpbench.plugins import Plugins
-from kpbench.rundir import RunDir, manifest, metrics_meta, save_result
+from kpbench.rundir import RunDir, manifest, metrics_meta, read_mapping, save_result
 from kpbench.trained import Trained
 
 
@@ -43,7 +43,10 @@ def evaluate(trained: Trained, plugins: Plugins, dataset: str | None, out: Path,
     # evaluate scores one face-box path: --detector, or the run's
     settings = trained.settings.replace(data=data_changes, models=[trained.label], eval={"detectors": []},
                                         run={"seeds": None, "out": str(out), "name": f"evaluate-{trained.label}"})
-    dc, seed = settings.data, settings.run.seed
+    dc = settings.data
+    # the split is the run's (run.seed); the model is the one trained with its own seed (--seeds)
+    trained_as = read_mapping(trained.model_dir / "result.json") if (trained.model_dir / "result.json").is_file() else {}
+    seed = trained_as.get("seed", settings.run.seed)
     metrics = [plugins.metrics.get(m, where="eval.metrics") for m in settings.eval.metrics]
     detect = make_detector(plugins, dc.detector, dc.detector_options)
     if dataset is None:

@@ -290,6 +290,23 @@ def test_evaluate_without_a_dataset_scores_the_run_s_own_test_split(tiny_run, tm
     assert r.returncode == 2 and "--out" in r.stderr
 
 
+def test_evaluate_keeps_the_training_seed_of_a_model_trained_with_seeds(tmp_path):
+    import csv
+
+    (tmp_path / "tiny.yaml").write_text(TINY.replace("models: [integral, cnn]", "models: [cnn]"))
+    run = tmp_path / "run"
+    assert run_cli("run", "-c", tmp_path / "tiny.yaml", "--seeds", "1", "--out", run).returncode == 0
+    out = tmp_path / "ev"
+    r = run_cli("evaluate", "--model", run, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "models" / "cnn" / "result.json").read_text())["seed"] == 1  # the model's seed
+    with (out / "leaderboard.csv").open(newline="") as fh:
+        assert [row["seed"] for row in csv.DictReader(fh)] == ["1"]
+    # ... on the run's own test split, which the run's seed (0) cut
+    assert json.loads((out / "manifest.json").read_text())["splits"]["test"] == \
+        json.loads((run / "manifest.json").read_text())["splits"]["test"]
+
+
 def test_list_models_marks_the_shipped_weights():
     from kpbench.predictor import SHIPPED
 
