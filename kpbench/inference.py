@@ -45,8 +45,7 @@ def evaluate(trained: Trained, plugins: Plugins, dataset: str | None, out: Path,
                                         run={"seeds": None, "out": str(out), "name": f"evaluate-{trained.label}"})
     dc = settings.data
     # the split is the run's (run.seed); the model is the one trained with its own seed (--seeds)
-    trained_as = read_mapping(trained.model_dir / "result.json") if (trained.model_dir / "result.json").is_file() else {}
-    seed = trained_as.get("seed", settings.run.seed)
+    seed = read_mapping(trained.model_dir / "result.json").get("seed", settings.run.seed)  # finished: it has one
     metrics = [plugins.metrics.get(m, where="eval.metrics") for m in settings.eval.metrics]
     detect = make_detector(plugins, dc.detector, dc.detector_options)
     if dataset is None:
