@@ -14,8 +14,7 @@ import json
 
 import numpy as np
 
-from kpbench.features import cache_root
-from kpbench.io import atomic_write_json
+from kpbench.io import atomic_write_json, cache_root
 
 
 class CachedDetector:

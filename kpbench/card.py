@@ -3,7 +3,8 @@
 ``python -m kpbench.card RUN [CONFIG [EVALUATION...]]`` copies the best model of a finished run of ``CONFIG``
 (default ``configs/wild.yaml``) into ``kpbench/shipped/<run name>/``, laid out as a run folder so
 that everything that reads runs reads it (``predict``, ``evaluate``, ``export``, the Predictor),
-with ``card.json`` and ``MODEL_CARD.md``: the config and commit that produced it, the training
+with its ONNX graph (``model.onnx`` and ``model.onnx.json``, as ``kpbench export`` writes them, one
+face at a time) and ``card.json`` and ``MODEL_CARD.md``: the config and commit that produced it, the training
 data and their licences, its accuracy on each face-box path and its latency, as the run measured
 them, and the SHA-256 of every file (:func:`verify` checks them)."""
 
@@ -16,11 +17,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from kpbench.errors import KpbenchError
+from kpbench.errors import KpbenchError, first_line
 from kpbench.io import atomic_write_json, atomic_write_text
+from kpbench.log import log
 from kpbench.rundir import RunDir, read_mapping
 
 SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped"
+GRAPH = "model.onnx"  # a shipped model exported (with GRAPH.json, kpbench export's sidecar), run without PyTorch
 LICENCES = {
     "youtube-faces-68": "YouTube Faces frames with 68 landmarks: research use",
     "300w-helen-train": "300-W (HELEN training part): annotations for research, non-commercial use; photos from Flickr",
@@ -77,11 +80,16 @@ def ship(run: str | Path, config_file: str = "configs/wild.yaml", *evaluations: 
     """Copy ``run``'s best model and write its card (with the rows of ``evaluations``: ``kpbench
     evaluate`` folders of the model through other detectors); refuses to write over an earlier one."""
     from kpbench.config import Settings, differences, load
+    from kpbench.export import export_onnx
     from kpbench.plugins import get_plugins
     from kpbench.trained import load_trained
 
-    run = Path(run)
-    trained = load_trained(run, get_plugins())
+    from kpbench.runtime import INSTALL, available
+
+    if not available():
+        raise KpbenchError(f"shipping a model exports it to ONNX: {INSTALL}")
+    run, plugins = Path(run), get_plugins()
+    trained = load_trained(run, plugins)
     wanted = Settings.from_dict(load(config_file), config_file)
     if trained.label not in wanted.models:
         raise KpbenchError(f"{run}: its model {trained.label} is not one of {config_file}'s models")
@@ -113,6 +121,15 @@ def ship(run: str | Path, config_file: str = "configs/wild.yaml", *evaluations: 
                                                  run=dataclasses.replace(settings.run, out=None)))
     for name in ("best.pt", "result.json"):
         shutil.copyfile(trained.model_dir / name, model_dir / name)
+    # The same model exported, one face at a time, as the package's config evaluates it (so its flip
+    # averaging): the Predictor runs it under ONNX Runtime without importing PyTorch.
+    try:
+        export_onnx(load_trained(tmp, plugins), tmp / GRAPH, batch=1)
+    except KpbenchError as exc:  # e.g. an operator the exporter cannot take: the model runs in PyTorch
+        log.warning(f"kpbench: {first_line(exc)}; shipped without {GRAPH}")
+    else:
+        sidecar = read_mapping(tmp / f"{GRAPH}.json")
+        atomic_write_json(tmp / f"{GRAPH}.json", {**sidecar, "run": f"shipped/{dest.name}"})  # not this machine's
     files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
     datasets = trained.settings.data.dataset
     card = {

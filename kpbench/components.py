@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from kpbench.config import DEFAULTS, DataSettings, Settings, TrainSettings, validate
 from kpbench.data import Concat, Subset, source_names, split_dataset
@@ -19,6 +18,8 @@ from kpbench.plugins import Plugins
 
 
 def resolve_device(name: str) -> str:
+    import torch
+
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -15,15 +15,16 @@ import math
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import PurePath
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from kpbench.errors import KpbenchError
 from kpbench.geometry import centre_and_spread, place_around
 from kpbench.keypoints import convert
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: reading and cutting photos needs none
+    import torch
 
 
 @dataclass
@@ -185,6 +186,8 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 def _square_grid(theta: torch.Tensor, out: int) -> torch.Tensor:
     """``F.affine_grid(theta[None], [1, 1, out, out], align_corners=False)`` as two outer sums of
     the pixel centres (five times faster for one image)."""
+    import torch
+
     u = (torch.arange(out, dtype=torch.float32) * 2 + 1) / out - 1
     gx = (theta[0, 0] * u)[None, :] + (theta[0, 1] * u + theta[0, 2])[:, None]
     gy = (theta[1, 0] * u)[None, :] + (theta[1, 1] * u + theta[1, 2])[:, None]
@@ -242,6 +245,9 @@ def crop_resize(gray: np.ndarray, box: Sequence[float], size: int) -> np.ndarray
         (rows, wy), (cols, wx) = _axis_taps(y0, side, out, h, size), _axis_taps(x0, side, out, w, size)
         tall = np.einsum("sk,skw->sw", wy, np.asarray(gray, dtype=np.float32)[rows])  # the rows, then the columns
         return np.einsum("sk,tsk->ts", wx, tall[:, cols])
+    import torch
+    import torch.nn.functional as F
+
     # Output pixel at normalized u samples the input at edge coordinate centre + R(angle) (u * side / 2).
     cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     theta = torch.tensor(
@@ -312,6 +318,20 @@ def to_image_pixels(crop: np.ndarray, boxes: np.ndarray, origin: float = 0.0) ->
         return crop * boxes[:, None, 2:3] + boxes[:, None, :2] + (origin - 0.5)
     half = boxes[:, None, 2:3] / 2
     return _turn((crop - 0.5) * boxes[:, None, 2:3], boxes, 1.0) + boxes[:, None, :2] + half + (origin - 0.5)
+
+
+def points_origin(model) -> float:
+    """The pixel origin ``model`` numbers its points from (its ``origin``: a Regressor's training
+    annotations', an exported graph's from its sidecar); 0 for a model without one."""
+    return float(getattr(model, "origin", 0.0))
+
+
+def split_confidence(out: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A model's output for N crops, (N, 2K) or (N, 3K) with confidences
+    (:class:`kpbench.evaluate.PointsAndConfidence`), as (N, K, 2) points and (N, K) confidences,
+    or None without them."""
+    out = out.reshape(len(out), -1)
+    return out[:, :2 * k].reshape(-1, k, 2), (out[:, 2 * k:] if out.shape[1] == 3 * k else None)
 
 
 FAR_OUTSIDE = 0.5  # points more than this fraction of the image's size beyond its edges are an error
@@ -434,6 +454,8 @@ def prepare(
     A bad sample (see :func:`check_sample`) is an error, or with ``skip_bad`` skipped and listed
     in ``Prepared.skipped``. With ``context`` > 0 each crop is also cut with ``context`` x
     ``input_size`` more pixels on each side (``Prepared.context``), for face-box jitter."""
+    import torch
+
     images, points, boxes, ids, missed, skipped, contexts, frames, origins = [], [], [], [], [], [], [], [], []
     pad = int(round(context * input_size))
     for i in indices:

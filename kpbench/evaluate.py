@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kpbench.data import Prepared, to_crop, to_image_pixels
+from kpbench.data import Prepared, points_origin, split_confidence, to_crop, to_image_pixels  # both re-exported
 from kpbench.formulas import aggregate, confidence_check, point_errors  # aggregate re-exported: metric values aggregate here
 from kpbench.geometry import best_overlap, points_rect, rgb_uint8
 from kpbench.io import atomic_save_npz
@@ -47,13 +47,6 @@ class PointsAndConfidence(torch.nn.Module):
 def gives_confidence(model: torch.nn.Module) -> bool:
     """Whether a trained model (a Regressor) can say how sure it is of each point."""
     return isinstance(getattr(model, "net", None), GivesConfidence) and hasattr(model, "with_confidence")
-
-
-def split_confidence(out: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """A model's output for N crops, (N, 2K) or (N, 3K) with confidences (:class:`PointsAndConfidence`),
-    as (N, K, 2) points and (N, K) confidences, or None without them."""
-    out = out.reshape(len(out), -1)
-    return out[:, :2 * k].reshape(-1, k, 2), (out[:, 2 * k:] if out.shape[1] == 3 * k else None)
 
 
 def predict_with_confidence(model: torch.nn.Module, images: torch.Tensor, k: int, device="cpu"):
@@ -97,12 +90,6 @@ def own_detector_predictions(net, images, data: Prepared, fallback_crop: np.ndar
         else:
             pred_px[i] = faces[k]
     return to_crop(pred_px, data.boxes), missed
-
-
-def points_origin(model) -> float:
-    """The pixel origin ``model`` numbers its points from (its ``origin``: a Regressor's training
-    annotations', an exported graph's from its sidecar); 0 for a model without one."""
-    return float(getattr(model, "origin", 0.0))
 
 
 def score(pred_crop: np.ndarray, data: Prepared, schema: Schema, metrics: list[MetricSpec], origin: float = 0.0):

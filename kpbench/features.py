@@ -10,21 +10,15 @@ preprocessing) and the cache format. The directory is ``$KPBENCH_CACHE_DIR`` or
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 
 from kpbench.data import Prepared
-from kpbench.io import atomic_torch_save
+from kpbench.io import atomic_torch_save, cache_root
 from kpbench.weights import read_checkpoint
 
 VERSION = 1
-
-
-def cache_root() -> Path:
-    """kpbench's cache folder: ``$KPBENCH_CACHE_DIR`` or ``~/.cache/kpbench``."""
-    return Path(os.environ.get("KPBENCH_CACHE_DIR") or Path.home() / ".cache" / "kpbench")
 
 
 def cache_dir() -> Path:

@@ -127,3 +127,8 @@ def fd_to_devnull(fd: int):
     finally:
         os.dup2(saved, fd)
         os.close(saved)
+
+
+def cache_root() -> Path:
+    """kpbench's cache folder: ``$KPBENCH_CACHE_DIR`` or ``~/.cache/kpbench``."""
+    return Path(os.environ.get("KPBENCH_CACHE_DIR") or Path.home() / ".cache" / "kpbench")

@@ -24,6 +24,11 @@ from kpbench.registry import KINDS, Registry
 GROUP = "kpbench"
 BUILTIN_DIST = "kpbench"
 AUTOLOAD_SWITCH = "KPBENCH_DISABLE_PLUGIN_AUTOLOAD"
+# kpbench's own entry points that give models and nothing else, and import PyTorch: loaded when the
+# models are first asked for, so that a command without a PyTorch model (``kpbench predict`` on an
+# exported graph, the shipped one included) starts without importing torch (1-2 s on 2 cores).
+DEFERRED = frozenset({"kpbench-models", "kpbench-dlib", "kpbench-mediapipe"})
+DEFERRED_KIND = "model"
 
 
 @dataclass
@@ -45,20 +50,44 @@ class Plugins:
         self.pm.add_hookspecs(hookspecs)
         self.failures: list[PluginFailure] = []
         self.builtin: set[str] = set()  # kpbench's own plugins: their names win a clash
+        self._deferred: list = []  # DEFERRED entry points, until the models are asked for
         self._load_entry_points()
         env_modules = tuple(m for m in os.environ.get("KPBENCH_PLUGINS", "").split(",") if m.strip())
         for mod in (*extra_modules, *env_modules):
             self._load_module(mod.strip())
-        self.registries = {kind: Registry(kind) for kind in KINDS}
+        self._registries = {kind: Registry(kind) for kind in KINDS}
+        self._models_collected = False
         for kind in KINDS:
-            self._collect(kind)
-        for spec in self.registries["schema"].list():  # get_schema/convert know every registered layout
+            if kind != DEFERRED_KIND:
+                self._collect(kind)
+        for spec in self._registries["schema"].list():  # get_schema/convert know every registered layout
             try:
                 register_schema(spec)
             except Exception as exc:  # noqa: BLE001 - one broken schema must not take down every command
                 self.failures.append(PluginFailure(spec.plugin, f"schema {spec.name!r}", f"{type(exc).__name__}: {exc}"))
-        for failure in self.failures:
+        self._warn(self.failures)
+
+    @staticmethod
+    def _warn(failures: list[PluginFailure]) -> None:
+        for failure in failures:
             log.warning(f"kpbench: warning: {failure}")
+
+    @property
+    def registries(self) -> dict[str, Registry]:
+        """One :class:`Registry` per kind (the models' collected first if they were not yet)."""
+        self._collect_models()
+        return self._registries
+
+    def _collect_models(self) -> None:
+        """Load the DEFERRED entry points and collect every plugin's models, once."""
+        if self._models_collected:
+            return
+        self._models_collected = True
+        before = len(self.failures)
+        for ep in self._deferred:
+            self._load_entry_point(ep, BUILTIN_DIST)
+        self._collect(DEFERRED_KIND)
+        self._warn(self.failures[before:])
 
     def _load_entry_points(self) -> None:
         disabled = os.environ.get(AUTOLOAD_SWITCH, "").strip() not in ("", "0")
@@ -66,17 +95,26 @@ class Plugins:
             dist = (ep.dist.name if ep.dist else "").lower()
             if disabled and dist != BUILTIN_DIST:
                 continue
-            if self.pm.has_plugin(ep.name):
-                continue  # the same distribution seen twice on sys.path
-            try:
-                module = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any import error must not take down the others
-                self.failures.append(PluginFailure(ep.name, ep.value, f"{type(exc).__name__}: {exc}"))
+            if dist == BUILTIN_DIST and ep.name in DEFERRED:
+                if all(d.name != ep.name for d in self._deferred):
+                    self._deferred.append(ep)
                 continue
-            self.pm.register(module, name=ep.name)
-            if dist == BUILTIN_DIST:
-                self.builtin.add(ep.name)
-            log.debug(f"plugin {ep.name!r} loaded from {ep.value} ({dist or 'no distribution'})")
+            self._load_entry_point(ep, dist)
+
+    def _load_entry_point(self, ep, dist: str) -> None:
+        if self.pm.has_plugin(ep.name):
+            return  # the same distribution seen twice on sys.path
+        try:
+            module = ep.load()
+        except Exception as exc:  # noqa: BLE001 - any import error must not take down the others
+            self.failures.append(PluginFailure(ep.name, ep.value, f"{type(exc).__name__}: {exc}"))
+            return
+        if self.pm.is_registered(module):
+            return  # loaded by name already (-p, KPBENCH_PLUGINS) before its deferred load
+        self.pm.register(module, name=ep.name)
+        if dist == BUILTIN_DIST:
+            self.builtin.add(ep.name)
+        log.debug(f"plugin {ep.name!r} loaded from {ep.value} ({dist or 'no distribution'})")
 
     def _load_module(self, modname: str) -> None:
         try:
@@ -98,14 +136,16 @@ class Plugins:
                 continue
             for spec in specs:
                 try:
-                    self.registries[kind].add(spec, impl.plugin_name)
+                    self._registries[kind].add(spec, impl.plugin_name)
                 except KpbenchError as exc:  # a name registered twice, a wrong type: that spec is left out
                     self.failures.append(PluginFailure(impl.plugin_name, f"kpbench_{kind}s hook", str(exc)))
 
     def __getattr__(self, attr: str) -> Registry:
         # plugins.models, plugins.datasets, plugins.detectors, plugins.metrics, plugins.schemas
         if attr.endswith("s") and attr[:-1] in KINDS:
-            return self.registries[attr[:-1]]
+            if attr[:-1] == DEFERRED_KIND:
+                self._collect_models()
+            return self._registries[attr[:-1]]
         raise AttributeError(attr)
 
 

@@ -1,22 +1,38 @@
 """ONNX Runtime as kpbench's second runtime: a model exported in memory or read from a file, run
 in the place of the PyTorch model (crops in, crop coordinates out). Needs the optional extra
 ``kpbench[onnx]`` (``onnx`` 1.17, which still accepts the protobuf 4 that ``mediapipe`` pins, and
-``onnxruntime``); :func:`available` tells."""
+``onnxruntime``); :func:`available` tells. Running a graph (:class:`OnnxModel`) needs no PyTorch: an
+exported model's photo path starts without importing it."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
+import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from kpbench.errors import KpbenchError
 from kpbench.io import fd_to_devnull
 
+if TYPE_CHECKING:
+    import torch
+
 OPSET = 17
 INSTALL = "pip install 'kpbench[onnx]'"
+
+
+def default_threads() -> int:
+    """The threads a CPU runtime (ONNX Runtime, LiteRT) gets unless told: torch's setting where
+    torch is loaded (a caller may have set it), else the CPUs this process may run on."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.get_num_threads()
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @contextlib.contextmanager
@@ -25,6 +41,8 @@ def torch_threads(n: int | None):
     if not n:
         yield
         return
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(int(n))
     try:
@@ -58,6 +76,8 @@ def to_onnx(model: torch.nn.Module, example: torch.Tensor, label: str, any_batch
     ``any_batch=False`` exactly the example's: then every shape is known and ONNX Runtime folds
     the shape arithmetic away, 8 % of a 128 px ``effnet-heatmap`` run), output ``points``; a model
     the exporter cannot take is a one-line KpbenchError."""
+    import torch
+
     _onnxruntime()
     buffer = io.BytesIO()
     try:
@@ -72,17 +92,17 @@ def to_onnx(model: torch.nn.Module, example: torch.Tensor, label: str, any_batch
     return buffer.getvalue()
 
 
-class OnnxModel(torch.nn.Module):
-    """An exported graph under ONNX Runtime in the place of a PyTorch model: crops (N, 1, S, S)
-    in, points out, so :func:`kpbench.evaluate.predict` and :func:`kpbench.profile.latency` run
-    it as they run the model. A graph of a fixed batch size runs on the crops that many at a time."""
+class OnnxModel:
+    """An exported graph under ONNX Runtime in the place of a PyTorch model: crops (N, 1, S, S) in,
+    points out: a numpy array for a numpy array (the Predictor's path, which never imports torch)
+    and a tensor for a tensor, so :func:`kpbench.evaluate.predict` and
+    :func:`kpbench.profile.latency` run it as they run the model. A graph of a fixed batch size
+    runs on the crops that many at a time."""
 
     def __init__(self, graph: Path | bytes, threads: int | None = None):
-        super().__init__()
         ort = _onnxruntime("running an ONNX model", exporter=False)
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        options.intra_op_num_threads = int(threads or default_threads())
         # Threads spin between the operators of one run (waking a sleeping one costs more than most
         # operators here) and stop when it returns: the detector, crops and decoding share the cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1")
@@ -91,19 +111,37 @@ class OnnxModel(torch.nn.Module):
                                             providers=["CPUExecutionProvider"])
         batch = self.session.get_inputs()[0].shape[0]
         self.batch = batch if isinstance(batch, int) else None  # None: any
-        self.origin = 0.0  # the pixel origin of its points (kpbench.evaluate.points_origin), set by its loader
+        self.origin = 0.0  # the pixel origin of its points (kpbench.data.points_origin), set by its loader
 
-    def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        x = crops.cpu().numpy()
+    def run(self, crops: np.ndarray) -> np.ndarray:
+        """Points for float32 crops (N, 1, S, S), as the graph gives them."""
+        x = np.ascontiguousarray(crops, dtype=np.float32)
         if self.batch is None or len(x) == self.batch:
-            return torch.from_numpy(self.session.run(None, {"crops": x})[0])
+            return self.session.run(None, {"crops": x})[0]
         if len(x) % self.batch:
             raise KpbenchError(f"this ONNX graph takes crops {self.batch} at a time, got {len(x)}")
-        return torch.cat([self.forward(crops[i:i + self.batch]) for i in range(0, len(x), self.batch)])
+        return np.concatenate([self.run(x[i:i + self.batch]) for i in range(0, len(x), self.batch)])
+
+    def __call__(self, crops):
+        if isinstance(crops, np.ndarray):
+            return self.run(crops)
+        import torch
+
+        return torch.from_numpy(self.run(crops.detach().cpu().numpy()))
+
+    def eval(self) -> "OnnxModel":
+        """As a module's: the graph has no training mode."""
+        return self
+
+    def to(self, device) -> "OnnxModel":
+        """As a module's: the graph runs on the CPU whatever the device."""
+        return self
 
 
 def onnxruntime_model(model: torch.nn.Module, input_size: int, label: str) -> OnnxModel:
     """``model`` (on the CPU) exported in memory and loaded in ONNX Runtime (CPU, torch's thread count)."""
+    import torch
+
     graph = to_onnx(model, torch.rand(2, 1, input_size, input_size), label)
     try:
         return OnnxModel(graph, torch.get_num_threads())

@@ -9,27 +9,29 @@ import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from kpbench.components import CropConvention, ModelPlan, load_splits, make_detector
 from kpbench.config import Settings
 from kpbench.data import Prepared, pixel_origin, prepare
 from kpbench.errors import KpbenchError, first_line
-from kpbench.folding import ready_to_run
 from kpbench.keypoints import Schema, get_schema
 from kpbench.plugins import Plugins
-from kpbench.regressor import Regressor, use_flip_test
 from kpbench.rundir import RunDir, read_mapping
 from kpbench.runtime import OnnxModel
-from kpbench.weights import read_checkpoint
+
+if TYPE_CHECKING:  # building a PyTorch model imports torch; an exported graph (load_onnx) needs none
+    import torch
+
+    from kpbench.regressor import Regressor
 
 
 @dataclass
 class Trained:
     """A trained model with what using it needs: its schema and the crop convention it was trained on."""
-    model: torch.nn.Module  # a Regressor, or an OnnxModel in its place
+    model: torch.nn.Module | OnnxModel  # a Regressor, or an OnnxModel in its place
     label: str
     input_size: int
     schema: Schema
@@ -75,6 +77,8 @@ class Located:
     def points_origin(self) -> float:
         """The pixel origin its best checkpoint numbers points from (the Regressor's ``origin``;
         0 for a checkpoint from before it), read without building the model."""
+        from kpbench.weights import read_checkpoint
+
         return float(read_checkpoint(self.model_dir / "best.pt")["state_dict"].get("origin", 0.0))
 
     def trained(self, model: torch.nn.Module) -> Trained:
@@ -139,6 +143,11 @@ def load_trained(path: str | Path, plugins: Plugins) -> Trained:
 def build_trained(found: Located) -> Trained:
     """A located model built, given its best checkpoint's weights and made ready to run (its
     BatchNorms folded, its weights channels-last: :func:`kpbench.folding.ready_to_run`)."""
+    import torch
+
+    from kpbench.folding import ready_to_run
+    from kpbench.regressor import use_flip_test
+
     m = found.plan
     model, _ = ready_to_run(trained_network(found), torch.rand(1, 1, m.input_size, m.input_size,
                                                            generator=torch.Generator().manual_seed(0)))
@@ -148,6 +157,11 @@ def build_trained(found: Located) -> Trained:
 
 def trained_network(found: Located) -> Regressor:
     """A located model's network with its best checkpoint's weights, as it trained."""
+    import torch
+
+    from kpbench.regressor import Regressor
+    from kpbench.weights import read_checkpoint
+
     m, schema, mdir = found.plan, found.schema, found.model_dir
     takes_weights = "weights" in inspect.signature(m.spec.factory).parameters or "weights" in m.options
     no_start = {"weights": "none"} if takes_weights else {}  # the checkpoint holds every weight

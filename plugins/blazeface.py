@@ -205,9 +205,9 @@ class BlazeFaceDetector(FaceDetector):
                 raise kpbench.KpbenchError("blazeface needs ai-edge-litert: pip install ai-edge-litert") from None
             if not self.path.is_file():
                 raise kpbench.KpbenchError(f"blazeface: model file {self.path} is missing; reinstall kpbench")
-            import torch
+            from kpbench.runtime import default_threads
 
-            net = Interpreter(model_path=str(self.path), num_threads=self.threads or torch.get_num_threads())
+            net = Interpreter(model_path=str(self.path), num_threads=self.threads or default_threads())
             with fd_to_devnull(2):
                 net.allocate_tensors()
             outputs = sorted(net.get_output_details(), key=lambda d: -int(d["shape"][-1]))  # 16 coords, 1 score

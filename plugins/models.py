@@ -388,7 +388,7 @@ def mobilenet_v2_imagenet() -> str:
     written once into kpbench's cache."""
     from pathlib import Path
 
-    from kpbench.features import cache_root
+    from kpbench.io import cache_root
     from kpbench.io import atomic_output
     from kpbench.weights import read_state_dict
 

@@ -196,3 +196,31 @@ def test_a_plugin_adds_a_report_format_beside_kpbench_own(tmp_path, tiny_config)
     (tmp_path / "run" / "leaderboard.txt").unlink()
     r = run_cli("report", tmp_path / "run", pythonpath=tmp_path, env=env)  # re-rendered from the files
     assert r.returncode == 0 and (tmp_path / "run" / "leaderboard.txt").read_text().splitlines() == text
+
+
+def test_kpbench_s_model_plugins_load_when_models_are_first_asked_for():
+    # Their modules import torch (1-2 s): a command without a PyTorch model must not pay for it, so
+    # they give models and nothing else, and load on the first look at the models.
+    import importlib
+    import os
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    from conftest import ROOT
+    from kpbench.plugins import DEFERRED
+
+    ours = {ep.name: ep.value for ep in entry_points(group="kpbench") if ep.dist and ep.dist.name == "kpbench"}
+    assert DEFERRED <= set(ours)
+    for name in DEFERRED:
+        module = importlib.import_module(ours[name])
+        hooks = {n for n in dir(module) if n.startswith("kpbench_") and callable(getattr(module, n))}
+        assert hooks == {"kpbench_models"}, (name, hooks)
+    code = ("import sys; from kpbench.plugins import get_plugins; p = get_plugins(); "
+            "d = p.detectors.names(); s = p.schemas.names(); before = 'torch' in sys.modules; "
+            "m = p.models.names(); print(before, 'gt-box' in d, 'kaggle15' in s, 'effnet-heatmap' in m, 'dlib68' in m, "
+            "p.models.get('dlib68').plugin)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "True", "True", "True", "True", "kpbench-dlib"]

@@ -178,23 +178,52 @@ def test_bad_inputs_are_one_line_errors(tiny_run):
         kpbench.Predictor.from_onnx(model)
 
 
+def imported_by_predict(tmp_path, args: list[str], modules: tuple[str, ...]) -> tuple[int, list[str]]:
+    """``kpbench predict face.png`` (detector none, overlays on, into out/) with ``args`` in a fresh
+    process: its return code and which of ``modules`` it imported."""
+    code = ("import sys; from kpbench.cli import main; "
+            f"rc = main(['predict', {str(tmp_path / 'face.png')!r}, '--detector', 'none', *{args!r}, "
+            f"'--out', {str(tmp_path / 'out')!r}, '--overlay']); "
+            f"print(rc, [m for m in {modules!r} if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    rc, found = r.stdout.strip().splitlines()[-1].split(" ", 1)
+    return int(rc), json.loads(found.replace("'", '"'))
+
+
 def test_predict_on_a_photo_imports_neither_the_runner_nor_the_report_nor_matplotlib(tiny_run, face_image, tmp_path):
     # Start-up is part of every photo's time: the overlay is drawn with PIL (matplotlib alone takes a second)
     from PIL import Image
 
     Image.fromarray(face_image[0]).save(tmp_path / "face.png")
-    code = ("import sys; from kpbench.cli import main; "
-            f"rc = main(['predict', {str(tmp_path / 'face.png')!r}, '--model', {str(tiny_run / 'models' / 'integral')!r}, '--detector', 'none', "
-            f"'--runtime', 'torch', '--out', {str(tmp_path / 'out')!r}, '--overlay']); "
-            "print(rc, sorted(m for m in ('kpbench.runner', 'kpbench.report', 'kpbench.plots', 'matplotlib') if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "0 []"
+    modules = ("kpbench.runner", "kpbench.report", "kpbench.plots", "matplotlib")
+    args = ["--model", str(tiny_run / "models" / "integral"), "--runtime", "torch"]
+    assert imported_by_predict(tmp_path, args, modules) == (0, [])
     written = json.loads((tmp_path / "out" / "face.json").read_text())
     assert len(written["faces"]) == 1 and written["faces"][0]["confidence"]
     assert json.loads((tmp_path / "out" / "predictions.json").read_text())["partial"] is False
     assert np.asarray(Image.open(tmp_path / "out" / "face.jpg")).shape == (*face_image[0].shape[:2], 3)
+
+
+def test_predict_with_an_exported_graph_starts_without_importing_torch(tmp_path, face_image):
+    # torch's import is 1-2 s of a 2-core machine's start-up: the shipped model's graph (as any
+    # `kpbench export` graph) runs under ONNX Runtime, and nothing on the photo path imports torch
+    pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    from kpbench.card import GRAPH
+    from kpbench.predictor import SHIPPED
+
+    if not (SHIPPED / GRAPH).is_file():
+        pytest.skip("no shipped model in this checkout")
+    Image.fromarray(face_image[0]).save(tmp_path / "face.png")
+    assert imported_by_predict(tmp_path, [], ("torch",)) == (0, [])
+    written = json.loads((tmp_path / "out" / "face.json").read_text())
+    assert len(written["faces"]) == 1 and len(written["faces"][0]["keypoints"]) == 15
+    batch = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert batch["runtime"] == "onnxruntime" and batch["model"] == str(SHIPPED / GRAPH)
+    assert (tmp_path / "out" / "face.jpg").is_file()  # the overlay too
 
 
 class Rectangles(kpbench.FaceDetector):
@@ -250,6 +279,19 @@ def test_the_shipped_model_is_what_its_card_says():
     p = kpbench.Predictor(detector="none", runtime="torch")
     assert p.label == card["model"] and p.trained.input_size == card["input_size"]
     assert p(np.full((64, 64, 3), 128, np.uint8))[0].points.shape == (15, 2)
+    # its graph (model.onnx, in the card's files) is the checkpoint's model: the same points
+    from kpbench.card import GRAPH
+
+    assert GRAPH in card["sha256"] and f"{GRAPH}.json" in card["sha256"]
+    if importlib.util.find_spec("onnxruntime") is None:
+        return
+    graph = kpbench.Predictor(detector="none")
+    assert graph.runtime == "onnxruntime" and graph.trained.model_dir == SHIPPED / GRAPH
+    rng = np.random.default_rng(0)
+    for image in (rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), np.full((64, 64, 3), 128, np.uint8)):
+        got, want = graph(image)[0], p(image)[0]
+        np.testing.assert_allclose(got.points, want.points, atol=1e-3 * 128)  # ONNX_TOLERANCE of the crop
+        np.testing.assert_allclose(got.confidence, want.confidence, atol=1e-3)
 
 
 def test_ship_packages_a_run_of_the_config_as_written_and_refuses_any_other(tiny_run, tmp_path):
@@ -269,8 +311,24 @@ def test_ship_packages_a_run_of_the_config_as_written_and_refuses_any_other(tiny
     # A run that trained a subset of the config's models is the same recipe for them: the package's
     # config is the config file's, and its files are what its card says.
     wanted = config(TINY.replace("[integral, cnn]", "[integral, cnn, mean-shape]"))
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from kpbench.card import GRAPH
+
     dest = ship(tiny_run, wanted, root=root)
     card = verify(dest)
+    # the run's best model (cnn at 32 px) has an operator the exporter cannot take: shipped without a graph
+    assert card["model"] == "cnn" and GRAPH not in card["sha256"] and not (dest / GRAPH).exists()
+    assert kpbench.Predictor(dest, detector="none").runtime == "torch"
+    # a model that exports is shipped with its graph, one face at a time, giving the checkpoint's points
+    other = ship(tiny_run / "models" / "integral", wanted, root=tmp_path / "other")
+    assert GRAPH in verify(other)["sha256"]
+    sidecar = json.loads((other / f"{GRAPH}.json").read_text())
+    assert sidecar["input"]["shape"][0] == 1 and sidecar["run"] == f"shipped/{other.name}"
+    image = np.random.default_rng(1).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    from_graph = kpbench.Predictor.from_onnx(other / GRAPH, detector="none")(image)[0].points
+    from_run = kpbench.Predictor(other, detector="none", runtime="torch")(image)[0].points
+    np.testing.assert_allclose(from_graph, from_run, atol=1e-3 * 48)
     assert differences(Settings.from_dict(load(wanted)), Settings.from_dict(load(dest / "config.yaml"))) == []
     assert (dest / "models" / card["model"] / "best.pt").is_file() and card["result"]["nme"] > 0
     with pytest.raises(KpbenchError, match="exists"):

@@ -165,7 +165,10 @@ def test_export_to_onnx_gives_pytorchs_keypoints(tmp_path, tiny_config):
         want = trained.model(crops).numpy()
     got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"crops": crops.numpy()})[0]
-    np.testing.assert_allclose(got.reshape(want.shape), want, atol=1e-4)
+    k = want.reshape(len(want), -1).shape[1] // 2
+    assert got.shape == (5, 3 * k) and sidecar["output"]["shape"] == ["batch", 3 * k]  # then a confidence per point
+    np.testing.assert_allclose(got[:, :2 * k], want.reshape(5, -1), atol=1e-4)
+    assert ((got[:, 2 * k:] >= 0) & (got[:, 2 * k:] <= 1)).all()
     again = run_cli("export", "--model", tmp_path / "run", "--out", tmp_path / "m.onnx")
     assert again.returncode == 2 and "never overwrites" in again.stderr
     _a_full_disk_leaves_no_half_pair(tmp_path)
