@@ -82,9 +82,8 @@ def ship(run: str | Path, config_file: str = "configs/wild.yaml", *evaluations: 
     from kpbench.config import Settings, differences, load
     from kpbench.export import export_onnx
     from kpbench.plugins import get_plugins
-    from kpbench.trained import load_trained
-
     from kpbench.runtime import INSTALL, available
+    from kpbench.trained import load_trained
 
     if not available():
         raise KpbenchError(f"shipping a model exports it to ONNX: {INSTALL}")

@@ -1,8 +1,9 @@
 """ONNX Runtime as kpbench's second runtime: a model exported in memory or read from a file, run
-in the place of the PyTorch model (crops in, crop coordinates out). Needs the optional extra
-``kpbench[onnx]`` (``onnx`` 1.17, which still accepts the protobuf 4 that ``mediapipe`` pins, and
-``onnxruntime``); :func:`available` tells. Running a graph (:class:`OnnxModel`) needs no PyTorch: an
-exported model's photo path starts without importing it."""
+in the place of the PyTorch model (crops in, crop coordinates out). Running a graph
+(:class:`OnnxModel`) needs ``onnxruntime`` (a dependency of kpbench) and no PyTorch: an exported
+model's photo path starts without importing it. Exporting needs the optional extra
+``kpbench[onnx]`` too (``onnx`` 1.17, which still accepts the protobuf 4 that ``mediapipe`` pins);
+:func:`available` tells."""
 
 from __future__ import annotations
 
