@@ -102,34 +102,87 @@ def as_image(image: Any) -> np.ndarray:
     return arr
 
 
+def graph_sources(net_source: Path) -> list[Path]:
+    """The code a model's graph is computed by: its network's module, the Regressor's and the
+    confidence wrapper's (:mod:`kpbench.evaluate`)."""
+    here = Path(__file__).resolve().parent
+    return [Path(net_source), here / "regressor.py", here / "evaluate.py"]
+
+
 def graph_cache(model_dir: Path, label: str, net_source: Path, flip: bool) -> Path:
     """Where a model's ONNX graph is kept: keyed by the checkpoint's bytes, the source of the code
-    that computes it (``net_source``, the network's module, with the Regressor's and the confidence
-    wrapper's), its test-time flip averaging, its form (one crop at a time) and torch's version,
-    so that a changed model or kpbench exports anew."""
-    import inspect
-
-    import torch
-
-    from kpbench.evaluate import PointsAndConfidence
+    that computes it (:func:`graph_sources`), its test-time flip averaging, its form (one crop at a
+    time) and torch's version, so that a changed model or kpbench exports anew."""
     from kpbench.io import cache_root
-    from kpbench.regressor import Regressor
 
     h = hashlib.sha256((model_dir / "best.pt").read_bytes())
-    for file in (net_source, inspect.getsourcefile(Regressor), inspect.getsourcefile(PointsAndConfidence)):
-        h.update(Path(file).read_bytes())
-    h.update(f"{torch.__version__} flip {bool(flip)} batch 1".encode())
+    for file in graph_sources(net_source):
+        h.update(file.read_bytes())
+    h.update(f"{_torch_version()} flip {bool(flip)} batch 1".encode())
     return cache_root() / "onnx" / f"{label}-{h.hexdigest()[:16]}.onnx"
 
 
-def _graph_cache(trained: Trained) -> Path:
-    """:func:`graph_cache` of a loaded model: its network's module is that of its factory
-    (``trained.source``) or, for a model built in code, of its network's class."""
+def _torch_version() -> str:
+    from importlib.metadata import version
+
+    return version("torch")
+
+
+def _graph_cache(trained: Trained) -> tuple[Path, Path]:
+    """:func:`graph_cache` of a loaded model, and its network's module: its factory's
+    (``trained.source``) or, for a model built in code, its network's class's."""
     import inspect
 
     regressor = getattr(trained.model, "regressor", trained.model)
-    net = trained.source or inspect.getsourcefile(type(getattr(regressor, "net", regressor)))
-    return graph_cache(trained.model_dir, trained.label, Path(net), bool(getattr(regressor, "flip_test", None)))
+    net = Path(trained.source or inspect.getsourcefile(type(getattr(regressor, "net", regressor))))
+    return graph_cache(trained.model_dir, trained.label, net, bool(getattr(regressor, "flip_test", None))), net
+
+
+def _index_entry(model_dir: Path, label: str) -> Path:
+    from kpbench.io import cache_root
+
+    digest = hashlib.sha256((model_dir / "best.pt").read_bytes()).hexdigest()[:16]
+    return cache_root() / "onnx" / "index" / f"{label}-{digest}.json"
+
+
+def remember_graph(trained: Trained, cache: Path, net_source: Path) -> None:
+    """Note, by checkpoint, which cached graph a run's model has and the code it was computed by,
+    so that the next Predictor of that run finds it without its model plugin, so without torch
+    (:func:`indexed_graph`)."""
+    from kpbench.io import atomic_write_json
+
+    if trained.settings is None:
+        return
+    entry = {"graph": cache.name, "torch": _torch_version(), "input_size": trained.input_size,
+             "origin": points_origin(trained.model),
+             "sources": {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in graph_sources(net_source)}}
+    try:
+        atomic_write_json(_index_entry(trained.model_dir, trained.label), entry)
+    except OSError as exc:  # a read-only cache: the next start imports torch, nothing worse
+        log.info(f"{trained.label}: graph index not written ({exc})")
+
+
+def indexed_graph(path: str | Path, plugins) -> Trained | None:
+    """A run's finished model as the cached graph :func:`remember_graph` noted, if that graph and
+    the code it was computed by (each file's SHA-256) and torch's version are unchanged; None
+    otherwise (then the model is located and loaded as usual)."""
+    from kpbench.io import cache_root
+    from kpbench.rundir import read_mapping
+    from kpbench.trained import find_finished, get_schema, run_convention
+
+    try:
+        rd, settings, mdir, row = find_finished(path)
+        entry = read_mapping(_index_entry(mdir, row["model"]))
+        sources = entry["sources"]
+        if entry["torch"] != _torch_version() or any(
+                hashlib.sha256(Path(f).read_bytes()).hexdigest() != h for f, h in sources.items()):
+            return None
+        graph = OnnxModel(cache_root() / "onnx" / entry["graph"])
+        graph.origin = float(entry["origin"])
+        return Trained(graph, row["model"], int(entry["input_size"]), get_schema(settings.data.schema),
+                       run_convention(rd, settings, plugins), settings, rd.path, mdir, Path(next(iter(sources))))
+    except Exception:  # noqa: BLE001 - no entry, a stale or unreadable one, no ONNX Runtime: the usual way
+        return None
 
 
 def cached_graph(found: Located) -> Trained | None:
@@ -152,7 +205,9 @@ def cached_graph(found: Located) -> Trained | None:
     except Exception:  # noqa: BLE001 - no ONNX Runtime, or an unreadable cache file: export it again
         return None
     graph.origin = found.points_origin()  # as onnx_in_place gives the graph it exports
-    return found.trained(graph)
+    trained = found.trained(graph)
+    remember_graph(trained, cache, found.source)
+    return trained
 
 
 def onnx_in_place(trained: Trained) -> bool:
@@ -168,7 +223,7 @@ def onnx_in_place(trained: Trained) -> bool:
     if not runtime.available():
         return False
     model, size = trained.model.eval(), trained.input_size
-    cache = _graph_cache(trained)
+    cache, net = _graph_cache(trained)
     try:
         if cache.is_file():
             graph = runtime.OnnxModel(cache, torch.get_num_threads())
@@ -187,6 +242,7 @@ def onnx_in_place(trained: Trained) -> bool:
         return False
     graph.origin = points_origin(model)
     trained.model = graph
+    remember_graph(trained, cache, net)
     return True
 
 
@@ -215,9 +271,12 @@ class Predictor:
             trained.run_dir = SHIPPED
         elif source.suffix == ".onnx":
             trained = load_onnx(source)
-        else:  # a graph exported by an earlier Predictor needs no PyTorch model (a faster start)
-            found = locate_trained(source, plugins)
-            trained = (cached_graph(found) if runtime != "torch" else None) or build_trained(found)
+        else:  # a graph exported by an earlier Predictor needs no PyTorch model (a faster start), and
+            # once noted by checkpoint (indexed_graph) not even torch
+            trained = indexed_graph(source, plugins) if runtime != "torch" else None
+            if trained is None:
+                found = locate_trained(source, plugins)
+                trained = (cached_graph(found) if runtime != "torch" else None) or build_trained(found)
         self._setup(trained, detector, detector_options, runtime, plugins)
 
     @classmethod

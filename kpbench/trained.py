@@ -106,6 +106,18 @@ def _leaderboard_rows(run_dir: Path) -> list[dict]:
 def locate_trained(path: str | Path, plugins: Plugins) -> Located:
     """A finished model of a run: the run directory (its best model), a model directory
     (``models/<label>[/seed<k>]``) or a ``best.pt`` inside one."""
+    rd, settings, mdir, row = find_finished(path)
+    label = row["model"]
+    m = ModelPlan.of(settings, label, plugins.models.get(label.split("@")[0], where="--model"))
+    if row.get("input_size"):
+        m = dataclasses.replace(m, input_size=int(row["input_size"]))
+    return Located(m, settings, get_schema(settings.data.schema), run_convention(rd, settings, plugins), rd.path,
+                   mdir)
+
+
+def find_finished(path: str | Path) -> tuple[RunDir, Settings, Path, dict]:
+    """The run, settings, model folder and result row of the finished model :func:`locate_trained`
+    finds at ``path``, read without its model plugin (so without torch)."""
     path = Path(path)
     if not path.exists():
         raise KpbenchError(f"--model {path}: no such file or directory")
@@ -127,12 +139,7 @@ def locate_trained(path: str | Path, plugins: Plugins) -> Located:
         if not match:
             raise KpbenchError(f"{path}: not a finished model of run {run_dir}")
         mdir, row = match[0]
-    label = row["model"]
-    m = ModelPlan.of(settings, label, plugins.models.get(label.split("@")[0], where="--model"))
-    if row.get("input_size"):
-        m = dataclasses.replace(m, input_size=int(row["input_size"]))
-    return Located(m, settings, get_schema(settings.data.schema), run_convention(rd, settings, plugins), run_dir,
-                   mdir)
+    return rd, settings, mdir, row
 
 
 def load_trained(path: str | Path, plugins: Plugins) -> Trained:

@@ -226,6 +226,40 @@ def test_predict_with_an_exported_graph_starts_without_importing_torch(tmp_path,
     assert (tmp_path / "out" / "face.jpg").is_file()  # the overlay too
 
 
+def test_a_run_s_model_starts_without_torch_once_its_graph_is_cached(tiny_run, tmp_path, monkeypatch):
+    # The first Predictor of a run exports its graph and notes it by checkpoint; the next ones find
+    # it without the model plugin, so without torch, while the code and torch are those it was made by.
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("KPBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    model = tiny_run / "models" / "integral"
+    image = np.random.default_rng(2).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    np.save(tmp_path / "image.npy", image)
+    first = kpbench.Predictor(model, detector="none")
+    assert first.runtime == "onnxruntime"
+    (entry,) = (tmp_path / "cache" / "onnx" / "index").glob("integral-*.json")
+    code = ("import sys, numpy as np; from kpbench import Predictor; "
+            f"p = Predictor({str(model)!r}, detector='none'); f = p(np.load({str(tmp_path / 'image.npy')!r}))[0]; "
+            "print('torch' in sys.modules, p.runtime); print(f.points.tolist())")
+
+    def again():
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1", "KPBENCH_CACHE_DIR": str(tmp_path / "cache")})
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.strip().splitlines()
+        return lines[-2], np.asarray(json.loads(lines[-1]))
+
+    want = first(image)[0].points
+    said, points = again()
+    assert said == "False onnxruntime"
+    np.testing.assert_allclose(points, want, atol=1e-4)
+    stale = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**stale, "torch": "0.0"}))  # made by another torch: not used
+    said, points = again()
+    assert said == "True onnxruntime"
+    np.testing.assert_allclose(points, want, atol=1e-4)
+
+
 class Rectangles(kpbench.FaceDetector):
     """A whole detector plugin: raw rectangles and eyes; everything else is the core's."""
 
