@@ -23,6 +23,7 @@ reported as skipped (``pip install -e '.[mediapipe]'``, ``pip install dlib``,
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -79,15 +80,10 @@ def commands(dlib_model: str | None, run_folder: bool = False) -> dict[str, list
         from kpbench.predictor import SHIPPED
 
         found["kpbench-run-folder"] = [sys.executable, "-m", "kpbench", "predict", "--model", str(SHIPPED)]
-    try:
-        import importlib.util
-
-        if importlib.util.find_spec("mediapipe") and importlib.util.find_spec("cv2"):
-            found["mediapipe"] = [sys.executable, "-c", MEDIAPIPE]
-        if importlib.util.find_spec("dlib") and dlib_model:
-            found["dlib"] = [sys.executable, "-c", DLIB]
-    except ImportError:
-        pass
+    if importlib.util.find_spec("mediapipe") and importlib.util.find_spec("cv2"):
+        found["mediapipe"] = [sys.executable, "-c", MEDIAPIPE]
+    if importlib.util.find_spec("dlib") and dlib_model:
+        found["dlib"] = [sys.executable, "-c", DLIB]
     return found
 
 

@@ -25,14 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from kpbench.card import GRAPH
+from kpbench.card import GRAPH, sha256
 from kpbench.data import crop_from_image, points_origin, read_image, split_confidence, stack_boxes, to_image_pixels
 from kpbench.errors import KpbenchError
 from kpbench.geometry import box_at, centre_and_spread, place_around
 from kpbench.keypoints import Schema
 from kpbench.log import log
 from kpbench.protocols import FindsFaces
-from kpbench.runtime import OnnxModel
+from kpbench.runtime import OnnxModel, runs_graphs
 from kpbench.trained import Located, Trained, build_trained, load_onnx, locate_trained
 
 SHIPPED = Path(__file__).resolve().parent / "shipped" / "wild"  # the recommended model, as its run left it
@@ -81,13 +81,6 @@ def default_detector(plugins) -> str:
     if "blazeface" in plugins.detectors.names() and importlib.util.find_spec("ai_edge_litert") is not None:
         return "blazeface"
     return "mtcnn"
-
-
-def onnxruntime_installed() -> bool:
-    """Whether ONNX Runtime can be imported (without importing it, nor the exporter's onnx)."""
-    import importlib.util
-
-    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def as_image(image: Any) -> np.ndarray:
@@ -141,8 +134,7 @@ def _graph_cache(trained: Trained) -> tuple[Path, Path]:
 def _index_entry(model_dir: Path, label: str) -> Path:
     from kpbench.io import cache_root
 
-    digest = hashlib.sha256((model_dir / "best.pt").read_bytes()).hexdigest()[:16]
-    return cache_root() / "onnx" / "index" / f"{label}-{digest}.json"
+    return cache_root() / "onnx" / "index" / f"{label}-{sha256(model_dir / 'best.pt')[:16]}.json"
 
 
 def remember_graph(trained: Trained, cache: Path, net_source: Path) -> None:
@@ -155,7 +147,7 @@ def remember_graph(trained: Trained, cache: Path, net_source: Path) -> None:
         return
     entry = {"graph": cache.name, "torch": _torch_version(), "input_size": trained.input_size,
              "origin": points_origin(trained.model),
-             "sources": {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in graph_sources(net_source)}}
+             "sources": {str(f): sha256(f) for f in graph_sources(net_source)}}
     try:
         atomic_write_json(_index_entry(trained.model_dir, trained.label), entry)
     except OSError as exc:  # a read-only cache: the next start imports torch, nothing worse
@@ -174,8 +166,7 @@ def indexed_graph(path: str | Path, plugins) -> Trained | None:
         rd, settings, mdir, row = find_finished(path)
         entry = read_mapping(_index_entry(mdir, row["model"]))
         sources = entry["sources"]
-        if entry["torch"] != _torch_version() or any(
-                hashlib.sha256(Path(f).read_bytes()).hexdigest() != h for f, h in sources.items()):
+        if entry["torch"] != _torch_version() or any(sha256(Path(f)) != h for f, h in sources.items()):
             return None
         graph = OnnxModel(cache_root() / "onnx" / entry["graph"])
         graph.origin = float(entry["origin"])
@@ -266,7 +257,7 @@ class Predictor:
                                f"(Predictor.from_run, predict --model)")
         if source.suffix == ".onnx" and runtime == "torch":
             raise KpbenchError(f"{source}: an ONNX graph runs under ONNX Runtime, not runtime 'torch'")
-        if model is None and runtime != "torch" and SHIPPED_GRAPH.is_file() and onnxruntime_installed():
+        if model is None and runtime != "torch" and SHIPPED_GRAPH.is_file() and runs_graphs():
             trained = load_onnx(SHIPPED_GRAPH)
             trained.run_dir = SHIPPED
         elif source.suffix == ".onnx":

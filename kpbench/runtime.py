@@ -61,6 +61,14 @@ def available() -> bool:
     return True
 
 
+def runs_graphs() -> bool:
+    """Whether ONNX Runtime can be imported, found without importing it (nor the exporter's onnx):
+    what running an exported graph needs."""
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
 def _onnxruntime(what: str = "exporting to ONNX", exporter: bool = True):
     try:
         if exporter:

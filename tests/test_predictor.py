@@ -181,15 +181,15 @@ def test_bad_inputs_are_one_line_errors(tiny_run):
 def imported_by_predict(tmp_path, args: list[str], modules: tuple[str, ...]) -> tuple[int, list[str]]:
     """``kpbench predict face.png`` (detector none, overlays on, into out/) with ``args`` in a fresh
     process: its return code and which of ``modules`` it imported."""
-    code = ("import sys; from kpbench.cli import main; "
+    code = ("import json, sys; from kpbench.cli import main; "
             f"rc = main(['predict', {str(tmp_path / 'face.png')!r}, '--detector', 'none', *{args!r}, "
             f"'--out', {str(tmp_path / 'out')!r}, '--overlay']); "
-            f"print(rc, [m for m in {modules!r} if m in sys.modules])")
+            f"print(rc, json.dumps([m for m in {modules!r} if m in sys.modules]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr
     rc, found = r.stdout.strip().splitlines()[-1].split(" ", 1)
-    return int(rc), json.loads(found.replace("'", '"'))
+    return int(rc), json.loads(found)
 
 
 def test_predict_on_a_photo_imports_neither_the_runner_nor_the_report_nor_matplotlib(tiny_run, face_image, tmp_path):
