@@ -1,6 +1,7 @@
 """Tracking against detecting on every frame, smoothed or not, on real faces moving at a real frame rate:
 
     python benchmarks/video_track.py [--model RUN] [--clips 20] [--frames 60] [--threads 2] [--json OUT]
+        [--end-to-end N [--end-to-end-size W H]]
     python benchmarks/video_track.py --prior-weights 0 0.25 0.5 0.75 --clips 60 --frames 40 --split val [--dataset D]
 
 The shared annotated faces are photos and 3-frame clips, so the "videos" are made: each clip is one
@@ -33,7 +34,8 @@ chosen.
 own writer) and times what a user runs on it: ``kpbench predict clip.mp4`` (no overlay: decode,
 track, smooth, write CSV and JSON) less ``kpbench predict`` on one photo (start-up), against
 MediaPipe video mode on the same frames decoded by PyAV in this process, ms per frame of each (the
-best of three interleaved rounds)."""
+best of three interleaved rounds). ``--end-to-end-size 1280 720`` writes those frames as 720p
+instead: each scaled to 720 x 720 px and centred in 1280 x 720 (the face about 500 px wide)."""
 
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ from kpbench.keypoints import convert, get_schema
 from kpbench.plugins import get_plugins
 from kpbench.predictor import PRIOR_WEIGHT, SHIPPED, FaceTracker, Predictor
 from kpbench.geometry import centre_and_spread
-from kpbench.video import SMOOTH, FaceTracks, VideoWriter, frames, open_video, smoothed
+from kpbench.video import SMOOTH, FaceTracks, VideoWriter, open_video, smoothed
 from video_jitter import smooth_clips  # the sibling script: each clip's points smoothed in frame order
 
 SIZE, FPS = 256, 30.0
@@ -213,16 +215,28 @@ def changing_shapes(clips: list[list[np.ndarray]], change: int, noise: float, ho
     return true, true + noise * spreads[:, None, None] * rng.standard_normal(true.shape), frames
 
 
-def end_to_end(model: str, clips, n: int, repeat: int = 3) -> dict:
-    """ms per frame of ``kpbench predict`` on an ``n``-frame .mp4 of the filmed clips (less its
-    start-up, timed on one photo; its own threads: all cores) and of PyAV decoding + MediaPipe video
-    mode on that file, each the best of ``repeat`` interleaved rounds."""
+def framed(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``image`` (square) scaled to ``height`` x ``height`` px and centred on a black ``width`` x
+    ``height`` frame: the filmed clip as a larger video would hold it."""
+    if image.shape[:2] == (height, width):
+        return image
+    out = np.zeros((height, width, 3), np.uint8)
+    left = (width - height) // 2
+    out[:, left:left + height] = np.asarray(Image.fromarray(image).resize((height, height), Image.BILINEAR))
+    return out
+
+
+def end_to_end(model: str, clips, n: int, size: tuple[int, int] = (SIZE, SIZE), repeat: int = 3) -> dict:
+    """ms per frame of ``kpbench predict`` on an ``n``-frame .mp4 of the filmed clips (each frame
+    :func:`framed` at ``size``, width and height; less its start-up, timed on one photo; its own
+    threads: all cores) and of PyAV decoding + MediaPipe video mode on that file, each the best of
+    ``repeat`` interleaved rounds."""
     import mediapipe as mp
 
-    images = [im for c, _ in clips for im in c][:n]
+    images = [framed(im, *size) for c, _ in clips for im in c][:n]
     with tempfile.TemporaryDirectory() as tmp:
         clip, photo = Path(tmp) / "clip.mp4", Path(tmp) / "photo.png"
-        writer = VideoWriter(clip, FPS, SIZE, SIZE)
+        writer = VideoWriter(clip, FPS, *size)
         for im in images:
             writer.write(im)
         writer.close()
@@ -238,9 +252,9 @@ def end_to_end(model: str, clips, n: int, repeat: int = 3) -> dict:
         def mediapipe():
             mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1)
             t = time.perf_counter()
-            with open_video(clip) as (container, stream):
-                found = sum(mesh.process(image).multi_face_landmarks is not None
-                            for _, _, image in frames(clip, container, stream))
+            with open_video(clip) as (container, stream):  # PyAV's frames as RGB, one after another
+                found = sum(mesh.process(frame.to_ndarray(format="rgb24")).multi_face_landmarks is not None
+                            for frame in container.decode(stream))
             seconds = time.perf_counter() - t
             mesh.close()
             return seconds, found
@@ -251,7 +265,7 @@ def end_to_end(model: str, clips, n: int, repeat: int = 3) -> dict:
         rounds = [(predict(photo, f"photo{r}"), predict(clip, f"clip{r}"), mediapipe()) for r in range(repeat)]
         start, whole = min(r[0] for r in rounds), min(r[1] for r in rounds)
         mediapipe_s, found = min(r[2] for r in rounds)
-    return {"frames": n, "rounds": repeat, "kpbench_predict_ms": 1000 * (whole - start) / n, "startup_s": start,
+    return {"frames": n, "size": list(size), "rounds": repeat, "kpbench_predict_ms": 1000 * (whole - start) / n, "startup_s": start,
             "mediapipe_pyav_ms": 1000 * mediapipe_s / n, "mediapipe_found": found / n}
 
 
@@ -266,6 +280,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--end-to-end", type=int, default=0, metavar="N",
                     help="also time kpbench predict on an N-frame .mp4 against PyAV + MediaPipe video mode")
+    ap.add_argument("--end-to-end-size", type=int, nargs=2, default=[SIZE, SIZE], metavar=("W", "H"),
+                    help="that .mp4's frames: each filmed frame scaled to H x H and centred (e.g. 1280 720)")
     ap.add_argument("--dataset", default=HELEN, help="the photos filmed (an ibug: or folder68: dataset)")
     ap.add_argument("--split", choices=["test", "val"], default="test", help="which held-out split's faces")
     ap.add_argument("--prior-weights", type=float, nargs="+", metavar="W",
@@ -313,9 +329,9 @@ def main(argv=None) -> None:
             r = {"change_frames": change, "points": name, **scored(pts, true, frames)}
             changes.append(r)
             print(f"{1000 * change / FPS:6.0f} ms    {name:24s} {r['nme']:7.4f} {r['jitter']:7.4f}")
-    e2e = end_to_end(args.model, clips, args.end_to_end) if args.end_to_end else None
+    e2e = end_to_end(args.model, clips, args.end_to_end, tuple(args.end_to_end_size)) if args.end_to_end else None
     if e2e:
-        print(f"\nEnd to end on a {e2e['frames']}-frame .mp4 (best of {e2e['rounds']} rounds): kpbench predict {e2e['kpbench_predict_ms']:.2f} "
+        print(f"\nEnd to end on a {e2e['frames']}-frame {e2e['size'][0]} x {e2e['size'][1]} .mp4 (best of {e2e['rounds']} rounds): kpbench predict {e2e['kpbench_predict_ms']:.2f} "
               f"ms a frame after its start-up ({e2e['startup_s']:.1f} s); PyAV + MediaPipe video mode "
               f"{e2e['mediapipe_pyav_ms']:.2f} ms a frame: {e2e['kpbench_predict_ms'] / e2e['mediapipe_pyav_ms']:.2f}x")
     if args.json:

@@ -265,11 +265,19 @@ def crop_resize(gray: np.ndarray, box: Sequence[float], size: int) -> np.ndarray
     return crop[0, 0].numpy()
 
 
+def gray_region(image, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """:func:`to_gray` of ``image[top:bottom, left:right]``; an image with its own ``gray`` (a video
+    :class:`kpbench.video.Frame`: from its luma plane, no RGB made) gives it."""
+    if hasattr(image, "gray"):
+        return image.gray(top, bottom, left, right)
+    return to_gray(np.asarray(image)[top:bottom, left:right])
+
+
 def crop_from_image(image: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
     """:func:`crop_resize` of ``to_gray(image)`` at ``box``, converting only the part of the image
     the crop samples (the box, turned by its angle, plus 2 px): the same crop, a fraction of the
     work on a large photo."""
-    h, w = np.asarray(image).shape[:2]
+    h, w = image.shape[:2]
     x0, y0, side = (float(v) for v in box[:3])
     rad = math.radians(float(box[3])) if len(box) > 3 else 0.0
     half = side / 2 * (abs(math.cos(rad)) + abs(math.sin(rad))) + 2.0
@@ -278,7 +286,7 @@ def crop_from_image(image: np.ndarray, box: Sequence[float], size: int) -> np.nd
     right, bottom = min(w, int(math.ceil(cx + half))), min(h, int(math.ceil(cy + half)))
     if right <= left or bottom <= top:  # the box lies off the image: all padding
         return np.zeros((size, size), np.float32)
-    region = to_gray(np.asarray(image)[top:bottom, left:right])
+    region = gray_region(image, top, bottom, left, right)
     return crop_resize(region, (x0 - left, y0 - top, side, *box[3:]), size)
 
 

@@ -190,7 +190,7 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
                         *[f"{p}_{axis}" for p in schema.points for axis in "xy"], "face_confidence",
                         *[f"{p}_confidence" for p in schema.points]])
         doc.write(strict_json(head)[:-1] + ', "frames": [\n')  # then one frame a line
-        for index, t, image in frames(path, container, stream):
+        for index, t, image in stack.enter_context(contextlib.closing(frames(path, container, stream))):
             faces, boxes, pts, conf = step(image)
             numbers = tracks.follow(boxes)
             if smooth is not None and faces:
@@ -203,7 +203,7 @@ def predict_video(predictor: Predictor, path: Path, out: Path, name: str, overla
                                 "" if e["face_confidence"] is None else e["face_confidence"], *confidence.values()])
             doc.write(("," if index else "") + strict_json({"frame": index, "time": round(t, 4), "faces": entries}) + "\n")
             if writer:
-                writer.write(np.asarray(overlay.draw_faces(image, pts, boxes)))
+                writer.write(np.asarray(overlay.draw_faces(np.asarray(image), pts, boxes)))
             summary.update(frames=index + 1, faces=summary["faces"] + len(faces),
                            frames_without_face=summary["frames_without_face"] + (not faces))
             progress.advance(task)

@@ -353,7 +353,7 @@ class Predictor:
 
     def detect(self, image: np.ndarray) -> list[dict]:
         """The detector's faces (each ``{"box", "score", ...}``) of a decoded image."""
-        return self.detector.detect_all(image)
+        return self.detector.detect_all(np.asarray(image))  # a video Frame's RGB is made here
 
     def predict_arrays(self, image: np.ndarray, found: list[dict] | None = None):
         """The model on every face of a decoded image (``found``: boxes known already, e.g. from a

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import contextlib
 import math
+import queue
+import threading
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from kpbench.data import to_gray
 from kpbench.errors import KpbenchError
 from kpbench.geometry import centre_and_spread
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 ENCODERS = ("libx264", "mpeg4")  # H.264 where this PyAV build has it, else MPEG-4 Part 2; both play in .mp4
 DEFAULT_FPS = 25.0  # a stream that states no frame rate
+READ_AHEAD = 2  # frames decoded before they are asked for (frames)
 # One-Euro defaults for a face's shape (its points about their centroid, in units of their spread,
 # see ShapeFilter): at rest the cutoff is 1 Hz (flicker smoothed hard: at 30 fps a frame moves 17 %
 # of the way to a new value); a shape changing by half its spread per second (a mouth opening)
@@ -147,7 +151,7 @@ def open_video(path: Path):
         if not container.streams.video:
             raise KpbenchError(f"{path}: has no video stream")
         stream = container.streams.video[0]
-        # Decoded on the calling thread: FFmpeg's frame threads took the cores from the model (ONNX
+        # One decoding thread (frames' own): FFmpeg's frame threads took the cores from the model (ONNX
         # Runtime's threads) on a 2-core CPU: 13 against 7 ms a frame of `kpbench predict` on a 256 px clip.
         stream.thread_type = "NONE"
         yield container, stream
@@ -160,14 +164,95 @@ def frame_rate(stream) -> float:
     return float(rate) if rate else DEFAULT_FPS
 
 
-def frames(path: Path, container, stream) -> Iterator[tuple[int, float, np.ndarray]]:
-    """Index, time in seconds and RGB pixels (H, W, 3) uint8 of each frame, decoded one at a time."""
+# 8-bit pixel formats whose first plane is the frame's luma, full range or not (a "j" format, or
+# the stream says so), else limited (16-235, as FFmpeg assumes when a stream does not say)
+LUMA_PLANES = ("yuv420p", "yuv422p", "yuv444p", "yuv440p", "yuv411p", "nv12", "nv21",
+               "yuvj420p", "yuvj422p", "yuvj444p", "yuvj440p", "gray")
+
+
+class Frame:
+    """One decoded video frame as kpbench's predictor takes it, without converting what it does
+    not use: ``np.asarray(frame)`` is its RGB pixels (H, W, 3) uint8, converted on first use (for
+    the detector and the drawing); :meth:`gray` is a region's gray read from the luma plane, so a
+    tracked frame is never converted to RGB. ``shape`` is the RGB pixels' shape."""
+
+    def __init__(self, frame):
+        self.frame = frame
+        self.shape = (frame.height, frame.width, 3)
+        self._rgb = None
+        name = frame.format.name
+        self.full_range = name.startswith("yuvj") or name == "gray" or int(frame.color_range or 0) == 2
+        self.has_luma = name in LUMA_PLANES
+
+    def __array__(self, dtype=None, copy=None):
+        if self._rgb is None:
+            self._rgb = self.frame.to_ndarray(format="rgb24")
+        return self._rgb if dtype is None else self._rgb.astype(dtype)
+
+    def gray(self, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+        """Rows ``top:bottom``, columns ``left:right`` as float32 gray in [0, 1]: the luma plane
+        (limited range stretched to full), as :func:`kpbench.data.to_gray` of the RGB pixels within
+        a grey level or two (the luma plane is what RGB was computed from)."""
+        if not self.has_luma:
+            return to_gray(np.asarray(self)[top:bottom, left:right])
+        plane = self.frame.planes[0]
+        luma = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[top:bottom, left:right]
+        if self.full_range:
+            return luma.astype(np.float32) * np.float32(1 / 255)
+        return np.clip((luma.astype(np.float32) - 16) * np.float32(1 / 219), 0, 1)
+
+
+def read_ahead(items: Iterator, ahead: int) -> Iterator:
+    """``items`` in order, each made on a thread of its own up to ``ahead`` items before it is
+    asked for; an error making one is raised here in its place. Closing this generator (or its end)
+    stops and joins the thread, so what the items are made from can be closed after it."""
+    made: queue.Queue = queue.Queue(maxsize=ahead)
+    stop, end = threading.Event(), object()
+
+    def make() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        made.put((item, None), timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            made.put((end, None))
+        except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
+            made.put((end, exc))
+
+    thread = threading.Thread(target=make, name="kpbench-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = made.get()
+            if exc is not None:
+                raise exc
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # drain, so that a thread waiting to put can see the stop
+            with contextlib.suppress(queue.Empty):
+                made.get_nowait()
+            thread.join(0.01)
+
+
+def frames(path: Path, container, stream) -> Iterator[tuple[int, float, Frame]]:
+    """Index, time in seconds and :class:`Frame` of each frame, decoded on a thread of its own a
+    few frames ahead (:func:`read_ahead`: PyAV decodes without holding the GIL, so the next frame
+    is decoded while the model runs on this one). Close it (``contextlib.closing``) before the
+    container."""
     av = require_av()
     fps, index = frame_rate(stream), 0
     try:
-        for frame in container.decode(stream):
+        for frame in read_ahead(container.decode(stream), READ_AHEAD):
             t = float(frame.time) if frame.time is not None else index / fps
-            yield index, t, frame.to_ndarray(format="rgb24")
+            yield index, t, Frame(frame)
             index += 1
     except av.error.FFmpegError as exc:
         raise KpbenchError(f"{path}: frame {index} cannot be decoded ({exc})") from None
