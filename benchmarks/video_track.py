@@ -40,6 +40,7 @@ instead: each scaled to 720 x 720 px and centred in 1280 x 720 (the face about 5
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
 import platform
@@ -122,16 +123,21 @@ def kpbench_path(predictor: Predictor, clips, track: bool, smooth: dict | None =
             if smooth is not None and len(pts):
                 pts = smoothed(filters, smooth, tracks.follow(boxes), pts, index / FPS)
             seconds += time.perf_counter() - t
-            k = match_face(list(pts), convert(true, "ibug68", "kaggle15"))
-            preds.append(pts[k] if k is not None else np.full((15, 2), np.nan))
+            preds.append(annotated_face(pts, convert(true, "ibug68", "kaggle15")))
         detected += step.detections if track else len(images)
     return np.stack(preds), seconds, detected
 
 
+def mesh_points(face, width: int, height: int) -> np.ndarray:
+    """A MediaPipe Face Mesh face's 15 points in pixels (through its 68 iBUG points)."""
+    from kpbench_plugins.mediapipe_ref import MESH_TO_IBUG68
+
+    p68 = np.array([(face.landmark[i].x * width, face.landmark[i].y * height) for i in MESH_TO_IBUG68]) - 0.5
+    return convert(p68, "ibug68", "kaggle15")
+
+
 def mediapipe_path(clips, video_mode: bool):
     import mediapipe as mp
-
-    from kpbench_plugins.mediapipe_ref import MESH_TO_IBUG68
 
     preds, seconds = [], 0.0
     for images, truth in clips:
@@ -140,12 +146,7 @@ def mediapipe_path(clips, video_mode: bool):
             t = time.perf_counter()
             found = mesh.process(image).multi_face_landmarks
             seconds += time.perf_counter() - t
-            if found:
-                lm = found[0].landmark
-                p68 = np.array([(lm[i].x * SIZE, lm[i].y * SIZE) for i in MESH_TO_IBUG68]) - 0.5
-                preds.append(convert(p68, "ibug68", "kaggle15"))
-            else:
-                preds.append(np.full((15, 2), np.nan))
+            preds.append(mesh_points(found[0], SIZE, SIZE) if found else np.full((15, 2), np.nan))
         mesh.close()
     return np.stack(preds), seconds, len(clips) * len(clips[0][0])
 
@@ -230,10 +231,13 @@ def end_to_end(model: str, clips, n: int, size: tuple[int, int] = (SIZE, SIZE), 
     """ms per frame of ``kpbench predict`` on an ``n``-frame .mp4 of the filmed clips (each frame
     :func:`framed` at ``size``, width and height; less its start-up, timed on one photo; its own
     threads: all cores) and of PyAV decoding + MediaPipe video mode on that file, each the best of
-    ``repeat`` interleaved rounds."""
+    ``repeat`` interleaved rounds; and the NME of what each found (kpbench: its CSV)."""
     import mediapipe as mp
 
     images = [framed(im, *size) for c, _ in clips for im in c][:n]
+    scale, left = size[1] / SIZE, (size[0] - size[1]) // 2  # the filmed frame's place in the larger one
+    true = [convert((t + 0.5) * scale - 0.5 + [left, 0], "ibug68", "kaggle15") for _, ts in clips for t in ts][:n]
+    index = [(c, k) for c, (ims, _) in enumerate(clips) for k in range(len(ims))][:n]
     with tempfile.TemporaryDirectory() as tmp:
         clip, photo = Path(tmp) / "clip.mp4", Path(tmp) / "photo.png"
         writer = VideoWriter(clip, FPS, *size)
@@ -253,8 +257,8 @@ def end_to_end(model: str, clips, n: int, size: tuple[int, int] = (SIZE, SIZE), 
             mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1)
             t = time.perf_counter()
             with open_video(clip) as (container, stream):  # PyAV's frames as RGB, one after another
-                found = sum(mesh.process(frame.to_ndarray(format="rgb24")).multi_face_landmarks is not None
-                            for frame in container.decode(stream))
+                found = [mesh.process(frame.to_ndarray(format="rgb24")).multi_face_landmarks
+                         for frame in container.decode(stream)]
             seconds = time.perf_counter() - t
             mesh.close()
             return seconds, found
@@ -264,9 +268,32 @@ def end_to_end(model: str, clips, n: int, size: tuple[int, int] = (SIZE, SIZE), 
         # would move a 600-frame figure by 1-2 ms a frame.
         rounds = [(predict(photo, f"photo{r}"), predict(clip, f"clip{r}"), mediapipe()) for r in range(repeat)]
         start, whole = min(r[0] for r in rounds), min(r[1] for r in rounds)
-        mediapipe_s, found = min(r[2] for r in rounds)
+        mediapipe_s = min(r[2][0] for r in rounds)
+        found = rounds[-1][2][1]
+        kp = predicted_faces(Path(tmp) / f"clip{repeat - 1}" / "clip.csv", n)
+    mesh_faces = [np.stack([mesh_points(face, *size) for face in f]) if f else np.zeros((0, 15, 2)) for f in found]
+    nme = {name: scored(np.stack([annotated_face(f, t) for f, t in zip(faces, true)]), np.stack(true), index)["nme"]
+           for name, faces in (("kpbench", kp), ("mediapipe", mesh_faces))}
     return {"frames": n, "size": list(size), "rounds": repeat, "kpbench_predict_ms": 1000 * (whole - start) / n, "startup_s": start,
-            "mediapipe_pyav_ms": 1000 * mediapipe_s / n, "mediapipe_found": found / n}
+            "mediapipe_pyav_ms": 1000 * mediapipe_s / n, "mediapipe_found": sum(map(bool, found)) / n,
+            "kpbench_nme": nme["kpbench"], "mediapipe_nme": nme["mediapipe"]}
+
+
+def annotated_face(faces: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """The one of a frame's faces (faces, 15, 2) that its annotation describes, else NaN (a miss)."""
+    k = match_face(list(faces), true)
+    return faces[k] if k is not None else np.full((15, 2), np.nan)
+
+
+def predicted_faces(csv_path: Path, n: int) -> list[np.ndarray]:
+    """Each of the first ``n`` frames' faces (faces, 15, 2) as ``kpbench predict`` wrote them in its CSV."""
+    names = get_schema("kaggle15").points
+    faces = [[] for _ in range(n)]
+    with csv_path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row[f"{names[0]}_x"] != "" and int(row["frame"]) < n:
+                faces[int(row["frame"])].append([(float(row[f"{p}_x"]), float(row[f"{p}_y"])) for p in names])
+    return [np.reshape(np.array(f, np.float64), (-1, 15, 2)) for f in faces]
 
 
 def main(argv=None) -> None:
@@ -333,7 +360,8 @@ def main(argv=None) -> None:
     if e2e:
         print(f"\nEnd to end on a {e2e['frames']}-frame {e2e['size'][0]} x {e2e['size'][1]} .mp4 (best of {e2e['rounds']} rounds): kpbench predict {e2e['kpbench_predict_ms']:.2f} "
               f"ms a frame after its start-up ({e2e['startup_s']:.1f} s); PyAV + MediaPipe video mode "
-              f"{e2e['mediapipe_pyav_ms']:.2f} ms a frame: {e2e['kpbench_predict_ms'] / e2e['mediapipe_pyav_ms']:.2f}x")
+              f"{e2e['mediapipe_pyav_ms']:.2f} ms a frame: {e2e['kpbench_predict_ms'] / e2e['mediapipe_pyav_ms']:.2f}x; "
+              f"NME {e2e['kpbench_nme']:.4f} against {e2e['mediapipe_nme']:.4f}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"clips": args.clips, "frames": args.frames, "threads": args.threads, "smooth": SMOOTH,

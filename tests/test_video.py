@@ -304,3 +304,71 @@ def _a_video_cut_short_is_said(run, clip, out, n):
         summary = predict_video(predictor, clip, out, "clip", overlays=False)
     assert summary["frames"] == 3
     assert any(f"3 of the {n} frames" in str(c.args[0]) and str(clip) in str(c.args[0]) for c in warned.call_args_list)
+
+
+# ---- frames as the predictor takes them ---------------------------------------------------------
+
+
+def _colour_scene(h=72, w=96):
+    """Smooth colour gradients with a few blobs: what a face in a frame looks like to a codec."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    rgb = np.stack([60 + 120 * x / w, 50 + 140 * y / h, 180 - 100 * (x + y) / (w + h)], axis=-1)
+    for cy, cx, r, colour in ((20, 30, 9, (200, 140, 120)), (50, 70, 12, (70, 90, 60))):
+        rgb[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = colour
+    return rgb.clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuvj420p", "nv12", "rgb24"])
+def test_a_frame_s_gray_from_its_luma_plane_is_the_gray_of_its_rgb(pix_fmt):
+    """A decoded frame's gray read from its luma plane (limited or full range), or from its RGB where
+    it has none, is the gray of the RGB pixels it gives, within a grey level or two; the crop cut
+    from it is the crop cut from its RGB."""
+    av = pytest.importorskip("av")
+    from kpbench.data import crop_from_image, to_gray
+    from kpbench.video import Frame
+
+    frame = Frame(av.VideoFrame.from_ndarray(_colour_scene(), format="rgb24").reformat(format=pix_fmt))
+    rgb = np.asarray(frame)
+    assert frame.shape == rgb.shape == (72, 96, 3) and rgb.dtype == np.uint8
+    assert np.asarray(frame) is rgb  # converted once
+    gray, want = frame.gray(10, 60, 20, 90), to_gray(rgb[10:60, 20:90])
+    assert gray.shape == want.shape == (50, 70) and gray.dtype == np.float32
+    assert np.abs(gray - want).mean() < 1.5 / 255 and np.abs(gray - want).max() < 5 / 255
+    if pix_fmt == "rgb24":  # no luma plane: the gray of its RGB itself
+        np.testing.assert_array_equal(gray, want)
+    box = (48.0, 36.0, 40.0, 15.0)  # centre, side and angle
+    np.testing.assert_allclose(crop_from_image(frame, box, 32), crop_from_image(rgb, box, 32), atol=5 / 255)
+
+
+def test_read_ahead_keeps_order_raises_in_place_and_stops_when_closed():
+    import threading
+    import time
+
+    from kpbench.video import read_ahead
+
+    assert list(read_ahead(iter(range(50)), 2)) == list(range(50))
+
+    def failing():
+        yield from (1, 2)
+        raise ValueError("frame 2 is broken")
+
+    got = []
+    with pytest.raises(ValueError, match="frame 2 is broken"):
+        for item in read_ahead(failing(), 2):
+            got.append(item)
+    assert got == [1, 2]  # what came before the error, then the error where it happened
+
+    made = []
+
+    def counted():
+        for i in range(1000):
+            made.append(i)
+            yield i
+
+    ahead = read_ahead(counted(), 2)
+    assert [next(ahead) for _ in range(3)] == [0, 1, 2]
+    time.sleep(0.2)
+    assert len(made) <= 3 + 2 + 1  # no more than `ahead` waiting (and one in hand)
+    ahead.close()
+    assert not [t for t in threading.enumerate() if t.name == "kpbench-read-ahead"]
+    assert len(made) < 10
