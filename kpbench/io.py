@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +25,23 @@ def _umask() -> int:
 def _signals_held():
     """Ctrl-C and SIGTERM wait until the block is done (delivered right after it): a writer such as
     torch.save's zip writer, interrupted halfway, can fail on closing with another error that
-    hides the interruption."""
-    held = (signal.SIGINT, signal.SIGTERM)
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
+    hides the interruption. Held at Python's level (the handlers swapped for one that notes the
+    signal, then raised again): a signal mask holds a signal for one thread only, and the kernel
+    hands a process's SIGTERM to any of its threads (torch's, ONNX Runtime's), whose delivery
+    Python then runs on the main thread all the same. Only the main thread can swap handlers."""
+    held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]  # None: set outside Python
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(caught):
+            signal.raise_signal(s)
 
 
 @contextlib.contextmanager

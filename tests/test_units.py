@@ -818,6 +818,35 @@ def test_a_trained_model_numbers_its_points_as_its_annotations_and_a_reference_a
     assert reported_origin(ReferenceModel(15, 32), data) == 0.0  # dlib's and MediaPipe's points are their own
 
 
+def test_a_sigterm_sent_during_an_atomic_write_from_another_thread_waits_until_the_file_is_whole(tmp_path):
+    """The kernel may hand a process's SIGTERM to any thread; the write still finishes, then the
+    signal is delivered (once) to the handler that was there before."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from kpbench.io import _atomic
+
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        def write(f):
+            threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM)).start()
+            for _ in range(20):
+                time.sleep(0.01)  # bytecodes run meanwhile: an unheld handler would run here
+                assert not seen, "the signal's handler ran in the middle of the write"
+                f.write(b"x" * 100)
+
+        _atomic(tmp_path / "out.bin", write)
+        assert (tmp_path / "out.bin").read_bytes() == b"x" * 2000
+        time.sleep(0.05)
+        assert seen == [signal.SIGTERM]  # delivered after the block, once
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_strict_json_writes_nan_and_infinity_as_null_and_numpy_floats_as_numbers():
     import json
 
