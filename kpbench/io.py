@@ -29,10 +29,10 @@ def _signals_held():
     signal, then raised again): a signal mask holds a signal for one thread only, and the kernel
     hands a process's SIGTERM to any of its threads (torch's, ONNX Runtime's), whose delivery
     Python then runs on the main thread all the same. Only the main thread can swap handlers."""
-    held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]  # None: set outside Python
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]  # None: set outside Python
     caught: list[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
     try:

@@ -187,7 +187,9 @@ class Frame:
     def __array__(self, dtype=None, copy=None):
         if self._rgb is None:
             self._rgb = self.frame.to_ndarray(format="rgb24")
-        return self._rgb if dtype is None else self._rgb.astype(dtype)
+        if dtype is not None:
+            return self._rgb.astype(dtype)
+        return self._rgb.copy() if copy else self._rgb  # the one made is kept: a copy where one is asked for
 
     def gray(self, top: int, bottom: int, left: int, right: int) -> np.ndarray:
         """Rows ``top:bottom``, columns ``left:right`` as float32 gray in [0, 1]: the luma plane

@@ -330,7 +330,7 @@ def test_a_frame_s_gray_from_its_luma_plane_is_the_gray_of_its_rgb(pix_fmt):
     frame = Frame(av.VideoFrame.from_ndarray(_colour_scene(), format="rgb24").reformat(format=pix_fmt))
     rgb = np.asarray(frame)
     assert frame.shape == rgb.shape == (72, 96, 3) and rgb.dtype == np.uint8
-    assert np.asarray(frame) is rgb  # converted once
+    assert np.asarray(frame) is rgb and not np.shares_memory(np.array(frame), rgb)  # converted once; copied when asked
     gray, want = frame.gray(10, 60, 20, 90), to_gray(rgb[10:60, 20:90])
     assert gray.shape == want.shape == (50, 70) and gray.dtype == np.float32
     assert np.abs(gray - want).mean() < 1.5 / 255 and np.abs(gray - want).max() < 5 / 255
