@@ -9,7 +9,6 @@ back, so every metric is computed in the original image's pixels.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import warnings
@@ -196,60 +195,61 @@ def _square_grid(theta: torch.Tensor, out: int) -> torch.Tensor:
     return torch.stack([gx, gy], -1)[None]
 
 
-@functools.lru_cache(maxsize=64)
-def _antialias(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``F.interpolate(mode="bilinear", antialias=True, align_corners=False)`` shrinking ``n``
-    pixels to ``size`` along one axis (PIL's triangle filter widened by the scale, normalised per
-    output pixel): per output pixel the indices of its K input pixels and their weights, (size, K)."""
-    scale = n / size
-    centre = scale * (np.arange(size) + 0.5)
-    lo = np.maximum((centre - scale + 0.5).astype(np.int64), 0)  # truncation, as torch's
-    hi = np.minimum((centre + scale + 0.5).astype(np.int64), n)
-    index = lo[:, None] + np.arange(int((hi - lo).max()))
-    weight = np.clip(1 - np.abs((index - centre[:, None] + 0.5) / scale), 0, None) * (index < hi[:, None])
-    return np.minimum(index, n - 1), (weight / weight.sum(1, keepdims=True)).astype(np.float32)
+def _pad_for(side: float, size: int) -> int:
+    """Pixels beyond a box that its crop's filter reads: the triangle's reach (the shrink factor)
+    plus 2."""
+    return int(math.ceil(side / size)) + 2
 
 
-def _axis_taps(start: float, side: float, out: int, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Along one axis, each of the crop's ``size`` pixels as a weighted sum of K neighbouring
-    pixels of the ``n``: their indices and weights, both (size, K). The weights are
-    :func:`crop_resize`'s: ``F.grid_sample``'s bilinear taps (align_corners=False) at ``out``
-    pixel centres spread evenly over [start, start + side), then, when ``out > size``, the
-    antialiased shrink, composed in one step (a tent of each sample's position over the pixels
-    near it); pixels off the image weigh 0 (zero padding)."""
-    at = start + side * (2 * np.arange(out, dtype=np.float64) + 1) / (2 * out) - 0.5  # in pixel centres
-    if out == size:
-        at, weights = at[:, None], np.ones((size, 1), np.float32)
-    else:
-        samples, weights = _antialias(out, size)
-        at = at[samples]  # (size, K') samples per crop pixel
-    low = np.floor(at[:, :1])
-    index = low + np.arange(int((np.floor(at[:, -1:]) - low).max()) + 2)  # (size, K) pixels
-    tent = np.maximum(0.0, 1.0 - np.abs(at[:, :, None] - index[:, None, :]))
-    taps = np.einsum("sk,skp->sp", weights, tent).astype(np.float32)
-    taps[(index < 0) | (index >= n)] = 0
-    return np.clip(index, 0, n - 1).astype(np.intp), taps
+def _resize_box(im, box: Sequence[float], size: int) -> np.ndarray:
+    """PIL's bilinear resize of the square ``box = (x0, y0, side)`` of a mode-"F" image to
+    ``size``: each crop pixel the triangle filter's average over the pixels around its centre,
+    the triangle widened by the shrink factor when shrinking (antialiased, as torch's
+    ``F.interpolate(..., antialias=True)``), plain bilinear interpolation when enlarging; pixels
+    off the image are zeros (the image is first placed on a zero canvas covering the box and the
+    filter's reach, so PIL's own edge handling never applies)."""
+    from PIL import Image
+
+    x0, y0, side = box
+    w, h = im.size
+    pad = _pad_for(side, size)
+    left, top = int(math.floor(x0)) - pad, int(math.floor(y0)) - pad
+    right, bottom = int(math.ceil(x0 + side)) + pad, int(math.ceil(y0 + side)) + pad
+    if left < 0 or top < 0 or right > w or bottom > h:
+        canvas = Image.new("F", (right - left, bottom - top), 0.0)
+        canvas.paste(im, (-left, -top))
+        im, x0, y0 = canvas, x0 - left, y0 - top
+    return np.asarray(im.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + side, y0 + side)))
 
 
 def crop_resize(gray: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
-    """Square crop ``box = (x0, y0, side[, angle])`` (pixel-edge coordinates) resized to ``size``;
-    zero padding. ``angle`` (degrees, default 0) turns the crop about its centre: its x axis
-    points that many degrees from the image's +x towards +y (clockwise on screen), so a face whose
-    eye line has that angle comes out upright (roll alignment)."""
+    """Square crop ``box = (x0, y0, side[, angle])`` (pixel-edge coordinates) of a 2-D float image
+    resized to ``size``, float32; zero padding. Upright (``angle`` 0, the default): PIL's
+    bilinear resize of the box, antialiased when shrinking (:func:`_resize_box`). ``angle``
+    (degrees) turns the crop about its centre: its x axis points that many degrees from the
+    image's +x towards +y (clockwise on screen), so a face whose eye line has that angle comes out
+    upright (roll alignment); a turned crop is bilinear samples at its pixel centres (at native
+    resolution, then the same antialiased shrink, when shrinking by more than 1.5x)."""
+    from PIL import Image
+
     h, w = gray.shape
     x0, y0, side = (float(v) for v in box[:3])
     angle = float(box[3]) if len(box) > 3 else 0.0
     if (h, w) == (size, size) and (x0, y0, side, angle) == (0.0, 0.0, float(size), 0.0):
         return gray
-    scale = side / size
-    out = size if scale <= 1.5 else max(size, int(round(side)))  # see the comment below
-    if angle == 0.0:  # the same crop in numpy, a few taps per pixel: no torch threads woken
-        (rows, wy), (cols, wx) = _axis_taps(y0, side, out, h, size), _axis_taps(x0, side, out, w, size)
-        tall = np.einsum("sk,skw->sw", wy, np.asarray(gray, dtype=np.float32)[rows])  # the rows, then the columns
-        return np.einsum("sk,tsk->ts", wx, tall[:, cols])
+    if angle == 0.0:  # only the box and the filter's reach go to PIL
+        pad = _pad_for(side, size)
+        left, top = max(0, int(math.floor(x0)) - pad), max(0, int(math.floor(y0)) - pad)
+        right, bottom = min(w, int(math.ceil(x0 + side)) + pad), min(h, int(math.ceil(y0 + side)) + pad)
+        if right <= left or bottom <= top:  # the box lies off the image: all padding
+            return np.zeros((size, size), np.float32)
+        region = Image.fromarray(np.ascontiguousarray(gray[top:bottom, left:right], dtype=np.float32))
+        return _resize_box(region, (x0 - left, y0 - top, side), size)
     import torch
     import torch.nn.functional as F
 
+    scale = side / size
+    out = size if scale <= 1.5 else max(size, int(round(side)))
     # Output pixel at normalized u samples the input at edge coordinate centre + R(angle) (u * side / 2).
     cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     theta = torch.tensor(
@@ -258,7 +258,6 @@ def crop_resize(gray: np.ndarray, box: Sequence[float], size: int) -> np.ndarray
         dtype=torch.float32,
     )
     src = torch.from_numpy(np.ascontiguousarray(gray, dtype=np.float32))[None, None]
-    # Downscaling by more than 1.5x: sample at native resolution (out), then shrink with antialiasing.
     crop = F.grid_sample(src, _square_grid(theta[0], out), mode="bilinear", padding_mode="zeros", align_corners=False)
     if out != size:
         crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -275,17 +274,25 @@ def gray_region(image, top: int, bottom: int, left: int, right: int) -> np.ndarr
 
 def crop_from_image(image: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
     """:func:`crop_resize` of ``to_gray(image)`` at ``box``, converting only the part of the image
-    the crop samples (the box, turned by its angle, plus 2 px): the same crop, a fraction of the
-    work on a large photo."""
+    the crop reads (the box, turned by its angle, plus the filter's reach): the same crop, a
+    fraction of the work on a large photo. An upright crop of 8-bit RGB goes to PIL whole: its
+    gray (PIL's "F" conversion, ITU-R 601 as :data:`GRAY`, in float) and the resize, no numpy
+    image between."""
     h, w = image.shape[:2]
     x0, y0, side = (float(v) for v in box[:3])
     rad = math.radians(float(box[3])) if len(box) > 3 else 0.0
-    half = side / 2 * (abs(math.cos(rad)) + abs(math.sin(rad))) + 2.0
+    half = side / 2 * (abs(math.cos(rad)) + abs(math.sin(rad))) + _pad_for(side, size)
     cx, cy = x0 + side / 2, y0 + side / 2
     left, top = max(0, int(math.floor(cx - half))), max(0, int(math.floor(cy - half)))
     right, bottom = min(w, int(math.ceil(cx + half))), min(h, int(math.ceil(cy + half)))
     if right <= left or bottom <= top:  # the box lies off the image: all padding
         return np.zeros((size, size), np.float32)
+    if rad == 0.0 and isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 \
+            and image.shape[2] == 3:
+        from PIL import Image
+
+        region = Image.fromarray(np.ascontiguousarray(image[top:bottom, left:right])).convert("F")
+        return _resize_box(region, (x0 - left, y0 - top, side), size) * np.float32(1 / 255)
     region = gray_region(image, top, bottom, left, right)
     return crop_resize(region, (x0 - left, y0 - top, side, *box[3:]), size)
 

@@ -234,35 +234,90 @@ def test_crop_resize_pads_outside_the_image_with_zeros():
     assert np.allclose(out[:, :15], 1) and np.allclose(out[:, 17:], 0)
 
 
-def _torch_crop(gray, box, size):
-    """crop_resize's definition in torch: grid_sample at the box's pixel centres (at native
-    resolution when shrinking by more than 1.5x), then an antialiased shrink."""
+def _torch_sample(gray, box, size, angle=0.0):
+    """Bilinear samples of ``gray`` at the pixel centres of a ``size`` crop of ``box`` turned by
+    ``angle`` degrees, zeros off the image (F.affine_grid + F.grid_sample)."""
     import torch.nn.functional as F
 
     h, w = gray.shape
     x0, y0, side = box
-    out = size if side / size <= 1.5 else max(size, int(round(side)))
-    theta = torch.tensor([[[side / w, 0.0, (2 * x0 + side) / w - 1], [0.0, side / h, (2 * y0 + side) / h - 1]]])
-    grid = F.affine_grid(theta, [1, 1, out, out], align_corners=False)
-    crop = F.grid_sample(torch.from_numpy(gray)[None, None], grid, mode="bilinear", padding_mode="zeros",
+    c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+    theta = torch.tensor([[[side / w * c, -side / w * s, (2 * x0 + side) / w - 1],
+                           [side / h * s, side / h * c, (2 * y0 + side) / h - 1]]], dtype=torch.float32)
+    grid = F.affine_grid(theta, [1, 1, size, size], align_corners=False)
+    return F.grid_sample(torch.from_numpy(gray)[None, None], grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False)
-    if out != size:
-        crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return crop[0, 0].numpy()
 
 
-def test_crop_resize_is_grid_sample_then_antialiased_shrink():
-    # the upright crop is computed in numpy, tap by tap; it must be the torch definition's crop
+def test_crop_resize_enlarging_is_bilinear_at_the_crop_s_pixel_centres():
+    # an upright crop no larger than its output: plain bilinear interpolation, zeros off the image
     rng = np.random.default_rng(3)
     for _ in range(200):
-        h, w = (int(v) for v in rng.integers(1, 300, 2))
+        h, w = (int(v) for v in rng.integers(1, 120, 2))
         gray = rng.random((h, w), dtype=np.float32)
         size = int(rng.choice([8, 32, 64]))
-        side = float(rng.uniform(1, 1.5 * max(h, w)))
+        side = float(rng.uniform(1, size))
         box = (float(rng.uniform(-side, w)), float(rng.uniform(-side, h)), side)  # inside, over an edge, off
         got = crop_resize(gray, box, size)
         assert got.shape == (size, size) and got.dtype == np.float32
-        np.testing.assert_allclose(got, _torch_crop(gray, box, size), atol=1e-4, err_msg=str((h, w, size, box)))
+        np.testing.assert_allclose(got, _torch_sample(gray, box, size)[0, 0].numpy(), atol=1e-4,
+                                   err_msg=str((h, w, size, box)))
+
+
+def test_crop_resize_shrinking_is_the_antialiased_resize_of_the_box():
+    # a box on whole pixels, shrunk: torch's antialiased bilinear resize of those pixels (PIL's
+    # triangle filter widened by the factor), except within the filter's reach of the box's edge,
+    # where the crop reads the image around the box (and zeros off the image), not a clamped edge
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(4)
+    for _ in range(100):
+        size = int(rng.choice([8, 16, 32]))
+        factor = int(rng.integers(2, 6))
+        side = size * factor
+        gray = rng.random((side + 40, side + 40), dtype=np.float32)
+        x0, y0 = (int(v) for v in rng.integers(0, 40, 2))
+        got = crop_resize(gray, (float(x0), float(y0), float(side)), size)
+        want = F.interpolate(torch.from_numpy(gray[y0:y0 + side, x0:x0 + side].copy())[None, None], size=(size, size),
+                             mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy()
+        np.testing.assert_allclose(got[1:-1, 1:-1], want[1:-1, 1:-1], atol=1e-5, err_msg=str((size, factor, x0, y0)))
+        assert np.abs(got - want).max() < 0.2  # the edge rows: the same filter, other pixels
+    # over the image's edge the filter reads zeros: a white image's crop darkens towards it
+    white = np.ones((64, 64), np.float32)
+    edge = crop_resize(white, (-16.0, 8.0, 48.0), 12)  # 16 px of zeros on the left, then image (4 px a crop pixel)
+    assert np.allclose(edge[:, 6:], 1, atol=1e-6) and (edge[:, :3] < 0.05).all() and 0 < edge[5, 4] < 1
+
+
+def test_a_turned_crop_is_samples_at_its_pixel_centres_then_the_antialiased_shrink():
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        h, w = (int(v) for v in rng.integers(20, 200, 2))
+        gray = rng.random((h, w), dtype=np.float32)
+        size = int(rng.choice([8, 32]))
+        side = float(rng.uniform(1, 1.5 * max(h, w)))
+        box = (float(rng.uniform(-side / 2, w / 2)), float(rng.uniform(-side / 2, h / 2)), side)
+        angle = float(rng.uniform(-40, 40))
+        out = size if side / size <= 1.5 else int(round(side))
+        want = _torch_sample(gray, box, out, angle)
+        if out != size:
+            want = F.interpolate(want, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        np.testing.assert_allclose(crop_resize(gray, (*box, angle), size), want[0, 0].numpy(), atol=1e-4)
+
+
+def test_crop_from_image_is_crop_resize_of_its_gray():
+    # the upright crop of 8-bit RGB goes through PIL whole; any other image through to_gray
+    rng = np.random.default_rng(6)
+    for _ in range(50):
+        h, w = (int(v) for v in rng.integers(1, 200, 2))
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        side = float(rng.uniform(1, 1.5 * max(h, w)))
+        box = (float(rng.uniform(-side, w)), float(rng.uniform(-side, h)), side)
+        for b in (box, (*box, 17.0)):
+            want = crop_resize(to_gray(rgb), b, 32)
+            np.testing.assert_allclose(crop_from_image(rgb, b, 32), want, atol=1e-5, err_msg=str((h, w, b)))
+            np.testing.assert_allclose(crop_from_image(rgb / 255.0, b, 32), want, atol=1e-5)
 
 
 def test_to_gray_weights_rgb_and_scales_uint8():
