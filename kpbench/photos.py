@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import glob
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from kpbench.io import atomic_output, atomic_write_json, is_leftover, strict_jso
 from kpbench.log import log, status_console
 from kpbench.predictor import FaceTracker, Predictor
 from kpbench.video import SMOOTH, VIDEO_SUFFIXES, is_video, require_av
+from kpbench.video import read_ahead as ahead_of
 
 
 def expand_paths(patterns: list[str]) -> list[Path]:
@@ -81,26 +83,24 @@ def check_output_dir(out: Path, inputs: list[Path]) -> None:
 @contextlib.contextmanager
 def read_ahead(paths: list[Path]):
     """An iterator of (path, read) in order, where ``read()`` gives the photo decoded
-    (:func:`~kpbench.data.read_image`, raising its error) or None for a video: each photo is decoded
-    on a worker thread while the one before it goes through the model, one photo ahead at most
-    (so memory stays flat). The thread stops with the block, whatever ends it."""
-    from concurrent.futures import ThreadPoolExecutor
+    (:func:`~kpbench.data.read_image`, raising its error) or None for a video: the photos are
+    decoded on :func:`kpbench.video.read_ahead`'s thread while the one before goes through the
+    model, one photo ahead (so memory stays flat). The thread stops with the block, whatever ends it."""
 
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kpbench-decode")
+    def decoded():
+        for path in paths:
+            try:
+                yield path, None if is_video(path) else read_image(path)
+            except KpbenchError as exc:  # this photo's error, raised at its turn
+                yield path, exc
 
-    def start(path: Path):
-        return None if is_video(path) else pool.submit(read_image, path)
+    def read(got):
+        if isinstance(got, KpbenchError):
+            raise got
+        return got
 
-    def items():
-        nxt = start(paths[0]) if paths else None
-        for i, path in enumerate(paths):
-            this, nxt = nxt, start(paths[i + 1]) if i + 1 < len(paths) else None
-            yield path, (lambda f=this: None if f is None else f.result())
-
-    try:
-        yield items()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    with contextlib.closing(ahead_of(decoded(), 1)) as photos:
+        yield ((path, functools.partial(read, got)) for path, got in photos)
 
 
 def predict_photos(predictor: Predictor, paths: list[Path], out: Path, overlays: bool = False,
