@@ -201,6 +201,19 @@ def _pad_for(side: float, size: int) -> int:
     return int(math.ceil(side / size)) + 2
 
 
+def _reach(h: int, w: int, box: Sequence[float], size: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right): the part of an ``h`` x ``w`` image a ``size`` crop of ``box``
+    reads (the box, turned by its angle, plus the filter's reach), clipped to the image; empty
+    when the box lies off it."""
+    x0, y0, side = (float(v) for v in box[:3])
+    rad = math.radians(float(box[3])) if len(box) > 3 else 0.0
+    half = side / 2 * (abs(math.cos(rad)) + abs(math.sin(rad))) + _pad_for(side, size)
+    cx, cy = x0 + side / 2, y0 + side / 2
+    left, top = max(0, int(math.floor(cx - half))), max(0, int(math.floor(cy - half)))
+    right, bottom = min(w, int(math.ceil(cx + half))), min(h, int(math.ceil(cy + half)))
+    return top, bottom, left, right
+
+
 def _resize_box(im, box: Sequence[float], size: int) -> np.ndarray:
     """PIL's bilinear resize of the square ``box = (x0, y0, side)`` of a mode-"F" image to
     ``size``: each crop pixel the triangle filter's average over the pixels around its centre,
@@ -238,9 +251,7 @@ def crop_resize(gray: np.ndarray, box: Sequence[float], size: int) -> np.ndarray
     if (h, w) == (size, size) and (x0, y0, side, angle) == (0.0, 0.0, float(size), 0.0):
         return gray
     if angle == 0.0:  # only the box and the filter's reach go to PIL
-        pad = _pad_for(side, size)
-        left, top = max(0, int(math.floor(x0)) - pad), max(0, int(math.floor(y0)) - pad)
-        right, bottom = min(w, int(math.ceil(x0 + side)) + pad), min(h, int(math.ceil(y0 + side)) + pad)
+        top, bottom, left, right = _reach(h, w, box, size)
         if right <= left or bottom <= top:  # the box lies off the image: all padding
             return np.zeros((size, size), np.float32)
         region = Image.fromarray(np.ascontiguousarray(gray[top:bottom, left:right], dtype=np.float32))
@@ -278,17 +289,12 @@ def crop_from_image(image: np.ndarray, box: Sequence[float], size: int) -> np.nd
     fraction of the work on a large photo. An upright crop of 8-bit RGB goes to PIL whole: its
     gray (PIL's "F" conversion, ITU-R 601 as :data:`GRAY`, in float) and the resize, no numpy
     image between."""
-    h, w = image.shape[:2]
     x0, y0, side = (float(v) for v in box[:3])
-    rad = math.radians(float(box[3])) if len(box) > 3 else 0.0
-    half = side / 2 * (abs(math.cos(rad)) + abs(math.sin(rad))) + _pad_for(side, size)
-    cx, cy = x0 + side / 2, y0 + side / 2
-    left, top = max(0, int(math.floor(cx - half))), max(0, int(math.floor(cy - half)))
-    right, bottom = min(w, int(math.ceil(cx + half))), min(h, int(math.ceil(cy + half)))
+    top, bottom, left, right = _reach(*image.shape[:2], box, size)
     if right <= left or bottom <= top:  # the box lies off the image: all padding
         return np.zeros((size, size), np.float32)
-    if rad == 0.0 and isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 \
-            and image.shape[2] == 3:
+    upright = len(box) < 4 or float(box[3]) == 0.0
+    if upright and isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape[2:] == (3,):
         from PIL import Image
 
         region = Image.fromarray(np.ascontiguousarray(image[top:bottom, left:right])).convert("F")
