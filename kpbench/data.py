@@ -201,17 +201,25 @@ def _pad_for(side: float, size: int) -> int:
     return int(math.ceil(side / size)) + 2
 
 
-def _reach(h: int, w: int, box: Sequence[float], size: int) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right): the part of an ``h`` x ``w`` image a ``size`` crop of ``box``
-    reads (the box, turned by its angle, plus the filter's reach), clipped to the image; empty
-    when the box lies off it."""
+def _extent(box: Sequence[float], size: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right): the pixels a ``size`` crop of ``box`` reads (the box, turned by
+    its angle, plus the filter's reach), unclipped: they may lie off the image."""
     x0, y0, side = (float(v) for v in box[:3])
-    rad = math.radians(float(box[3])) if len(box) > 3 else 0.0
-    half = side / 2 * (abs(math.cos(rad)) + abs(math.sin(rad))) + _pad_for(side, size)
-    cx, cy = x0 + side / 2, y0 + side / 2
-    left, top = max(0, int(math.floor(cx - half))), max(0, int(math.floor(cy - half)))
-    right, bottom = min(w, int(math.ceil(cx + half))), min(h, int(math.ceil(cy + half)))
-    return top, bottom, left, right
+    if len(box) > 3 and float(box[3]) != 0.0:
+        rad = math.radians(float(box[3]))
+        half = side / 2 * (abs(math.cos(rad)) + abs(math.sin(rad))) + _pad_for(side, size)
+        cx, cy = x0 + side / 2, y0 + side / 2
+        return (int(math.floor(cy - half)), int(math.ceil(cy + half)),
+                int(math.floor(cx - half)), int(math.ceil(cx + half)))
+    pad = _pad_for(side, size)
+    return (int(math.floor(y0)) - pad, int(math.ceil(y0 + side)) + pad,
+            int(math.floor(x0)) - pad, int(math.ceil(x0 + side)) + pad)
+
+
+def _reach(h: int, w: int, box: Sequence[float], size: int) -> tuple[int, int, int, int]:
+    """:func:`_extent` clipped to an ``h`` x ``w`` image; empty when the box lies off it."""
+    top, bottom, left, right = _extent(box, size)
+    return max(0, top), min(h, bottom), max(0, left), min(w, right)
 
 
 def _resize_box(im, box: Sequence[float], size: int) -> np.ndarray:
@@ -225,9 +233,7 @@ def _resize_box(im, box: Sequence[float], size: int) -> np.ndarray:
 
     x0, y0, side = box
     w, h = im.size
-    pad = _pad_for(side, size)
-    left, top = int(math.floor(x0)) - pad, int(math.floor(y0)) - pad
-    right, bottom = int(math.ceil(x0 + side)) + pad, int(math.ceil(y0 + side)) + pad
+    top, bottom, left, right = _extent(box, size)
     if left < 0 or top < 0 or right > w or bottom > h:
         canvas = Image.new("F", (right - left, bottom - top), 0.0)
         canvas.paste(im, (-left, -top))
