@@ -16,19 +16,16 @@ warm-up calls). Default model: the one kpbench ships.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from held_out import model_and_options
 
 from kpbench.evaluate import points_origin, score
 from kpbench.io import atomic_write_json
-from kpbench.plugins import get_plugins
-from kpbench.predictor import SHIPPED
-from kpbench.trained import held_out_faces, load_trained
+from kpbench.trained import held_out_faces
 
 
 SIZES = ((0, 150), (150, 250), (250, 400), (400, 100000))  # crop sides, px
@@ -47,17 +44,8 @@ def forward_ms(model, x: torch.Tensor, n: int = 50) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=SHIPPED, help="run folder or model folder (default: the shipped model)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--split", choices=("test", "val"), default="test")
-    ap.add_argument("--shift", type=float, default=0.0,
-                    help="also score the average moved this many pixels right (what an x offset costs)")
-    ap.add_argument("--json", type=Path, help="also write the figures here as strict JSON")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    plugins = get_plugins()
-    trained = load_trained(args.model, plugins)
+    args, plugins, trained = model_and_options(__doc__, shift={
+        "type": float, "default": 0.0, "help": "also score the average moved this many pixels right (what an x offset costs)"})
     schema = trained.schema
     test = held_out_faces(trained, plugins, args.split)
     model = trained.model.eval()

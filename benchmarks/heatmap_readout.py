@@ -23,16 +23,12 @@ peak is. Default model: the one kpbench ships.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
+from held_out import model_and_options
 
 from kpbench.evaluate import points_origin, score
 from kpbench.io import atomic_write_json
-from kpbench.plugins import get_plugins
-from kpbench.predictor import SHIPPED
-from kpbench.trained import held_out_faces, load_trained
+from kpbench.trained import held_out_faces
 from kpbench_plugins.models import pixel_centres, soft_argmax
 
 
@@ -65,15 +61,7 @@ def on_grid(targets: torch.Tensor, cells: int) -> torch.Tensor:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=SHIPPED, help="run folder or model folder (default: the shipped model)")
-    ap.add_argument("--split", choices=("test", "val"), default="test")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", type=Path, help="also write the figures here as strict JSON")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    plugins = get_plugins()
-    trained = load_trained(args.model, plugins)
+    args, plugins, trained = model_and_options(__doc__)
     net = trained.model.net
     if not hasattr(net, "heatmaps"):
         raise SystemExit(f"{args.model}: its model has no heatmaps to read out (effnet-heatmap has)")

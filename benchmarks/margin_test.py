@@ -15,32 +15,18 @@ what makes that fair. Default model: the one kpbench ships.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
-import torch
+from held_out import model_and_options
 
 from kpbench.components import load_splits, make_detector
 from kpbench.data import points_origin, prepare, to_crop
 from kpbench.evaluate import predict, score
 from kpbench.io import atomic_write_json
-from kpbench.plugins import get_plugins
-from kpbench.predictor import SHIPPED
-from kpbench.trained import load_trained
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=SHIPPED, help="run folder or model folder (default: the shipped model)")
-    ap.add_argument("--split", choices=("test", "val"), default="test")
-    ap.add_argument("--step", type=float, default=0.05, help="margin difference tried on each side of the model's own")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", type=Path, help="also write the figures here as strict JSON")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    plugins = get_plugins()
-    trained = load_trained(args.model, plugins)
+    args, plugins, trained = model_and_options(__doc__, step={
+        "type": float, "default": 0.05, "help": "margin difference tried on each side of the model's own"})
     options = dict(trained.settings.data.detector_options)
     own = float(options.get("margin", 0.15))
     sources, splits = load_splits(plugins, trained.settings)
@@ -48,24 +34,21 @@ def main() -> None:
     model, nme = trained.model.eval(), [plugins.metrics.get("nme", where="margin_test")]
     origin = points_origin(model)
     margins = (round(own - args.step, 4), own, round(own + args.step, 4))
-    faces, pred_px, out = {}, {}, {"model": str(args.model), "split": args.split, "margins": {}, "averaged": {}}
+    faces, pred_px, rows = {}, {}, []
     for m in margins:
         detect = make_detector(plugins, "gt-box", {**options, "margin": m})
         faces[m] = prepare(sources[k], splits[k], detect, trained.input_size, trained.schema.name)
         pred_px[m], values, _ = score(predict(model, faces[m].images), faces[m], trained.schema, nme, origin)
-        out["margins"][str(m)] = values["nme"]
-        print(f"margin {m:.3f}{' (its own)' if m == own else ''}: NME {values['nme']:.5f}", flush=True)
-    ref = faces[own]
+        rows.append({"margins": [m], "nme": values["nme"]})
     for combo in (margins, margins[1:], margins[:2]):
-        mean_px = np.mean([pred_px[m] for m in combo], axis=0)
-        crop = to_crop(mean_px - origin, ref.boxes)  # back to the own margin's crop fractions
-        _, values, _ = score(crop, ref, trained.schema, nme, origin)
-        name = " + ".join(f"{m:.3f}" for m in combo)
-        out["averaged"][name] = values["nme"]
-        print(f"averaged over margins {name} ({len(combo)} passes): NME {values['nme']:.5f}")
+        mean_crop = to_crop(np.mean([pred_px[m] for m in combo], axis=0) - origin, faces[own].boxes)
+        rows.append({"margins": list(combo), "nme": score(mean_crop, faces[own], trained.schema, nme, origin)[1]["nme"]})
+    print(f"{args.model}: {len(faces[own])} {args.split} faces, annotated box, its own margin {own}")
+    for row in rows:
+        what = " + ".join(f"{m:.3f}" for m in row["margins"])
+        print(f"  margin {what:23s} ({len(row['margins'])} pass{'es' * (len(row['margins']) > 1)}): NME {row['nme']:.5f}")
     if args.json:
-        atomic_write_json(args.json, out)
-
+        atomic_write_json(args.json, {"model": str(args.model), "split": args.split, "own_margin": own, "rows": rows})
 
 if __name__ == "__main__":
     main()
