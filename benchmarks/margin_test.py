@@ -18,26 +18,23 @@ from __future__ import annotations
 import numpy as np
 from held_out import model_and_options
 
-from kpbench.components import load_splits, make_detector
-from kpbench.data import points_origin, prepare, to_crop
+from kpbench.components import make_detector
+from kpbench.data import points_origin, to_crop
 from kpbench.evaluate import predict, score
 from kpbench.io import atomic_write_json
+from kpbench.trained import held_out_faces
 
 
 def main() -> None:
     args, plugins, trained = model_and_options(__doc__, step={
         "type": float, "default": 0.05, "help": "margin difference tried on each side of the model's own"})
-    options = dict(trained.settings.data.detector_options)
-    own = float(options.get("margin", 0.15))
-    sources, splits = load_splits(plugins, trained.settings)
-    k = {"val": 1, "test": 2}[args.split]
+    own = make_detector(plugins, "gt-box", trained.settings.data.detector_options).margin  # the run's
     model, nme = trained.model.eval(), [plugins.metrics.get("nme", where="margin_test")]
     origin = points_origin(model)
     margins = (round(own - args.step, 4), own, round(own + args.step, 4))
     faces, pred_px, rows = {}, {}, []
     for m in margins:
-        detect = make_detector(plugins, "gt-box", {**options, "margin": m})
-        faces[m] = prepare(sources[k], splits[k], detect, trained.input_size, trained.schema.name)
+        faces[m] = held_out_faces(trained, plugins, args.split, margin=m)
         pred_px[m], values, _ = score(predict(model, faces[m].images), faces[m], trained.schema, nme, origin)
         rows.append({"margins": [m], "nme": values["nme"]})
     for combo in (margins, margins[1:], margins[:2]):
@@ -49,6 +46,7 @@ def main() -> None:
         print(f"  margin {what:23s} ({len(row['margins'])} pass{'es' * (len(row['margins']) > 1)}): NME {row['nme']:.5f}")
     if args.json:
         atomic_write_json(args.json, {"model": str(args.model), "split": args.split, "own_margin": own, "rows": rows})
+
 
 if __name__ == "__main__":
     main()

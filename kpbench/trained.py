@@ -42,15 +42,17 @@ class Trained:
     source: Path | None = None  # the module of its network's factory, where that is a class
 
 
-def held_out_faces(trained: Trained, plugins: Plugins, split: str = "test") -> Prepared:
+def held_out_faces(trained: Trained, plugins: Plugins, split: str = "test", margin: float | None = None) -> Prepared:
     """The faces a run held out (``split``: "test" or "val"), cut by the annotated box as ``kpbench
-    evaluate --detector gt-box`` cuts them, at the model's input size and schema (the run config's
-    dataset paths are relative to the working directory)."""
+    evaluate --detector gt-box`` cuts them (or with ``margin`` around it instead of the run's), at
+    the model's input size and schema (the run config's dataset paths are relative to the working
+    directory)."""
     if trained.settings is None:
         raise KpbenchError(f"{trained.model_dir}: an exported graph keeps no run settings, so no held-out split")
     sources, splits = load_splits(plugins, trained.settings)
     k = {"val": 1, "test": 2}[split]
-    detect = make_detector(plugins, "gt-box", trained.settings.data.detector_options)
+    options = trained.settings.data.detector_options
+    detect = make_detector(plugins, "gt-box", options if margin is None else {**options, "margin": margin})
     return prepare(sources[k], splits[k], detect, trained.input_size, trained.schema.name)
 
 
